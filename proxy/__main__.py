@@ -1,0 +1,116 @@
+"""The command line: `shadow-proxy run` and `shadow-proxy check-config`. Process concerns only:
+argv, loading the config, logging, the event loop, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import uvloop
+import yaml
+from aiohttp import web
+
+from proxy import __version__
+from proxy.app import build_app
+from proxy.config import Config, ConfigError, config_hash, config_to_dict, load_config
+from proxy.logs import configure_logging
+
+log = logging.getLogger("proxy")
+
+DEFAULT_CONFIG = "/etc/shadow-proxy/config.yaml"
+CONFIG_ENV = "SHADOW_PROXY_CONFIG"
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Serve `config` until SIGTERM or SIGINT, then shut down gracefully: stop accepting,
+    finish in-flight production requests (shutdown_timeout), drain shadows (shadow_drain_timeout).
+    """
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("proxy.access") if config.access_log else None,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=2048)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "listening",
+        extra={
+            "addresses": [f"{a[0]}:{a[1]}" for a in runner.addresses],
+            "config": config.source,
+            "config_hash": config_hash(config),
+            "version": __version__,
+        },
+    )
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down", extra={"shutdown_timeout": config.shutdown_timeout})
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"invalid config {path}:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return None
+
+
+def _check_config(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return 1
+    print(f"# {path}: valid, hash {config_hash(config)}")
+    print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+    return 0
+
+
+def _run(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return 1
+    configure_logging(config.log_level)
+    uvloop.run(serve(config))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="shadow-proxy",
+        description="Tee prediction traffic to shadow models and measure them against production.",
+    )
+    parser.add_argument("--version", action="version", version=f"shadow-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV, DEFAULT_CONFIG),
+        help=f"YAML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
+    )
+    check = commands.add_parser(
+        "check-config", help="validate a config file and print the effective config"
+    )
+    check.add_argument("config", help="YAML config file")
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    return _run(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""build_app(config, registry): the only place that wires a validated config into a running
+aiohttp application: upstream pools, shadow dispatchers, metrics, and the proxy's own endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from proxy.config import Config, config_hash
+from proxy.handler import ProductionHandler, ProductionTarget, RouteRuntime
+from proxy.metrics import Metrics
+from proxy.routing import Router
+from proxy.sampling import WeightedSplit
+from proxy.shadow import ShadowDispatcher, ShadowSet
+from proxy.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+RESERVED_PATHS = ("/metrics", "/healthz", "/readyz")
+"""The proxy's own endpoints; they take precedence over every route."""
+
+
+@dataclass(slots=True)
+class ProxyState:
+    """The long-lived objects of one running config."""
+
+    config: Config
+    routes: tuple[RouteRuntime, ...]
+    registry: CollectorRegistry
+    ready: bool = False
+
+    @property
+    def production_upstreams(self) -> list[Upstream]:
+        return [t.upstream for r in self.routes for t in r.production.targets]
+
+
+STATE = web.AppKey("state", ProxyState)
+
+
+def _build_routes(config: Config, metrics: Metrics) -> tuple[RouteRuntime, ...]:
+    runtimes = []
+    for route in config.routes:
+        prod = route.production
+        route_metrics = metrics.bind_route(route.name, prod.name)
+        target = ProductionTarget(
+            prod.name,
+            Upstream(
+                prod.origin,
+                # A URL without a path forwards the request's own path.
+                prod.path or route.match,
+                timeout=prod.timeout,
+                connect_timeout=prod.connect_timeout,
+                max_connections=prod.max_connections,
+            ),
+            route_metrics.production,
+        )
+        dispatchers, shadow_metrics = [], []
+        for shadow in route.shadows:
+            sm = metrics.bind_shadow(route.name, shadow.name)
+            dispatcher = ShadowDispatcher(
+                shadow.name,
+                sample=shadow.sample,
+                max_in_flight=shadow.max_in_flight,
+                max_queue=shadow.max_queue,
+                strip_headers=config.shadow_strip_headers,
+                upstream=Upstream(
+                    shadow.origin,
+                    shadow.path or route.match,
+                    timeout=shadow.timeout,
+                    connect_timeout=shadow.connect_timeout,
+                    # One connection per worker: a shadow can never open more than it uses.
+                    max_connections=shadow.max_in_flight,
+                ),
+                extractor=route.extractor,
+                comparator=route.comparator,
+                metrics=sm,
+            )
+            metrics.watch_shadow_queue(
+                route.name, shadow.name, dispatcher.queue_depth, dispatcher.in_flight
+            )
+            dispatchers.append(dispatcher)
+            shadow_metrics.append(sm)
+        runtimes.append(
+            RouteRuntime(
+                name=route.name,
+                production=WeightedSplit.of([(1.0, target)]),
+                shadows=ShadowSet(dispatchers, shadow_metrics, config.shadow_max_body),
+                metrics=route_metrics,
+            )
+        )
+    return tuple(runtimes)
+
+
+def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
+    """The proxy application for `config`, with its metrics on `registry`.
+
+    >>> app = build_app(load_config("configs/demo.yaml"), CollectorRegistry())
+    >>> web.run_app(app)
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry)
+    routes = _build_routes(config, metrics)
+    metrics.set_config_info(
+        config_hash(config),
+        config.source,
+        routes=len(config.routes),
+        shadows=sum(len(r.shadows) for r in config.routes),
+    )
+    state = ProxyState(config, routes, registry)
+    handler = ProductionHandler(
+        Router((r.match, r.methods, rt) for r, rt in zip(config.routes, routes, strict=True)),
+        request_id_header=config.request_id_header,
+        max_body=config.max_body,
+        rejected=metrics.bind_rejections(),
+    )
+
+    app = web.Application(client_max_size=config.max_body, handler_args={"max_field_size": 16384})
+    app[STATE] = state
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_route("*", "/{tail:.*}", handler.handle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Open every pool and start every shadow worker; on shutdown (after in-flight production
+    requests have finished) give shadow queues their drain time, then close the pools."""
+    state = app[STATE]
+    for upstream in state.production_upstreams:
+        await upstream.start()
+    for route in state.routes:
+        await route.shadows.start()
+    state.ready = True
+    yield
+    state.ready = False
+    await asyncio.gather(
+        *(r.shadows.drain(state.config.shadow_drain_timeout) for r in state.routes)
+    )
+    for upstream in state.production_upstreams:
+        await upstream.close()
+
+
+def _json(status: int, doc: object) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return _json(200, {"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[STATE].ready:
+        return _json(200, {"status": "ready"})
+    return _json(503, {"status": "not ready"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(request.app[STATE].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})

@@ -1,0 +1,302 @@
+"""The shadow dispatcher: per shadow, a bounded queue and a fixed set of workers that send the
+teed copy through the shadow's own pool, compare its answer with production's, and count it.
+A full queue drops and counts; nothing here can hold up or fail a production response."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import CIMultiDict
+
+from proxy.metrics import ShadowMetrics
+from proxy.predictions import Comparator, ExtractionError, Extractor, ShapeMismatch
+from proxy.sampling import Sampler, bucket
+from proxy.upstream import Upstream, UpstreamError, UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+SHADOW_MARKER_HEADER = "X-Shadow-Request"
+
+_NOT_PARSED: Any = object()
+
+
+@dataclass(slots=True, eq=False)
+class Tee:
+    """One production exchange, shared by every shadow it is teed to (the body is not copied).
+
+    `production` is None when production gave no answer. Production's predictions are parsed at
+    most once, by the first shadow worker that needs them, never on the hot path.
+    """
+
+    method: str
+    suffix: str  # path and query after the route's matched prefix
+    headers: CIMultiDict[str]  # as forwarded to production
+    body: bytes
+    request_id: str
+    production: UpstreamResponse | None
+    _predictions: Any = field(default=_NOT_PARSED)
+
+    def production_predictions(self, extractor: Extractor) -> list[Any]:
+        """Production's predictions; raises ExtractionError when its answer holds none."""
+        if self._predictions is _NOT_PARSED:
+            assert self.production is not None
+            try:
+                self._predictions = extractor.extract(decoded_body(self.production))
+            except ExtractionError as exc:
+                self._predictions = exc
+        if isinstance(self._predictions, ExtractionError):
+            raise self._predictions
+        result: list[Any] = self._predictions
+        return result
+
+
+def decoded_body(response: UpstreamResponse) -> bytes:
+    """The body with gzip or deflate content-encoding undone (production's is kept as sent)."""
+    encoding = response.headers.get("Content-Encoding", "identity").lower()
+    if encoding in ("identity", ""):
+        return response.body
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            return zlib.decompress(response.body, wbits=47)  # 47: gzip or zlib, detected
+        except zlib.error as exc:
+            raise ExtractionError(f"cannot decode {encoding} body: {exc}") from exc
+    raise ExtractionError(f"unsupported content-encoding {encoding!r}")
+
+
+class ShadowDispatcher:
+    """A bounded queue and `max_in_flight` workers for one shadow of one route.
+
+    >>> dispatcher = ShadowDispatcher(shadow_cfg, upstream, extractor, comparator, metrics_for)
+    >>> await dispatcher.start()
+    >>> dispatcher.submit(tee)        # never blocks; counts queue_full or shutting_down
+    >>> await dispatcher.drain(5.0)   # on shutdown
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        sample: float,
+        max_in_flight: int,
+        max_queue: int,
+        strip_headers: tuple[str, ...],
+        upstream: Upstream,
+        extractor: Extractor,
+        comparator: Comparator,
+        metrics: ShadowMetrics,
+    ) -> None:
+        self.name = name
+        self.sampler = Sampler(sample)
+        self.threshold = self.sampler.threshold
+        self.upstream = upstream
+        self._extractor = extractor
+        self._comparator = comparator
+        self._strip = tuple(strip_headers)
+        self._max_in_flight = max_in_flight
+        self._queue: asyncio.Queue[Tee] = asyncio.Queue(max_queue)
+        self._workers: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._closed = False
+        m = metrics
+        self._m = m
+        self._enqueued = m.enqueued
+        self._queue_full = m.skipped["queue_full"]
+        self._shutting_down = m.skipped["shutting_down"]
+
+    # -- metrics callbacks, read at scrape time -------------------------------------------------
+
+    def queue_depth(self) -> float:
+        return self._queue.qsize()
+
+    def in_flight(self) -> float:
+        return self._in_flight
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"shadow:{self.name}:{i}")
+            for i in range(self._max_in_flight)
+        ]
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking requests, give the queue `timeout` seconds, then drop what is left
+        (counted as shutting_down) and close the pool."""
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            log.warning(
+                "shadow drain timed out",
+                extra={"shadow": self.name, "queued": self._queue.qsize()},
+            )
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._shutting_down.inc()
+        await self.upstream.close()
+
+    async def join(self) -> None:
+        """Wait until every request queued so far has been sent, compared and counted."""
+        await self._queue.join()
+
+    # -- the hot path's only call -----------------------------------------------------------------
+
+    def submit(self, tee: Tee) -> None:
+        if self._closed:
+            self._shutting_down.inc()
+            return
+        try:
+            self._queue.put_nowait(tee)
+        except asyncio.QueueFull:
+            self._queue_full.inc()
+            return
+        self._enqueued.inc()
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        queue = self._queue
+        while True:
+            tee = await queue.get()
+            self._in_flight += 1
+            try:
+                await self._shadow(tee)
+            except asyncio.CancelledError:
+                # Cancelled mid-request at the end of a drain: it never completed.
+                self._shutting_down.inc()
+                raise
+            except Exception:
+                # The shadow boundary: whatever a shadow does, production never hears of it.
+                log.exception("shadow request failed unexpectedly", extra={"shadow": self.name})
+            finally:
+                self._in_flight -= 1
+                queue.task_done()
+
+    def _headers(self, tee: Tee) -> CIMultiDict[str]:
+        headers = tee.headers.copy()
+        for name in self._strip:
+            headers.popall(name, None)
+        # Ask for an uncompressed answer: it is only parsed, never passed on.
+        headers.popall("Accept-Encoding", None)
+        headers[SHADOW_MARKER_HEADER] = self.name
+        return headers
+
+    async def _shadow(self, tee: Tee) -> None:
+        m = self._m.upstream
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            answer = await self.upstream.send(tee.method, tee.suffix, self._headers(tee), tee.body)
+        except UpstreamError as exc:
+            m.outcomes[exc.outcome].inc()
+            self._m.results["shadow_failed"].inc()
+            return
+        m.duration.observe(loop.time() - started)
+        m.outcomes["ok" if answer.status < 500 else "http_error"].inc()
+        self._compare(tee, answer)
+
+    def _compare(self, tee: Tee, shadow: UpstreamResponse) -> None:
+        results = self._m.results
+        production = tee.production
+        if production is None:
+            results["production_failed"].inc()
+            return
+        if production.status != shadow.status:
+            results["status_mismatch"].inc()
+            return
+        if not 200 <= shadow.status < 300:
+            results["same_error"].inc()
+            return
+        try:
+            expected = tee.production_predictions(self._extractor)
+        except ExtractionError:
+            results["production_unparseable"].inc()
+            return
+        try:
+            got = self._extractor.extract(decoded_body(shadow))
+        except ExtractionError:
+            results["shadow_unparseable"].inc()
+            return
+        try:
+            comparison = self._comparator.compare(expected, got)
+        except ShapeMismatch:
+            results["shape_mismatch"].inc()
+            return
+        self._m.compared.inc(comparison.instances)
+        if comparison.disagreements:
+            self._m.disagreed.inc(comparison.disagreements)
+            results["disagree"].inc()
+        else:
+            results["agree"].inc()
+        for distance in comparison.distances:
+            self._m.distance.observe(distance)
+
+
+class ShadowSet:
+    """The shadows of one route, and the decision, per request, of which ones get a copy.
+
+    Every shadow sees the same deterministic subset for a given rate: the request id's bucket is
+    computed once and compared with each shadow's threshold.
+
+    >>> shadows = ShadowSet([dispatcher_a, dispatcher_b], max_body=1 << 20, metrics=[m_a, m_b])
+    >>> shadows.offer("POST", "", headers, body, request_id, production_answer)
+    """
+
+    def __init__(
+        self,
+        dispatchers: list[ShadowDispatcher],
+        metrics: list[ShadowMetrics],
+        max_body: int,
+    ) -> None:
+        self.dispatchers = tuple(dispatchers)
+        self._entries = tuple(
+            (d, d.threshold, m.skipped["sampled_out"], m.skipped["body_too_large"])
+            for d, m in zip(dispatchers, metrics, strict=True)
+        )
+        self._max_body = max_body
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def offer(
+        self,
+        method: str,
+        suffix: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        request_id: str,
+        production: UpstreamResponse | None,
+    ) -> None:
+        b = bucket(request_id)
+        too_big = len(body) > self._max_body or (
+            production is not None and len(production.body) > self._max_body
+        )
+        tee: Tee | None = None
+        for dispatcher, threshold, sampled_out, body_too_large in self._entries:
+            if b >= threshold:
+                sampled_out.inc()
+            elif too_big:
+                body_too_large.inc()
+            else:
+                if tee is None:
+                    tee = Tee(method, suffix, headers, body, request_id, production)
+                dispatcher.submit(tee)
+
+    async def start(self) -> None:
+        for dispatcher in self.dispatchers:
+            await dispatcher.start()
+
+    async def drain(self, timeout: float) -> None:
+        await asyncio.gather(*(d.drain(timeout) for d in self.dispatchers))
+
+    async def join(self) -> None:
+        await asyncio.gather(*(d.join() for d in self.dispatchers))

@@ -1,0 +1,171 @@
+"""Shared test fixtures: scripted fake model servers on port 0, and the proxy under test on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from proxy.app import STATE, ProxyState, build_app
+from proxy.config import parse_config
+
+
+@dataclass
+class Received:
+    method: str
+    path_qs: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    delay: float = 0.0
+    hang: bool = False
+
+
+Script = Callable[[Received], Answer]
+
+
+class FakeModel:
+    """An aiohttp model server on 127.0.0.1:0 that records every request and answers by script.
+
+    >>> model = await fake_model(lambda req: Answer(body=b'{"predictions": [1]}'))
+    >>> await model.wait_for(3)        # until 3 requests have arrived
+    """
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.received: list[Received] = []
+        self.answered = 0
+        self._arrived = asyncio.Condition()
+        self._hung: asyncio.Future[None] | None = None
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        record = Received(
+            request.method, request.raw_path, request.headers.copy(), await request.read()
+        )  # type: ignore[arg-type]
+        self.received.append(record)
+        async with self._arrived:
+            self._arrived.notify_all()
+        answer = self.script(record)
+        if answer.hang:
+            await asyncio.Future()
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+        self.answered += 1
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until `count` requests have arrived (event-driven, with a safety timeout)."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= count)
+
+
+FakeModelFactory = Callable[[Script], Awaitable[FakeModel]]
+
+
+@pytest.fixture
+async def fake_model() -> AsyncIterator[FakeModelFactory]:
+    started: list[FakeModel] = []
+
+    async def factory(script: Script) -> FakeModel:
+        model = FakeModel(script)
+        await model.start()
+        started.append(model)
+        return model
+
+    yield factory
+    for model in started:
+        await model.stop()
+
+
+@dataclass
+class RunningProxy:
+    url: str
+    app: web.Application
+    registry: CollectorRegistry
+    session: aiohttp.ClientSession
+
+    @property
+    def state(self) -> ProxyState:
+        return self.app[STATE]
+
+    async def settled(self) -> None:
+        """Wait until every shadow request queued so far has been answered and compared."""
+        await asyncio.gather(*(r.shadows.join() for r in self.state.routes))
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's value, 0.0 when the series does not exist yet."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    async def post(
+        self, path: str, body: Any = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> tuple[int, CIMultiDict[str], bytes]:
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        url = URL(self.url + path, encoded=True)  # sent exactly as written
+        async with self.session.post(url, data=data, headers=headers, **kw) as r:
+            return r.status, CIMultiDict(r.headers), await r.read()
+
+
+ProxyFactory = Callable[[str], Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[ProxyFactory]:
+    """Start the proxy from YAML text on 127.0.0.1:0; stopped (and drained) at teardown."""
+    runners: list[tuple[web.AppRunner, aiohttp.ClientSession]] = []
+
+    async def factory(yaml_text: str) -> RunningProxy:
+        config = parse_config(yaml_text, "test.yaml", env={})
+        registry = CollectorRegistry()
+        app = build_app(config, registry)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        session = aiohttp.ClientSession(auto_decompress=False)
+        runners.append((runner, session))
+        return RunningProxy(f"http://{host}:{port}", app, registry, session)
+
+    yield factory
+    for runner, session in runners:
+        await session.close()
+        await runner.cleanup()
+
+
+def v1(predictions: list[Any]) -> Answer:
+    """A KServe v1 answer."""
+    return Answer(body=orjson.dumps({"predictions": predictions}))

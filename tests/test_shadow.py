@@ -1,0 +1,286 @@
+"""Shadows end to end over real sockets: fan-out, isolation from bad shadows, exact comparison
+counts, bounded queues, and deterministic sampling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.sampling import Sampler, bucket
+from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, v1
+
+ROUTE = "/v1/models/m:predict"
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "protocol-samples"
+
+
+def shadow(name: str, url: str, **opts: Any) -> str:
+    extra = "".join(f", {k}: {v}" for k, v in opts.items())
+    return f'{{name: {name}, url: "{url}/v1/models/{name}:predict"{extra}}}'
+
+
+def config(prod_url: str, *shadows: str, extra: str = "", compare: str = "") -> str:
+    return f"""
+shadow_drain_timeout: 200ms
+{extra}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    production: {{name: prod, url: "{prod_url}/v1/models/prod:predict"}}
+    shadows: [{", ".join(shadows)}]
+    {compare}
+"""
+
+
+def echo(r: Received) -> Answer:
+    """Predicts each instance's own value: a model that is always 'right'."""
+    return v1(r.json()["instances"])
+
+
+def flip_multiples_of_five(r: Received) -> Answer:
+    return v1([x + 1 if x % 5 == 0 else x for x in r.json()["instances"]])
+
+
+async def test_every_shadow_gets_the_request_marked_and_without_secrets(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod, a, b = [await fake_model(echo) for _ in range(3)]
+    p = await proxy(config(prod.url, shadow("a", a.url), shadow("b", b.url)))
+    status, _, _ = await p.post(
+        f"{ROUTE}?v=2",
+        {"instances": [1, 2]},
+        headers={"X-Request-ID": "rid-7", "Authorization": "Bearer s3cret", "Cookie": "c=1"},
+    )
+    assert status == 200
+    await p.settled()
+    assert prod.received[0].headers["Authorization"] == "Bearer s3cret"
+    for name, model in (("a", a), ("b", b)):
+        [seen] = model.received
+        assert seen.path_qs == f"/v1/models/{name}:predict?v=2"
+        assert seen.body == b'{"instances":[1,2]}'
+        assert seen.headers["X-Shadow-Request"] == name
+        assert seen.headers["X-Request-ID"] == "rid-7"
+        assert "Authorization" not in seen.headers
+        assert "Cookie" not in seen.headers
+        assert p.value("shadowproxy_comparisons_total", route=ROUTE, shadow=name, result="agree") == 1
+        assert p.value("shadowproxy_compared_instances_total", route=ROUTE, shadow=name) == 2
+
+
+async def test_bad_shadows_never_change_or_slow_production(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(echo)
+    slow = await fake_model(lambda r: Answer(body=echo(r).body, delay=2.0))
+    dead = await fake_model(lambda r: Answer(hang=True))
+    failing = await fake_model(lambda r: Answer(status=500, body=b'{"error":"boom"}'))
+    garbage = await fake_model(lambda r: Answer(body=b"<html>not json"))
+    p = await proxy(
+        config(
+            prod.url,
+            shadow("slow", slow.url, timeout="5s"),
+            shadow("dead", dead.url, timeout="300ms"),
+            shadow("failing", failing.url),
+            shadow("garbage", garbage.url),
+        )
+    )
+    for i in range(5):
+        status, headers, body = await p.post(ROUTE, {"instances": [i]})
+        assert (status, body) == (200, orjson.dumps({"predictions": [i]}))
+        assert headers["Content-Type"] == "application/json"
+    # Every production answer came back while the slow shadow still held its first request.
+    assert slow.answered == 0
+    await p.settled()
+    assert slow.answered == 5
+
+    def count(name: str, shadow_name: str, **labels: str) -> float:
+        return p.value(name, route=ROUTE, **labels, **{"target" if "upstream" in name else "shadow": shadow_name})
+
+    up = "shadowproxy_upstream_requests_total"
+    assert count(up, "slow", role="shadow", outcome="ok") == 5
+    assert count(up, "dead", role="shadow", outcome="timeout") == 5
+    assert count(up, "failing", role="shadow", outcome="http_error") == 5
+    assert count(up, "garbage", role="shadow", outcome="ok") == 5
+    cmp = "shadowproxy_comparisons_total"
+    assert count(cmp, "slow", result="agree") == 5
+    assert count(cmp, "dead", result="shadow_failed") == 5
+    assert count(cmp, "failing", result="status_mismatch") == 5
+    assert count(cmp, "garbage", result="shadow_unparseable") == 5
+    assert p.value(up, route=ROUTE, target="prod", role="production", outcome="ok") == 5
+
+
+async def test_known_sequence_gives_exact_disagreement_counts_in_metrics_text(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(echo)
+    same = await fake_model(echo)
+    flips = await fake_model(flip_multiples_of_five)
+    p = await proxy(config(prod.url, shadow("same", same.url), shadow("flips", flips.url)))
+    for i in range(10):  # instances 0..29, in batches of 3: multiples of 5 are 0,5,...,25
+        await p.post(ROUTE, {"instances": [3 * i, 3 * i + 1, 3 * i + 2]})
+    await p.settled()
+    async with p.session.get(p.url + "/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    lines = set(text.splitlines())
+    for expected in (
+        f'shadowproxy_compared_instances_total{{route="{ROUTE}",shadow="same"}} 30.0',
+        f'shadowproxy_disagreed_instances_total{{route="{ROUTE}",shadow="same"}} 0.0',
+        f'shadowproxy_compared_instances_total{{route="{ROUTE}",shadow="flips"}} 30.0',
+        f'shadowproxy_disagreed_instances_total{{route="{ROUTE}",shadow="flips"}} 6.0',
+        # Batches holding a multiple of five: 0-2, 3-5, 9-11, 15-17, 18-20, 24-26.
+        f'shadowproxy_comparisons_total{{result="disagree",route="{ROUTE}",shadow="flips"}} 6.0',
+        f'shadowproxy_comparisons_total{{result="agree",route="{ROUTE}",shadow="flips"}} 4.0',
+        f'shadowproxy_shadow_enqueued_total{{route="{ROUTE}",shadow="flips"}} 10.0',
+        f'shadowproxy_requests_total{{route="{ROUTE}"}} 10.0',
+        f'shadowproxy_shadow_queue_depth{{route="{ROUTE}",shadow="flips"}} 0.0',
+        f'shadowproxy_shadow_in_flight{{route="{ROUTE}",shadow="flips"}} 0.0',
+    ):
+        assert expected in lines, expected
+    assert any(line.startswith("shadowproxy_config_info{") for line in lines)
+
+
+async def test_comparison_results_for_errors_and_shapes(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    def prod_script(r: Received) -> Answer:
+        x = r.json()["instances"]
+        if x == ["bad-input"]:
+            return Answer(status=400, body=b'{"error":"bad"}')
+        if x == ["prod-garbage"]:
+            return Answer(body=b'{"nope": 1}')
+        return v1(x)
+
+    def shadow_script(r: Received) -> Answer:
+        x = r.json()["instances"]
+        if x == ["bad-input"]:
+            return Answer(status=400, body=b'{"error":"also bad"}')
+        if x == ["short"]:
+            return v1([])
+        return v1(x)
+
+    prod = await fake_model(prod_script)
+    s = await fake_model(shadow_script)
+    p = await proxy(config(prod.url, shadow("s", s.url)))
+    for instances in (["bad-input"], ["prod-garbage"], ["short"], ["fine"]):
+        await p.post(ROUTE, {"instances": instances})
+    await p.settled()
+    results = {
+        r: p.value("shadowproxy_comparisons_total", route=ROUTE, shadow="s", result=r)
+        for r in ("same_error", "production_unparseable", "shape_mismatch", "agree")
+    }
+    assert results == {
+        "same_error": 1,
+        "production_unparseable": 1,
+        "shape_mismatch": 1,
+        "agree": 1,
+    }
+
+
+async def test_a_full_queue_drops_and_counts(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(echo)
+    stuck = await fake_model(lambda r: Answer(hang=True))
+    p = await proxy(config(prod.url, shadow("stuck", stuck.url, max_in_flight=1, max_queue=1)))
+    await p.post(ROUTE, {"instances": [1]})
+    await stuck.wait_for(1)  # the only worker now holds request 1
+    for i in (2, 3, 4):
+        status, _, _ = await p.post(ROUTE, {"instances": [i]})
+        assert status == 200
+    labels = {"route": ROUTE, "shadow": "stuck"}
+    assert p.value("shadowproxy_shadow_enqueued_total", **labels) == 2
+    assert p.value("shadowproxy_shadow_skipped_total", **labels, reason="queue_full") == 2
+    assert p.value("shadowproxy_shadow_queue_depth", **labels) == 1
+    assert p.value("shadowproxy_shadow_in_flight", **labels) == 1
+
+
+async def test_bodies_too_large_for_shadows_are_skipped_and_counted(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(echo)
+    s = await fake_model(echo)
+    p = await proxy(config(prod.url, shadow("s", s.url), extra="shadow_max_body: 64B"))
+    status, _, _ = await p.post(ROUTE, {"instances": list(range(40))})
+    assert status == 200
+    await p.post(ROUTE, {"instances": [1]})
+    await p.settled()
+    assert len(s.received) == 1
+    labels = {"route": ROUTE, "shadow": "s"}
+    assert p.value("shadowproxy_shadow_skipped_total", **labels, reason="body_too_large") == 1
+    assert p.value("shadowproxy_shadow_enqueued_total", **labels) == 1
+
+
+async def test_sampling_sends_the_same_deterministic_subset_to_every_shadow(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod, a, b = [await fake_model(echo) for _ in range(3)]
+    p = await proxy(
+        config(prod.url, shadow("a", a.url, sample='"30%"'), shadow("b", b.url, sample=0.3))
+    )
+    ids = [f"req-{i}" for i in range(200)]
+    for rid in ids:
+        await p.post(ROUTE, {"instances": [1]}, headers={"X-Request-ID": rid})
+    await p.settled()
+    expected = {rid for rid in ids if Sampler(0.3).admits(bucket(rid))}
+    assert len(expected) == 60
+    for name, model in (("a", a), ("b", b)):
+        assert {r.headers["X-Request-ID"] for r in model.received} == expected
+        labels = {"route": ROUTE, "shadow": name}
+        assert p.value("shadowproxy_shadow_skipped_total", **labels, reason="sampled_out") == 140
+        assert p.value("shadowproxy_shadow_enqueued_total", **labels) == 60
+    assert len(prod.received) == 200
+
+
+async def test_a_failed_production_request_is_still_teed_and_counted(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(lambda r: Answer(hang=True))
+    s = await fake_model(echo)
+    text = config(prod.url, shadow("s", s.url)).replace(
+        ':predict"}', ':predict", timeout: 100ms}'
+    )
+    p = await proxy(text)
+    status, _, _ = await p.post(ROUTE, {"instances": [1]})
+    assert status == 504
+    await p.settled()
+    assert len(s.received) == 1
+    assert p.value("shadowproxy_comparisons_total", route=ROUTE, shadow="s", result="production_failed") == 1
+
+
+async def test_open_inference_probabilities_record_distances(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    sample = json.loads((SAMPLES / "open-inference-v2-proba.json").read_text())
+    prod_answer = sample["response"]
+    shadow_answer = {
+        **prod_answer,
+        "id": "another-id",
+        "model_name": "cancer-rf",
+        "outputs": [{**prod_answer["outputs"][0], "data": [0.5, 0.5, 0.9, 0.1, 0.6, 0.4]}],
+    }
+    prod = await fake_model(lambda r: Answer(body=orjson.dumps(prod_answer)))
+    s = await fake_model(lambda r: Answer(body=orjson.dumps(shadow_answer)))
+    p = await proxy(
+        f"""
+routes:
+  - match: /v2/models/cancer/infer
+    protocol: open-inference-v2
+    output: predict_proba
+    production: {{name: cancer-lr, url: "{prod.url}/v2/models/cancer-lr/infer"}}
+    shadows: [{{name: cancer-rf, url: "{s.url}/v2/models/cancer-rf/infer"}}]
+    compare: {{kind: probabilities, distance: total_variation}}
+"""
+    )
+    status, _, body = await p.post("/v2/models/cancer/infer", sample["request"])
+    assert status == 200
+    assert orjson.loads(body) == prod_answer
+    await p.settled()
+    labels = {"route": "/v2/models/cancer/infer", "shadow": "cancer-rf"}
+    assert p.value("shadowproxy_compared_instances_total", **labels) == 3
+    # Rows 1 and 3 flip their argmax (1 -> 0; a tie takes the first class); row 2 keeps class 0.
+    assert p.value("shadowproxy_disagreed_instances_total", **labels) == 2
+    assert p.value("shadowproxy_probability_distance_count", **labels) == 3
+    tv = [0.4891310180578101, 0.0960110508055856, 0.5272855420703331]
+    assert abs(p.value("shadowproxy_probability_distance_sum", **labels) - sum(tv)) < 1e-12
