@@ -67,7 +67,8 @@ def _strip(headers: CIMultiDictProxy[str], drop: tuple[str, ...]) -> CIMultiDict
 class ProductionHandler:
     """The aiohttp handler for every proxied path.
 
-    >>> handler = ProductionHandler(router, request_id_header="X-Request-ID", max_body=..., rejected=...)
+    >>> handler = ProductionHandler(router, request_id_header="X-Request-ID", max_body=1 << 20,
+    ...                             rejected=metrics.bind_rejections())
     >>> app.router.add_route("*", "/{tail:.*}", handler.handle)
     """
 

@@ -1,4 +1,4 @@
-"""JSON-lines logging on stderr: one formatter and one set-up function. Nothing else logs specially."""
+"""JSON-lines logging on stderr: the formatter and the one set-up function."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
-
 
 
 def configure_logging(level: str = "info") -> None:

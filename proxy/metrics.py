@@ -183,7 +183,7 @@ class Metrics:
         return {r: self.rejected.labels(r) for r in REJECT_REASONS}
 
 
-# prometheus-client's bound children have no public type; Counter/Histogram are what labels() returns.
+# prometheus-client gives bound children no type of their own: labels() returns the family type.
 @dataclass(frozen=True, slots=True)
 class UpstreamMetrics:
     duration: Histogram

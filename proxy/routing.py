@@ -37,8 +37,6 @@ class Router(Generic[T]):
     def match(self, path: str, method: str) -> tuple[str, T] | None:
         """The matched prefix and value, or None."""
         for entry in self._entries:
-            if path.startswith(entry.prefix) and (
-                entry.methods is None or method in entry.methods
-            ):
+            if path.startswith(entry.prefix) and (entry.methods is None or method in entry.methods):
                 return entry.prefix, entry.value
         return None

@@ -1,4 +1,4 @@
-"""Deterministic hash bucketing of a request key, shared by shadow sampling and target splits. Pure."""
+"""Deterministic hash bucketing of a request key, for shadow sampling and target splits. Pure."""
 
 from __future__ import annotations
 

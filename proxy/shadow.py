@@ -124,12 +124,12 @@ class ShadowDispatcher:
             for i in range(self._max_in_flight)
         ]
 
-    async def drain(self, timeout: float) -> None:
-        """Stop taking requests, give the queue `timeout` seconds, then drop what is left
+    async def drain(self, grace: float) -> None:
+        """Stop taking requests, give the queue `grace` seconds, then drop what is left
         (counted as shutting_down) and close the pool."""
         self._closed = True
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(self._queue.join(), grace)
         except TimeoutError:
             log.warning(
                 "shadow drain timed out",
@@ -295,8 +295,8 @@ class ShadowSet:
         for dispatcher in self.dispatchers:
             await dispatcher.start()
 
-    async def drain(self, timeout: float) -> None:
-        await asyncio.gather(*(d.drain(timeout) for d in self.dispatchers))
+    async def drain(self, grace: float) -> None:
+        await asyncio.gather(*(d.drain(grace) for d in self.dispatchers))
 
     async def join(self) -> None:
         await asyncio.gather(*(d.join() for d in self.dispatchers))

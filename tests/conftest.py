@@ -1,4 +1,4 @@
-"""Shared test fixtures: scripted fake model servers on port 0, and the proxy under test on port 0."""
+"""Test fixtures: scripted fake model servers, and the proxy under test, on port 0."""
 
 from __future__ import annotations
 
@@ -88,9 +88,9 @@ class FakeModel:
             await self.runner.cleanup()
             self.runner = None
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+    async def wait_for(self, count: int) -> None:
         """Wait until `count` requests have arrived (event-driven, with a safety timeout)."""
-        async with asyncio.timeout(timeout), self._arrived:
+        async with asyncio.timeout(10), self._arrived:
             await self._arrived.wait_for(lambda: len(self.received) >= count)
 
 

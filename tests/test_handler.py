@@ -135,7 +135,9 @@ async def test_production_down_gives_502(proxy: ProxyFactory) -> None:
     assert p.value("shadowproxy_upstream_requests_total", **labels, outcome="ok") == 0
 
 
-async def test_production_timeout_gives_504(fake_model: FakeModelFactory, proxy: ProxyFactory) -> None:
+async def test_production_timeout_gives_504(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
     prod = await fake_model(lambda r: Answer(hang=True))
     p = await proxy(route_yaml(prod.url, timeout="200ms"))
     status, _, body = await p.post(
@@ -164,7 +166,9 @@ async def test_an_oversized_body_gives_413_without_reaching_production(
     assert p.value("shadowproxy_rejected_requests_total", reason="body_too_large") == 1
 
 
-async def test_no_matching_route_gives_404(fake_model: FakeModelFactory, proxy: ProxyFactory) -> None:
+async def test_no_matching_route_gives_404(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
     prod = await fake_model(lambda r: v1([1]))
     p = await proxy(route_yaml(prod.url))
     status, _, body = await p.post("/v2/other", {}, headers={"X-Request-ID": "r4"})

@@ -64,7 +64,9 @@ async def test_every_shadow_gets_the_request_marked_and_without_secrets(
         assert seen.headers["X-Request-ID"] == "rid-7"
         assert "Authorization" not in seen.headers
         assert "Cookie" not in seen.headers
-        assert p.value("shadowproxy_comparisons_total", route=ROUTE, shadow=name, result="agree") == 1
+        assert (
+            p.value("shadowproxy_comparisons_total", route=ROUTE, shadow=name, result="agree") == 1
+        )
         assert p.value("shadowproxy_compared_instances_total", route=ROUTE, shadow=name) == 2
 
 
@@ -94,19 +96,26 @@ async def test_bad_shadows_never_change_or_slow_production(
     await p.settled()
     assert slow.answered == 5
 
-    def count(name: str, shadow_name: str, **labels: str) -> float:
-        return p.value(name, route=ROUTE, **labels, **{"target" if "upstream" in name else "shadow": shadow_name})
+    def outcome(target: str, outcome: str) -> float:
+        return p.value(
+            "shadowproxy_upstream_requests_total",
+            route=ROUTE, target=target, role="shadow", outcome=outcome,
+        )  # fmt: skip
 
+    def result(shadow_name: str, result: str) -> float:
+        return p.value(
+            "shadowproxy_comparisons_total", route=ROUTE, shadow=shadow_name, result=result
+        )
+
+    assert outcome("slow", "ok") == 5
+    assert outcome("dead", "timeout") == 5
+    assert outcome("failing", "http_error") == 5
+    assert outcome("garbage", "ok") == 5
+    assert result("slow", "agree") == 5
+    assert result("dead", "shadow_failed") == 5
+    assert result("failing", "status_mismatch") == 5
+    assert result("garbage", "shadow_unparseable") == 5
     up = "shadowproxy_upstream_requests_total"
-    assert count(up, "slow", role="shadow", outcome="ok") == 5
-    assert count(up, "dead", role="shadow", outcome="timeout") == 5
-    assert count(up, "failing", role="shadow", outcome="http_error") == 5
-    assert count(up, "garbage", role="shadow", outcome="ok") == 5
-    cmp = "shadowproxy_comparisons_total"
-    assert count(cmp, "slow", result="agree") == 5
-    assert count(cmp, "dead", result="shadow_failed") == 5
-    assert count(cmp, "failing", result="status_mismatch") == 5
-    assert count(cmp, "garbage", result="shadow_unparseable") == 5
     assert p.value(up, route=ROUTE, target="prod", role="production", outcome="ok") == 5
 
 
@@ -238,15 +247,18 @@ async def test_a_failed_production_request_is_still_teed_and_counted(
 ) -> None:
     prod = await fake_model(lambda r: Answer(hang=True))
     s = await fake_model(echo)
-    text = config(prod.url, shadow("s", s.url)).replace(
-        ':predict"}', ':predict", timeout: 100ms}'
-    )
+    text = config(prod.url, shadow("s", s.url)).replace(':predict"}', ':predict", timeout: 100ms}')
     p = await proxy(text)
     status, _, _ = await p.post(ROUTE, {"instances": [1]})
     assert status == 504
     await p.settled()
     assert len(s.received) == 1
-    assert p.value("shadowproxy_comparisons_total", route=ROUTE, shadow="s", result="production_failed") == 1
+    assert (
+        p.value(
+            "shadowproxy_comparisons_total", route=ROUTE, shadow="s", result="production_failed"
+        )
+        == 1
+    )
 
 
 async def test_open_inference_probabilities_record_distances(

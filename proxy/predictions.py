@@ -1,0 +1,560 @@
+"""Predictions: extract them from model-server answers per protocol, and compare two models' sets.
+
+Owns the wire layout of each supported protocol's *answer* (KServe v1, Open Inference v2, MLflow,
+TF Serving, a custom JSON path) and the rules that decide when production and a shadow disagree.
+Pure: no I/O, no asyncio, no metrics. Callers turn the results into metrics and store rows.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from scipy.spatial.distance import jensenshannon
+
+__all__ = [
+    "Comparator",
+    "CompareKind",
+    "Comparison",
+    "Distance",
+    "ExtractionError",
+    "Extractor",
+    "Protocol",
+    "ShapeMismatch",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+# Up to this many numbers per batch, plain Python beats numpy's fixed cost per call (array
+# creation, ufunc dispatch: tens of µs); the proxy's typical batch holds 1 to 3 instances.
+_SMALL = 32
+
+
+class Protocol(enum.Enum):
+    """The answer layout a model server speaks."""
+
+    KSERVE_V1 = "kserve-v1"
+    OPEN_INFERENCE_V2 = "open-inference-v2"
+    MLFLOW = "mlflow"
+    TFSERVING = "tfserving"
+    CUSTOM = "custom"
+
+
+class CompareKind(enum.Enum):
+    """What a prediction is, hence how two of them are compared."""
+
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+    PROBABILITIES = "probabilities"
+
+
+class Distance(enum.Enum):
+    """How far apart two probability vectors are; both lie in [0, 1]."""
+
+    TOTAL_VARIATION = "total_variation"
+    JENSEN_SHANNON = "jensen_shannon"
+
+
+class ExtractionError(ValueError):
+    """The body holds no predictions where the protocol says they are."""
+
+
+class ShapeMismatch(ValueError):
+    """Production and shadow predictions cannot be compared instance by instance."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extractor:
+    """Finds the per-instance predictions in one protocol's answer.
+
+    ``output`` names the Open Inference v2 output, or the TF Serving / MLflow column (or row
+    key) to read; when unset, the first output or the only column is taken.
+    ``path`` is the custom protocol's path, already split (list indexes are digit strings).
+
+        >>> Extractor(Protocol.KSERVE_V1).extract(b'{"predictions": [1, 0]}')
+        [1, 0]
+        >>> Extractor(Protocol.CUSTOM, path=("result", "0")).extract(b'{"result": [{"y": 2}]}')
+        [{'y': 2}]
+    """
+
+    protocol: Protocol
+    output: str | None = None
+    path: tuple[str, ...] = ()
+
+    def extract(self, body: bytes) -> list[Any]:
+        """Parse ``body`` and return one item per instance of the batch."""
+        try:
+            doc = orjson.loads(body)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise ExtractionError(f"body is not JSON: {exc}") from exc
+        return self.extract_parsed(doc)
+
+    def extract_parsed(self, doc: Any) -> list[Any]:
+        """Return one item per instance from an already-parsed JSON document."""
+        try:
+            match self.protocol:
+                case Protocol.KSERVE_V1:
+                    return _list_at(doc, "predictions")
+                case Protocol.OPEN_INFERENCE_V2:
+                    return self._open_inference_v2(doc)
+                case Protocol.MLFLOW:
+                    return self._mlflow(doc)
+                case Protocol.TFSERVING:
+                    return self._tfserving(doc)
+                case Protocol.CUSTOM:
+                    return self._custom(doc)
+        except ExtractionError:
+            raise
+        # The checks above should leave nothing else to raise; this net keeps the promise that
+        # a malformed body can only ever surface as ExtractionError.
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise ExtractionError(f"malformed {self.protocol.value} answer: {exc}") from exc
+        raise AssertionError(f"unhandled protocol {self.protocol!r}")  # pragma: no cover
+
+    def _open_inference_v2(self, doc: Any) -> list[Any]:
+        outputs = doc.get("outputs") if isinstance(doc, dict) else None
+        if not isinstance(outputs, list) or not outputs:
+            raise ExtractionError("no 'outputs' list")
+        if self.output is None:
+            chosen = outputs[0]
+        else:
+            for candidate in outputs:
+                if isinstance(candidate, dict) and candidate.get("name") == self.output:
+                    chosen = candidate
+                    break
+            else:
+                names = [o.get("name") for o in outputs if isinstance(o, dict)]
+                raise ExtractionError(f"output {self.output!r} not among outputs {names}")
+        if not isinstance(chosen, dict):
+            raise ExtractionError(f"output is {_json_type(chosen)}, not an object")
+        data = chosen.get("data")
+        if not isinstance(data, list):
+            raise ExtractionError(f"output {chosen.get('name')!r} has no 'data' list")
+        if any(isinstance(value, list) for value in data):
+            # The spec says row-major flat, but some servers send nested rows: flatten so that
+            # `shape` alone decides the layout.
+            data = _flatten(data)
+        shape = chosen.get("shape")
+        if shape is None:
+            return list(data)
+        return _reshape(data, _valid_shape(shape))
+
+    def _mlflow(self, doc: Any) -> list[Any]:
+        # Older MLflow scoring servers answer with a bare list instead of {"predictions": ...}.
+        predictions = doc if isinstance(doc, list) else _value_at(doc, "predictions")
+        if isinstance(predictions, dict):
+            return _list_in_column(predictions, self.output, "columns")
+        if not isinstance(predictions, list):
+            raise ExtractionError(f"'predictions' is {_json_type(predictions)}, not an array")
+        if predictions and isinstance(predictions[0], dict):
+            return _pick_from_rows(predictions, self.output)
+        return list(predictions)
+
+    def _tfserving(self, doc: Any) -> list[Any]:
+        if isinstance(doc, dict) and "predictions" in doc:
+            rows = _list_at(doc, "predictions")
+            # Row format with several named outputs gives one object per instance.
+            return rows if self.output is None else _pick_from_rows(rows, self.output)
+        if not isinstance(doc, dict) or "outputs" not in doc:
+            raise ExtractionError("no 'predictions' or 'outputs' key")
+        outputs = doc["outputs"]
+        if isinstance(outputs, dict):
+            return _list_in_column(outputs, self.output, "outputs")
+        if not isinstance(outputs, list):
+            raise ExtractionError(f"'outputs' is {_json_type(outputs)}, not an array or object")
+        return list(outputs)
+
+    def _custom(self, doc: Any) -> list[Any]:
+        value = doc
+        for depth, segment in enumerate(self.path):
+            where = ".".join(self.path[: depth + 1])
+            if isinstance(value, dict):
+                if segment not in value:
+                    raise ExtractionError(f"path segment {segment!r} not found at {where!r}")
+                value = value[segment]
+            elif isinstance(value, list):
+                if not (segment.isascii() and segment.isdigit()):
+                    raise ExtractionError(
+                        f"path segment {segment!r} at {where!r} is not an index into an array"
+                    )
+                index = int(segment)
+                if index >= len(value):
+                    raise ExtractionError(
+                        f"path segment {segment!r} at {where!r} is out of range "
+                        f"for an array of {len(value)}"
+                    )
+                value = value[index]
+            else:
+                raise ExtractionError(
+                    f"path segment {segment!r} at {where!r} cannot index {_json_type(value)}"
+                )
+        return list(value) if isinstance(value, list) else [value]
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """How one batch of shadow predictions compares with production's.
+
+    >>> Comparator(CompareKind.CLASSIFICATION).compare([1, 0, 1], [1, 1, 1])
+    Comparison(instances=3, disagreements=1, distances=())
+    """
+
+    instances: int
+    disagreements: int
+    distances: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Comparator:
+    """Decides, instance by instance, whether a shadow's predictions agree with production's.
+
+    ``tolerance`` and ``relative_tolerance`` apply to regression only, with numpy.isclose's
+    meaning: agree when ``|shadow - production| <= tolerance + relative_tolerance*|production|``.
+    ``distance`` applies to probabilities only.
+
+        >>> Comparator(CompareKind.REGRESSION, tolerance=0.5).compare([1.0, 2.0], [1.5, 3.0])
+        Comparison(instances=2, disagreements=1, distances=())
+        >>> Comparator(CompareKind.PROBABILITIES).compare([[0.25, 0.75]], [[0.75, 0.25]])
+        Comparison(instances=1, disagreements=1, distances=(0.5,))
+    """
+
+    kind: CompareKind
+    tolerance: float = 0.0
+    relative_tolerance: float = 0.0
+    distance: Distance = Distance.TOTAL_VARIATION
+
+    def __post_init__(self) -> None:
+        for name in ("tolerance", "relative_tolerance"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def compare(self, production: Sequence[Any], shadow: Sequence[Any]) -> Comparison:
+        """Compare two batches; raises ShapeMismatch when they cannot be paired up."""
+        if len(production) != len(shadow):
+            raise ShapeMismatch(f"production has {len(production)} instances, shadow {len(shadow)}")
+        match self.kind:
+            case CompareKind.CLASSIFICATION:
+                differ = sum(1 for p, s in zip(production, shadow, strict=True) if p != s)
+                return Comparison(len(production), differ)
+            case CompareKind.REGRESSION:
+                return Comparison(len(production), self._regression(production, shadow))
+            case CompareKind.PROBABILITIES:
+                return self._probabilities(production, shadow)
+        raise AssertionError(f"unhandled kind {self.kind!r}")  # pragma: no cover
+
+    def _regression(self, production: Sequence[Any], shadow: Sequence[Any]) -> int:
+        if _small_and_flat(production) and _small_and_flat(shadow):
+            return sum(
+                1 for p, s in zip(production, shadow, strict=True) if not self._close_flat(p, s)
+            )
+        try:
+            prod, shad = _numeric_array(production), _numeric_array(shadow)
+        except _NotNumeric:
+            # Ragged or partly non-numeric batch: go instance by instance so that only the
+            # faulty instances count as disagreements.
+            return sum(
+                1 for p, s in zip(production, shadow, strict=True) if not self._close_array(p, s)
+            )
+        if prod.shape != shad.shape:
+            raise ShapeMismatch(
+                f"production instances have shape {list(prod.shape[1:])}, "
+                f"shadow {list(shad.shape[1:])}"
+            )
+        return _count_not_close(prod, shad, self.tolerance, self.relative_tolerance)
+
+    def _close_flat(self, production: Any, shadow: Any) -> bool:
+        """Plain-Python isclose for an instance that is a number or a flat list of numbers."""
+        p_list, s_list = isinstance(production, list), isinstance(shadow, list)
+        if p_list and s_list and len(production) == len(shadow):
+            return all(self._close(p, s) for p, s in zip(production, shadow, strict=True))
+        if not (p_list or s_list):
+            return self._close(production, shadow)
+        # As in the numpy path, a non-numeric instance is a disagreement before it is a shape.
+        if not (_numbers_only(production) and _numbers_only(shadow)):
+            return False
+        raise ShapeMismatch(
+            f"a production instance has shape {_flat_shape(production)}, "
+            f"shadow {_flat_shape(shadow)}"
+        )
+
+    def _close(self, production: Any, shadow: Any) -> bool:
+        if not (_is_number(production) and _is_number(shadow)):
+            return False
+        try:
+            p, s = float(production), float(shadow)
+        except OverflowError:  # an integer beyond float range, which numpy refuses too
+            return False
+        if p == s:  # also the only way two infinities agree, as in numpy
+            return True
+        if not (math.isfinite(p) and math.isfinite(s)):
+            return False
+        return abs(s - p) <= self.tolerance + self.relative_tolerance * abs(p)
+
+    def _close_array(self, production: Any, shadow: Any) -> bool:
+        try:
+            prod, shad = _numeric_array(production), _numeric_array(shadow)
+        except _NotNumeric:
+            return False
+        if prod.shape != shad.shape:
+            raise ShapeMismatch(
+                f"a production instance has shape {list(prod.shape)}, shadow {list(shad.shape)}"
+            )
+        batch_of_one = prod[np.newaxis], shad[np.newaxis]
+        return _count_not_close(*batch_of_one, self.tolerance, self.relative_tolerance) == 0
+
+    def _probabilities(self, production: Sequence[Any], shadow: Sequence[Any]) -> Comparison:
+        if _probability_size(production) > _SMALL:
+            prod, shad = _probability_matrix(production), _probability_matrix(shadow)
+            if prod is not None and shad is not None and prod.shape == shad.shape:
+                disagreements = int(np.count_nonzero(prod.argmax(axis=1) != shad.argmax(axis=1)))
+                if self.distance is Distance.TOTAL_VARIATION:
+                    by_row = _total_variation(prod, shad)
+                else:
+                    by_row = _jensen_shannon(prod, shad)
+                return Comparison(len(production), disagreements, tuple(by_row.tolist()))
+        # Small batches, and irregular ones that numpy cannot hold (mixed class counts, wrong
+        # types, bad values): here every row is checked, and the error names the fault.
+        prod_rows = [_probability_vector(v) for v in production]
+        shad_rows = [_probability_vector(v) for v in shadow]
+        for index, (p, s) in enumerate(zip(prod_rows, shad_rows, strict=True)):
+            if len(p) != len(s):
+                raise ShapeMismatch(
+                    f"instance {index}: production has {len(p)} probabilities, shadow {len(s)}"
+                )
+        pairs = list(zip(prod_rows, shad_rows, strict=True))
+        disagreements = sum(1 for p, s in pairs if _argmax(p) != _argmax(s))
+        if self.distance is Distance.TOTAL_VARIATION:
+            distances = [_total_variation_row(p, s) for p, s in pairs]
+        else:
+            distances = _jensen_shannon(np.array(prod_rows), np.array(shad_rows)).tolist()
+        return Comparison(len(prod_rows), disagreements, tuple(distances))
+
+
+class _NotNumeric(Exception):
+    """A value does not form a regular array of real numbers."""
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _value_at(doc: Any, key: str) -> Any:
+    if not isinstance(doc, dict):
+        raise ExtractionError(f"body is {_json_type(doc)}, not an object")
+    if key not in doc:
+        raise ExtractionError(f"no {key!r} key")
+    return doc[key]
+
+
+def _list_at(doc: Any, key: str) -> list[Any]:
+    value = _value_at(doc, key)
+    if not isinstance(value, list):
+        raise ExtractionError(f"{key!r} is {_json_type(value)}, not an array")
+    return list(value)
+
+
+def _list_in_column(columns: dict[str, Any], name: str | None, what: str) -> list[Any]:
+    """Pick the named column, or the only one, from a columnar answer."""
+    if name is None:
+        if len(columns) != 1:
+            raise ExtractionError(f"no output configured to choose among {what} {list(columns)}")
+        ((name, values),) = columns.items()
+    elif name in columns:
+        values = columns[name]
+    else:
+        raise ExtractionError(f"output {name!r} not among {what} {list(columns)}")
+    if not isinstance(values, list):
+        raise ExtractionError(f"{name!r} is {_json_type(values)}, not an array")
+    return list(values)
+
+
+def _pick_from_rows(rows: list[Any], name: str | None) -> list[Any]:
+    """Pick the named key, or the only one, from each row of a records-style answer."""
+    first = rows[0] if rows else None
+    if not isinstance(first, dict):
+        raise ExtractionError(f"row 0 is {_json_type(first)}, not an object")
+    if name is None:
+        if len(first) != 1:
+            raise ExtractionError(f"no output configured to choose among keys {list(first)}")
+        (name,) = first
+    picked = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or name not in row:
+            raise ExtractionError(f"row {index} has no key {name!r}")
+        picked.append(row[name])
+    return picked
+
+
+def _flatten(nested: list[Any]) -> list[Any]:
+    # Iterative on purpose: JSON nests deeper than Python's default recursion limit.
+    flat: list[Any] = []
+    stack = [iter(nested)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            stack.pop()
+    return flat
+
+
+def _valid_shape(shape: Any) -> list[int]:
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise ExtractionError(f"shape {shape!r} is not a list of sizes [N, ...]")
+    return shape
+
+
+def _reshape(data: list[Any], shape: list[int]) -> list[Any]:
+    """Split flat row-major ``data`` into ``shape[0]`` instances of ``shape[1:]``."""
+    needed = math.prod(shape)
+    if needed != len(data):
+        raise ExtractionError(f"data has {len(data)} values but shape {shape} needs {needed}")
+    if needed == 0:
+        # Refused rather than built: [10**9, 0] would otherwise allocate a billion empty rows.
+        if shape[0] != 0:
+            raise ExtractionError(f"shape {shape} has instances without values")
+        return []
+    if len(shape) > 1 and shape[-1] == 1:
+        # [N, 1] is how servers send one label or score per row: make those scalars.
+        shape = shape[:-1]
+    rows: list[Any] = data
+    # Innermost dimension first. With no zero sizes, every group count is at most len(data).
+    for axis in range(len(shape) - 1, 0, -1):
+        size, groups = shape[axis], math.prod(shape[:axis])
+        rows = [rows[i * size : (i + 1) * size] for i in range(groups)]
+    return list(rows)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers_only(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_is_number(v) for v in value)
+    return _is_number(value)
+
+
+def _flat_shape(value: Any) -> list[int]:
+    return [len(value)] if isinstance(value, list) else []
+
+
+def _small_and_flat(batch: Sequence[Any]) -> bool:
+    """Whether a batch of numbers or flat lists is small enough for plain Python to win."""
+    size = 0
+    for value in batch:
+        if isinstance(value, list):
+            if any(isinstance(v, list) for v in value):
+                return False
+            size += len(value)
+        else:
+            size += 1
+        if size > _SMALL:
+            return False
+    return True
+
+
+def _numeric_array(values: Any) -> FloatArray:
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged nesting, huge integers
+        raise _NotNumeric from exc
+    # Checked before converting to float so that strings such as "1.5" do not pass as numbers.
+    if array.dtype.kind not in "iuf":
+        raise _NotNumeric
+    return array.astype(np.float64, copy=False)
+
+
+def _count_not_close(prod: FloatArray, shad: FloatArray, atol: float, rtol: float) -> int:
+    """Count instances (axis 0) in which any element is not close."""
+    close = np.isclose(shad, prod, rtol=rtol, atol=atol)
+    return int(np.count_nonzero(~close.all(axis=tuple(range(1, close.ndim)))))
+
+
+def _probability_vector(value: Any) -> list[float]:
+    if _is_number(value):
+        # One number is a binary classifier's P(class 1).
+        vector = [1 - value, value]
+    elif isinstance(value, list) and value:
+        vector = value
+    elif isinstance(value, list):
+        raise ShapeMismatch("a probability vector is empty")
+    else:
+        raise ShapeMismatch("probabilities must be numbers")
+    if not all(_is_number(p) for p in vector):
+        raise ShapeMismatch("probabilities must be numbers")
+    try:
+        floats = [float(p) for p in vector]
+    except OverflowError as exc:
+        raise ShapeMismatch("probabilities must be numbers") from exc
+    # Negative, infinite, NaN or all-zero vectors would turn distances into NaN or nonsense.
+    if not (all(0.0 <= p < math.inf for p in floats) and sum(floats) > 0):
+        raise ShapeMismatch("probabilities must be finite, non-negative and not all zero")
+    return floats
+
+
+def _probability_size(batch: Sequence[Any]) -> int:
+    """Estimate how many numbers a batch of probability vectors holds, from its first row."""
+    if not batch:
+        return 0
+    first = batch[0]
+    return len(batch) * (len(first) if isinstance(first, list) else 2)
+
+
+def _probability_matrix(batch: Sequence[Any]) -> FloatArray | None:
+    """The batch as one validated 2-D array, or None to leave it to the per-row path."""
+    try:
+        array = np.asarray(batch)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if array.dtype.kind not in "iuf" or array.ndim not in (1, 2) or array.size == 0:
+        return None
+    array = array.astype(np.float64, copy=False)
+    if array.ndim == 1:
+        array = np.column_stack((1 - array, array))
+    if not (np.isfinite(array).all() and (array >= 0).all() and (array.sum(axis=1) > 0).all()):
+        return None
+    return array
+
+
+def _argmax(vector: list[float]) -> int:
+    # max() keeps the first of equal maxima, like numpy.argmax.
+    return max(range(len(vector)), key=vector.__getitem__)
+
+
+def _total_variation_row(p: list[float], q: list[float]) -> float:
+    return 0.5 * sum(abs(a - b) for a, b in zip(p, q, strict=True))
+
+
+def _total_variation(prod: FloatArray, shad: FloatArray) -> FloatArray:
+    return np.asarray(0.5 * np.abs(prod - shad).sum(axis=1), dtype=np.float64)
+
+
+def _jensen_shannon(prod: FloatArray, shad: FloatArray) -> FloatArray:
+    """Row-wise Jensen-Shannon distance, base 2, in [0, 1]; rows are normalised to sum to 1."""
+    return np.asarray(jensenshannon(prod, shad, base=2, axis=1), dtype=np.float64)

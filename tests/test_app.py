@@ -1,0 +1,49 @@
+"""The proxy's own endpoints: liveness, readiness, and /metrics content negotiation."""
+
+from __future__ import annotations
+
+from tests.conftest import FakeModelFactory, ProxyFactory, v1
+
+
+def one_route(url: str) -> str:
+    return f"""
+routes:
+  - match: /
+    protocol: kserve-v1
+    production: {{name: prod, url: "{url}"}}
+"""
+
+
+async def test_health_and_readiness(fake_model: FakeModelFactory, proxy: ProxyFactory) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    p = await proxy(one_route(prod.url))
+    async with p.session.get(p.url + "/healthz") as r:
+        assert (r.status, await r.json()) == (200, {"status": "ok"})
+    async with p.session.get(p.url + "/readyz") as r:
+        assert (r.status, await r.json()) == (200, {"status": "ready"})
+    # Even a catch-all route never shadows the proxy's own endpoints.
+    assert prod.received == []
+
+
+async def test_metrics_speak_prometheus_text_and_openmetrics(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    p = await proxy(one_route(prod.url))
+    await p.post("/predict", {"instances": [1]})
+    async with p.session.get(p.url + "/metrics") as r:
+        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = await r.text()
+    assert (
+        'shadowproxy_upstream_requests_total{outcome="ok",role="production",route="/",target="prod"}'
+        " 1.0" in text.splitlines()
+    )
+    assert (
+        'shadowproxy_upstream_request_duration_seconds_count{role="production",route="/",'
+        'target="prod"} 1.0' in text.splitlines()
+    )
+    async with p.session.get(
+        p.url + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    ) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert (await r.text()).endswith("# EOF\n")

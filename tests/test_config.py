@@ -1,0 +1,933 @@
+"""Tests for proxy.config: exact objects, exact defaults, exact error lines."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.config import (
+    Config,
+    ConfigError,
+    Route,
+    Shadow,
+    Target,
+    config_hash,
+    config_to_dict,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_fraction,
+    parse_size,
+)
+from proxy.predictions import Comparator, CompareKind, Distance, Extractor, Protocol
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+# The reference YAML from the README, minus `prediction_path` (that key is for protocol custom).
+REFERENCE = """\
+listen: 0.0.0.0:8080
+request_id_header: X-Request-ID
+max_body: 10MiB
+shadow_max_body: 1MiB
+shadow_strip_headers: [Authorization, Cookie]
+shutdown_timeout: 10s
+shadow_drain_timeout: 5s
+access_log: false
+log_level: info
+routes:
+  - name: iris
+    match: /v2/models/iris/infer
+    methods: [POST]
+    protocol: open-inference-v2
+    output: predict
+    production:
+      name: iris-lr
+      url: http://iris-lr.models.svc:8080/v2/models/iris-lr/infer
+      timeout: 2s
+      connect_timeout: 1s
+      max_connections: 256
+    shadows:
+      - name: iris-rf
+        url: http://iris-rf.models.svc:8080/v2/models/iris-rf/infer
+        sample: 100%
+        timeout: 5s
+        connect_timeout: 1s
+        max_in_flight: 64
+        max_queue: 1000
+    compare:
+      kind: classification
+      tolerance: 0.0
+      relative_tolerance: 0.0
+      distance: total_variation
+"""
+
+MINIMAL = """\
+routes:
+  - match: /predict
+    protocol: kserve-v1
+    production: {name: prod, url: "http://prod:8080"}
+"""
+
+
+def errors_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), source="c.yaml", env=env or {})
+    assert str(info.value) == "\n".join(info.value.errors)
+    return list(info.value.errors)
+
+
+def test_reference_parses_to_exact_objects() -> None:
+    config = parse_config(REFERENCE, source="ref.yaml", env={})
+
+    assert config == Config(
+        source="ref.yaml",
+        listen_host="0.0.0.0",
+        listen_port=8080,
+        request_id_header="X-Request-ID",
+        max_body=10 * 1024 * 1024,
+        shadow_max_body=1024 * 1024,
+        shadow_strip_headers=("Authorization", "Cookie"),
+        shutdown_timeout=10.0,
+        shadow_drain_timeout=5.0,
+        access_log=False,
+        log_level="info",
+        routes=(
+            Route(
+                name="iris",
+                match="/v2/models/iris/infer",
+                methods=frozenset({"POST"}),
+                extractor=Extractor(Protocol.OPEN_INFERENCE_V2, output="predict"),
+                comparator=Comparator(CompareKind.CLASSIFICATION),
+                production=Target(
+                    name="iris-lr",
+                    url="http://iris-lr.models.svc:8080/v2/models/iris-lr/infer",
+                    origin="http://iris-lr.models.svc:8080",
+                    path="/v2/models/iris-lr/infer",
+                    timeout=2.0,
+                    connect_timeout=1.0,
+                    max_connections=256,
+                ),
+                shadows=(
+                    Shadow(
+                        name="iris-rf",
+                        url="http://iris-rf.models.svc:8080/v2/models/iris-rf/infer",
+                        origin="http://iris-rf.models.svc:8080",
+                        path="/v2/models/iris-rf/infer",
+                        sample=1.0,
+                        timeout=5.0,
+                        connect_timeout=1.0,
+                        max_in_flight=64,
+                        max_queue=1000,
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+def test_reference_with_prediction_path_for_a_non_custom_protocol_is_rejected() -> None:
+    text = REFERENCE.replace(
+        "    output: predict\n", "    output: predict\n    prediction_path: result.scores\n"
+    )
+    assert errors_of(text) == [
+        "c.yaml:16: routes[0].prediction_path: only allowed with protocol 'custom' "
+        "(protocol is 'open-inference-v2') (got 'result.scores')"
+    ]
+
+
+def test_defaults() -> None:
+    config = parse_config(
+        MINIMAL + "    shadows:\n      - name: cand\n        url: https://cand.example:8443/\n",
+        env={},
+    )
+
+    assert config.source == "<string>"
+    assert (config.listen_host, config.listen_port) == ("0.0.0.0", 8080)
+    assert config.request_id_header == "X-Request-ID"
+    assert (config.max_body, config.shadow_max_body) == (10_485_760, 1_048_576)
+    assert config.shadow_strip_headers == ("Authorization", "Cookie")
+    assert (config.shutdown_timeout, config.shadow_drain_timeout) == (10.0, 5.0)
+    assert (config.access_log, config.log_level) == (False, "info")
+    (route,) = config.routes
+    assert route == Route(
+        name="/predict",
+        match="/predict",
+        methods=None,
+        extractor=Extractor(Protocol.KSERVE_V1),
+        comparator=Comparator(CompareKind.CLASSIFICATION),
+        production=Target("prod", "http://prod:8080", "http://prod:8080", "", 30.0, 1.0, 256),
+        shadows=(
+            Shadow(
+                "cand",
+                "https://cand.example:8443/",
+                "https://cand.example:8443",
+                "",
+                1.0,
+                5.0,
+                1.0,
+                16,
+                1000,
+            ),
+        ),
+    )
+
+
+def test_null_means_default() -> None:
+    config = parse_config(
+        "log_level:\nshadow_strip_headers: ~\n" + MINIMAL + "    shadows:\n    methods: null\n",
+        env={},
+    )
+    assert config.log_level == "info"
+    assert config.shadow_strip_headers == ("Authorization", "Cookie")
+    assert config.routes[0].shadows == ()
+    assert config.routes[0].methods is None
+
+
+def test_top_level_values() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            listen: "[::]:9000"
+            request_id_header: X-Trace
+            max_body: 512KiB
+            shadow_max_body: 0
+            shadow_strip_headers: []
+            shutdown_timeout: 1m
+            shadow_drain_timeout: 250ms
+            access_log: true
+            log_level: WARNING
+            """
+        )
+        + MINIMAL,
+        env={},
+    )
+    assert (config.listen_host, config.listen_port) == ("::", 9000)
+    assert config.request_id_header == "X-Trace"
+    assert (config.max_body, config.shadow_max_body) == (524_288, 0)
+    assert config.shadow_strip_headers == ()
+    assert (config.shutdown_timeout, config.shadow_drain_timeout) == (60.0, 0.25)
+    assert (config.access_log, config.log_level) == (True, "warning")
+
+
+def test_methods_are_upper_cased() -> None:
+    config = parse_config(MINIMAL + "    methods: [post, Get]\n", env={})
+    assert config.routes[0].methods == frozenset({"POST", "GET"})
+
+
+def test_custom_protocol_and_comparators() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            routes:
+              - match: /a
+                protocol: custom
+                prediction_path: result.0.scores
+                production: {name: a, url: "http://a"}
+                compare: {kind: regression, tolerance: 1, relative_tolerance: 0.01}
+              - match: /b
+                protocol: tfserving
+                output: probs
+                production: {name: b, url: "http://b"}
+                compare: {kind: probabilities, distance: jensen_shannon}
+            """
+        ),
+        env={},
+    )
+    a, b = config.routes
+    assert a.extractor == Extractor(Protocol.CUSTOM, path=("result", "0", "scores"))
+    assert a.comparator == Comparator(CompareKind.REGRESSION, 1.0, 0.01)
+    assert b.extractor == Extractor(Protocol.TFSERVING, output="probs")
+    assert b.comparator == Comparator(CompareKind.PROBABILITIES, distance=Distance.JENSEN_SHANNON)
+
+
+def test_url_origin_and_path() -> None:
+    text = MINIMAL.replace("http://prod:8080", "HTTPS://Prod.example/a/b/")
+    target = parse_config(text, env={}).routes[0].production
+    assert (target.url, target.origin, target.path) == (
+        "HTTPS://Prod.example/a/b/",
+        "https://Prod.example",
+        "/a/b",
+    )
+
+
+def test_routes_sorted_longest_match_first() -> None:
+    text = "routes:\n" + "".join(
+        f"  - match: {match}\n    protocol: kserve-v1\n"
+        f"    production: {{name: p, url: 'http://p'}}\n"
+        for match in ["/", "/v1/models/a", "/v1", "/v1/models/b", "/v1/models/abc"]
+    )
+    config = parse_config(text, env={})
+    assert [route.match for route in config.routes] == [
+        "/v1/models/abc",
+        "/v1/models/a",
+        "/v1/models/b",
+        "/v1",
+        "/",
+    ]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_example_loads(path: Path) -> None:
+    config = load_config(path, env={})
+    assert config.source == str(path)
+    assert config.routes
+
+
+def test_demo_example() -> None:
+    config = load_config(CONFIGS / "demo.yaml", env={})
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 8080)
+    v1, v2 = config.routes  # longest match first
+    assert (v2.name, v2.extractor.protocol) == ("/v2/models/demo/infer", Protocol.OPEN_INFERENCE_V2)
+    assert v2.production.name == "demo-prod"
+    assert v2.production.origin == "http://127.0.0.1:9001"
+    assert [(s.name, s.origin, s.path, s.sample) for s in v2.shadows] == [
+        ("demo-candidate", "http://127.0.0.1:9002", "/v2/models/demo-candidate/infer", 1.0),
+        ("demo-candidate-2", "http://127.0.0.1:9003", "/v2/models/demo-candidate-2/infer", 1.0),
+    ]
+    assert (v1.match, v1.extractor.protocol) == ("/v1/models/demo:predict", Protocol.KSERVE_V1)
+    assert v1.production.url == "http://127.0.0.1:9001/v1/models/demo:predict"
+    assert [s.url for s in v1.shadows] == ["http://127.0.0.1:9002/v1/models/demo:predict"]
+
+
+def test_custom_example_takes_hosts_from_the_environment() -> None:
+    env = {"CHURN_PROD_HOST": "churn.staging", "CHURN_TIMEOUT": "750ms", "CHURN_SAMPLE": "1"}
+    route = load_config(CONFIGS / "custom.yaml", env=env).routes[0]
+    assert route.production.origin == "http://churn.staging:8000"
+    assert route.production.timeout == 0.75
+    assert route.shadows[0].origin == "http://churn-candidate.ml.svc.cluster.local:8000"
+    assert route.shadows[0].sample == 1.0
+
+
+BROKEN = {
+    "unknown-key.yaml": [
+        "8: routes[0].production.timout: unknown key 'timout' (did you mean 'timeout'?); "
+        "allowed: name, url, timeout, connect_timeout, max_connections"
+    ],
+    "bad-sample.yaml": [
+        "11: routes[0].shadows[0].sample: must be between 0% and 100% (got '150%')"
+    ],
+    "bad-url.yaml": [
+        "7: routes[0].production.url: URL must start with http:// or https:// "
+        "(got 'iris-lr-predictor.models.svc.cluster.local/v1/models/iris-lr:predict')",
+        "10: routes[0].shadows[0].url: upstream URL must not have a query or fragment "
+        "(got 'http://iris-rf-predictor.models.svc.cluster.local/v1/models/iris-rf:predict"
+        "?debug=1')",
+    ],
+    "missing-production.yaml": ["3: routes[0].production: required key missing"],
+}
+
+
+def test_every_broken_example_is_tested() -> None:
+    assert sorted(path.name for path in (CONFIGS / "broken").glob("*.yaml")) == sorted(BROKEN)
+
+
+@pytest.mark.parametrize(("name", "expected"), sorted(BROKEN.items()))
+def test_broken_example(name: str, expected: list[str]) -> None:
+    path = CONFIGS / "broken" / name
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.errors == tuple(f"{path}:{line}" for line in expected)
+
+
+def test_all_errors_are_collected_in_line_order() -> None:
+    assert errors_of(
+        """\
+        listen: "[::]:99999"
+        max_body: true
+        log_level: verbose
+        routes:
+          - match: v2/x
+            protocol: kserve
+            methods: ["PO ST"]
+            production:
+              name: a b
+              url: ftp://x
+              connect_timeout: 0s
+            shadows:
+              - {name: s1, url: "http://s:0/x", sample: -1, max_queue: 1.5}
+        """
+    ) == [
+        "c.yaml:1: listen: port must be between 0 and 65535 (got '[::]:99999')",
+        "c.yaml:2: max_body: expected a size like '10MiB', '512KiB', '1GiB', '10MB' or '100B', "
+        "not a boolean (got True)",
+        "c.yaml:3: log_level: expected one of debug, info, warning, error (got 'verbose')",
+        "c.yaml:5: routes[0].match: must be a path prefix starting with '/' (got 'v2/x')",
+        "c.yaml:6: routes[0].protocol: expected one of kserve-v1, open-inference-v2, mlflow, "
+        "tfserving, custom (did you mean 'kserve-v1'?) (got 'kserve')",
+        "c.yaml:7: routes[0].methods[0]: not a valid HTTP method (got 'PO ST')",
+        "c.yaml:9: routes[0].production.name: must be 1-64 characters of letters, digits, "
+        "'_', '.' and '-' (got 'a b')",
+        "c.yaml:10: routes[0].production.url: URL must start with http:// or https:// "
+        "(got 'ftp://x')",
+        "c.yaml:11: routes[0].production.connect_timeout: must be greater than 0 (got '0s')",
+        "c.yaml:13: routes[0].shadows[0].url: URL port must be between 1 and 65535 "
+        "(got 'http://s:0/x')",
+        "c.yaml:13: routes[0].shadows[0].sample: must be between 0 and 1 (or 0% and 100%) (got -1)",
+        "c.yaml:13: routes[0].shadows[0].max_queue: expected an integer, not a number (got 1.5)",
+    ]
+
+
+def test_unknown_keys_at_every_level() -> None:
+    assert errors_of(
+        """\
+        lsten: 0.0.0.0:1
+        routes:
+          - match: /a
+            protocl: kserve-v1
+            production: {name: a, url: "http://a", max_conections: 3}
+            shadows: [{name: b, url: "http://b", sampel: 1}]
+            compare: {knd: regression, zzz: 1}
+        """
+    ) == [
+        "c.yaml:1: lsten: unknown key 'lsten' (did you mean 'listen'?); allowed: listen, "
+        "request_id_header, max_body, shadow_max_body, shadow_strip_headers, shutdown_timeout, "
+        "shadow_drain_timeout, access_log, log_level, routes",
+        "c.yaml:3: routes[0].protocol: required key missing",
+        "c.yaml:4: routes[0].protocl: unknown key 'protocl' (did you mean 'protocol'?); "
+        "allowed: name, match, methods, protocol, output, prediction_path, production, "
+        "shadows, compare",
+        "c.yaml:5: routes[0].production.max_conections: unknown key 'max_conections' "
+        "(did you mean 'max_connections'?); allowed: name, url, timeout, connect_timeout, "
+        "max_connections",
+        "c.yaml:6: routes[0].shadows[0].sampel: unknown key 'sampel' (did you mean 'sample'?); "
+        "allowed: name, url, sample, timeout, connect_timeout, max_in_flight, max_queue",
+        "c.yaml:7: routes[0].compare.knd: unknown key 'knd' (did you mean 'kind'?); "
+        "allowed: kind, tolerance, relative_tolerance, distance",
+        "c.yaml:7: routes[0].compare.zzz: unknown key 'zzz'; "
+        "allowed: kind, tolerance, relative_tolerance, distance",
+    ]
+
+
+def test_yaml_boolean_key_is_unknown() -> None:
+    # YAML 1.1 reads a bare `on` as the boolean true; the error still shows what was written.
+    assert errors_of("on: 1\n" + MINIMAL)[0].startswith("c.yaml:1: on: unknown key 'on'; ")
+
+
+def test_duplicate_yaml_keys() -> None:
+    assert errors_of(
+        """\
+        log_level: info
+        routes:
+          - match: /a
+            protocol: kserve-v1
+            production:
+              name: a
+              url: http://a
+              name: b
+        log_level: debug
+        """
+    ) == [
+        "c.yaml:8: routes[0].production.name: duplicate key 'name' (first on line 6; "
+        "YAML would silently keep only this one)",
+        "c.yaml:9: log_level: duplicate key 'log_level' (first on line 1; "
+        "YAML would silently keep only this one)",
+    ]
+
+
+def test_merge_keys_are_not_duplicates() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            routes:
+              - match: /a
+                protocol: kserve-v1
+                production: &prod
+                  name: a
+                  url: http://a
+                  timeout: 9s
+                shadows:
+                  - <<: *prod
+                    name: b
+                    timeout: 3s
+            """
+        ),
+        env={},
+    )
+    shadow = config.routes[0].shadows[0]
+    assert (shadow.name, shadow.url, shadow.timeout) == ("b", "http://a", 3.0)
+
+
+def test_bool_is_not_a_number() -> None:
+    assert errors_of(
+        MINIMAL.replace('url: "http://prod:8080"}', 'url: "http://p", max_connections: true}')
+        + "    shadows: [{name: s, url: 'http://s', sample: yes, timeout: false}]\n"
+        + "    compare: {kind: regression, tolerance: true}\n"
+    ) == [
+        "c.yaml:4: routes[0].production.max_connections: expected an integer, not a boolean "
+        "(got True)",
+        "c.yaml:5: routes[0].shadows[0].sample: expected a percentage like '30%' or a number "
+        "between 0 and 1, not a boolean (got True)",
+        "c.yaml:5: routes[0].shadows[0].timeout: expected a duration like '2s', '500ms', "
+        "'1.5s', '1m' or '250us', not a boolean (got False)",
+        "c.yaml:6: routes[0].compare.tolerance: expected a number, not a boolean (got True)",
+    ]
+
+
+def test_wrong_container_types_and_missing_keys() -> None:
+    assert errors_of("routes: {match: /a}\n") == [
+        "c.yaml:1: routes: expected a list, not a mapping (got {'match': '/a'})"
+    ]
+    assert errors_of("routes: []\n") == ["c.yaml:1: routes: must be a non-empty list (got [])"]
+    assert errors_of("log_level: info\n") == ["c.yaml:1: routes: required key missing"]
+    assert errors_of("- a\n") == [
+        "c.yaml:1: (top level): expected a mapping, not a list (got ['a'])"
+    ]
+    assert errors_of(
+        """\
+        routes:
+          - match: /a
+            protocol: kserve-v1
+            production: [http://a]
+          - match: /b
+            protocol: custom
+            production:
+            shadows: {name: s}
+            methods: []
+        """
+    ) == [
+        "c.yaml:4: routes[0].production: expected a mapping, not a list (got ['http://a'])",
+        "c.yaml:5: routes[1].prediction_path: required key missing",
+        "c.yaml:7: routes[1].production: required key has no value (got None)",
+        "c.yaml:8: routes[1].shadows: expected a list, not a mapping (got {'name': 's'})",
+        "c.yaml:9: routes[1].methods: must not be empty; leave it out to allow any method (got [])",
+    ]
+
+
+def test_cross_route_and_shadow_name_rules() -> None:
+    assert errors_of(
+        """\
+        routes:
+          - match: /a
+            methods: [POST, GET]
+            protocol: kserve-v1
+            production: {name: p, url: "http://p"}
+            shadows:
+              - {name: s, url: "http://s"}
+              - {name: s, url: "http://s2"}
+              - {name: p, url: "http://s3"}
+          - match: /a
+            methods: [PUT]
+            protocol: kserve-v1
+            production: {name: p, url: "http://p"}
+          - match: /a
+            methods: [get]
+            protocol: kserve-v1
+            production: {name: p, url: "http://p"}
+          - name: /a
+            match: /b
+            protocol: mlflow
+            production: {name: p, url: "http://p"}
+        """
+    ) == [
+        "c.yaml:8: routes[0].shadows[1].name: duplicate shadow name (also shadows[0]) (got 's')",
+        "c.yaml:9: routes[0].shadows[2].name: same name as the production target (got 'p')",
+        "c.yaml:10: routes[1].name: duplicate route name '/a' (also routes[0]); routes sharing "
+        "a match need distinct names",
+        "c.yaml:14: routes[2].match: same match and overlapping methods as routes[0] (got '/a')",
+        "c.yaml:14: routes[2].name: duplicate route name '/a' (also routes[0]); routes sharing "
+        "a match need distinct names",
+        "c.yaml:18: routes[3].name: duplicate route name '/a' (also routes[0]); routes sharing "
+        "a match need distinct names",
+    ]
+
+
+def test_same_match_with_disjoint_methods_and_names_is_fine() -> None:
+    config = parse_config(
+        MINIMAL
+        + "    methods: [POST]\n"
+        + "  - {name: b, match: /predict, methods: [GET], protocol: mlflow,"
+        + " production: {name: p, url: 'http://p'}}\n",
+        env={},
+    )
+    assert [(route.name, route.methods) for route in config.routes] == [
+        ("/predict", frozenset({"POST"})),
+        ("b", frozenset({"GET"})),
+    ]
+
+
+def test_protocol_specific_keys() -> None:
+    assert errors_of(
+        """\
+        routes:
+          - match: /a
+            protocol: kserve-v1
+            output: y
+            production: {name: a, url: "http://a"}
+            compare: {kind: classification, relative_tolerance: 0.1, distance: jensen_shannon}
+          - match: /b
+            protocol: custom
+            prediction_path: a..b
+            production: {name: b, url: "http://b"}
+            compare: {kind: probabilities, tolerance: -1}
+        """
+    ) == [
+        "c.yaml:4: routes[0].output: not used by protocol 'kserve-v1' (got 'y')",
+        "c.yaml:6: routes[0].compare.relative_tolerance: only applies to kind 'regression' "
+        "(kind is 'classification') (got 0.1)",
+        "c.yaml:6: routes[0].compare.distance: only applies to kind 'probabilities' "
+        "(kind is 'classification') (got 'jensen_shannon')",
+        "c.yaml:9: routes[1].prediction_path: expected dot-separated keys like 'result.scores' "
+        "(got 'a..b')",
+        "c.yaml:11: routes[1].compare.tolerance: must be a finite number >= 0 (got -1)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://", "URL has no host"),
+        ("http://a b", "URL must not contain whitespace"),
+        ("http://user:pw@a", "URL must not contain credentials"),
+        ("http://a/#frag", "upstream URL must not have a query or fragment"),
+        ("http://a/?", "upstream URL must not have a query or fragment"),
+        ("http://a:0/x", "URL port must be between 1 and 65535"),
+        ("http://a:99999", "not a valid URL: Port out of range 0-65535"),
+        ("http://a:x", "not a valid URL: Port could not be cast to integer value as 'x'"),
+        ("http://[::1", "not a valid URL: Invalid IPv6 URL"),
+    ],
+)
+def test_bad_urls(url: str, message: str) -> None:
+    text = MINIMAL.replace('"http://prod:8080"', repr(url))
+    assert errors_of(text) == [f"c.yaml:4: routes[0].production.url: {message} (got {url!r})"]
+
+
+def test_listen_forms() -> None:
+    for text, expected in [("localhost:0", ("localhost", 0)), ("[::1]:80", ("::1", 80))]:
+        config = parse_config(f"listen: '{text}'\n" + MINIMAL, env={})
+        assert (config.listen_host, config.listen_port) == expected
+    hint = "expected 'host:port', like '0.0.0.0:8080' or '[::]:8080'"
+    assert errors_of("listen: 8080\n" + MINIMAL) == [
+        f"c.yaml:1: listen: {hint}, not an integer (got 8080)"
+    ]
+    assert errors_of("listen: ':::8080'\n" + MINIMAL) == [
+        f"c.yaml:1: listen: {hint} (got ':::8080')"
+    ]
+
+
+def test_yaml_syntax_error_and_empty_file() -> None:
+    assert errors_of("routes:\n  - match: [/a\n") == [
+        "c.yaml:3: invalid YAML: while parsing a flow sequence, expected ',' or ']', "
+        "but got '<stream end>'"
+    ]
+    assert errors_of("a: 1\n---\nb: 2\n") == [
+        "c.yaml:2: invalid YAML: expected a single document in the stream, "
+        "but found another document"
+    ]
+    assert errors_of("a: !!python/name:os.system x\n") == [
+        "c.yaml:1: invalid YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/name:os.system'"
+    ]
+    assert errors_of("# only a comment\n") == ["c.yaml:1: config is empty"]
+    assert errors_of("") == ["c.yaml:1: config is empty"]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert info.value.errors == (f"{missing}: cannot read config: No such file or directory",)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"log_level: \xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(latin)
+    assert info.value.errors == (f"{latin}: config is not UTF-8: invalid continuation byte",)
+
+
+def test_config_error_pickles() -> None:
+    error = ConfigError(["a:1: x: y", "a:2: z: w"])
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.errors == error.errors
+    assert str(copy) == "a:1: x: y\na:2: z: w"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("2s", 2.0),
+        ("500ms", 0.5),
+        ("1.5s", 1.5),
+        ("1m", 60.0),
+        ("1h", 3600.0),
+        ("250us", 0.00025),
+        ("250µs", 0.00025),
+        (" 3 s ", 3.0),
+        ("0.1s", 0.1),
+        ("100ms", 0.1),
+        (".5s", 0.5),
+        ("7", 7.0),
+        (2, 2.0),
+        (0.25, 0.25),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2 sec", "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'"),
+        ("s", "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'"),
+        ("1m30s", "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'"),
+        ("-1s", "must not be negative"),
+        (-1, "must not be negative"),
+        (
+            float("inf"),
+            "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'; it must be finite",
+        ),
+        (True, "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us', not a boolean"),
+        (None, "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us', not null"),
+        ([1], "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us', not a list"),
+    ],
+)
+def test_parse_duration_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("10MiB", 10_485_760),
+        ("512KiB", 524_288),
+        ("1GiB", 1_073_741_824),
+        ("10MB", 10_000_000),
+        ("1kb", 1000),
+        ("100B", 100),
+        ("1.5KiB", 1536),
+        ("64", 64),
+        (4096, 4096),
+        (0, 0),
+    ],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10 MiBs", "expected a size like '10MiB', '512KiB', '1GiB', '10MB' or '100B'"),
+        ("1.5B", "must be a whole number of bytes"),
+        ("-1MiB", "must not be negative"),
+        (-5, "must not be negative"),
+        (1.5, "expected a size like '10MiB', '512KiB', '1GiB', '10MB' or '100B', not a number"),
+        (False, "expected a size like '10MiB', '512KiB', '1GiB', '10MB' or '100B', not a boolean"),
+    ],
+)
+def test_parse_size_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_size(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "share"),
+    [
+        ("30%", 0.3),
+        ("12.5%", 0.125),
+        ("100%", 1.0),
+        ("0%", 0.0),
+        ("0.3", 0.3),
+        (0.3, 0.3),
+        (1, 1.0),
+        (0, 0.0),
+    ],
+)
+def test_parse_fraction(value: object, share: float) -> None:
+    assert parse_fraction(value) == share
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("150%", "must be between 0% and 100%"),
+        ("-5%", "must be between 0% and 100%"),
+        ("30", "must be between 0 and 1 (write '30%' for a percentage)"),
+        (1.5, "must be between 0 and 1 (or 0% and 100%)"),
+        (float("nan"), "must be between 0 and 1 (or 0% and 100%)"),
+        ("half", "expected a percentage like '30%' or a number between 0 and 1"),
+        (True, "expected a percentage like '30%' or a number between 0 and 1, not a boolean"),
+    ],
+)
+def test_parse_fraction_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_fraction(value)
+
+
+ENV_CONFIG = """\
+routes:
+  - match: /a
+    protocol: kserve-v1
+    production:
+      name: ${NAME:-prod}
+      url: http://${HOST}:${PORT:-8080}/x
+      timeout: ${T}
+      max_connections: ${CONNS:-64}
+    output: "$${not-a-var}"
+"""
+
+
+def test_env_substitution_set_default_and_typed() -> None:
+    config = parse_config(
+        ENV_CONFIG.replace("kserve-v1", "mlflow"), env={"HOST": "h.local", "T": "2s", "NAME": ""}
+    )
+    (route,) = config.routes
+    # `:-` falls back on an empty variable too, as in the shell.
+    assert route.production.name == "prod"
+    assert route.production.url == "http://h.local:8080/x"
+    assert route.production.timeout == 2.0
+    # An unquoted value that was substituted is typed like plain YAML: "64" is an integer.
+    assert route.production.max_connections == 64
+    assert route.extractor.output == "${not-a-var}"
+
+
+def test_env_substitution_missing_variables() -> None:
+    assert errors_of(ENV_CONFIG.replace("kserve-v1", "mlflow"), env={"PORT": "1"}) == [
+        "c.yaml:6: routes[0].production.url: environment variable 'HOST' is not set and "
+        "has no default (got 'http://${HOST}:${PORT:-8080}/x')",
+        "c.yaml:7: routes[0].production.timeout: environment variable 'T' is not set and "
+        "has no default (got '${T}')",
+    ]
+
+
+def test_env_substitution_cannot_inject_yaml() -> None:
+    config = parse_config(
+        MINIMAL.replace("kserve-v1", "mlflow") + "    output: ${OUT}\n",
+        env={"OUT": "x\n    prediction_path: [1]"},
+    )
+    assert config.routes[0].extractor.output == "x\n    prediction_path: [1]"
+
+
+def test_env_substitution_quoted_stays_a_string_and_malformed_refs() -> None:
+    assert errors_of(
+        MINIMAL.replace('"http://prod:8080"}', '"http://p", max_connections: "${N}"}')
+        + "    name: ${1BAD}\n    output: ${OPEN\n",
+        env={"N": "5"},
+    ) == [
+        "c.yaml:4: routes[0].production.max_connections: expected an integer, not a string "
+        "(got '5')",
+        "c.yaml:5: routes[0].name: bad variable reference '${1BAD}' (got '${1BAD}')",
+        "c.yaml:6: routes[0].output: unterminated '${' (write '$${' for a literal '${') "
+        "(got '${OPEN')",
+    ]
+
+
+def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHADOW_PROXY_TEST_HOST", "from-env")
+    config = parse_config(MINIMAL.replace("prod:8080", "${SHADOW_PROXY_TEST_HOST}"))
+    assert config.routes[0].production.origin == "http://from-env"
+
+
+def round_trip(config: Config) -> Config:
+    return parse_config(yaml.safe_dump(config_to_dict(config)), source=config.source, env={})
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_config_to_dict_round_trips_examples(path: Path) -> None:
+    config = load_config(path, env={})
+    assert round_trip(config) == config
+
+
+def test_config_to_dict_fills_defaults_in_human_units() -> None:
+    config = parse_config(
+        MINIMAL
+        + "    shadows: [{name: s, url: 'http://s', sample: 0.125, timeout: 1.5, "
+        + "connect_timeout: 250ms}]\n",
+        env={},
+    )
+    assert config_to_dict(config) == {
+        "listen": "0.0.0.0:8080",
+        "request_id_header": "X-Request-ID",
+        "max_body": "10MiB",
+        "shadow_max_body": "1MiB",
+        "shadow_strip_headers": ["Authorization", "Cookie"],
+        "shutdown_timeout": "10s",
+        "shadow_drain_timeout": "5s",
+        "access_log": False,
+        "log_level": "info",
+        "routes": [
+            {
+                "name": "/predict",
+                "match": "/predict",
+                "methods": None,
+                "protocol": "kserve-v1",
+                "output": None,
+                "prediction_path": None,
+                "production": {
+                    "name": "prod",
+                    "url": "http://prod:8080",
+                    "timeout": "30s",
+                    "connect_timeout": "1s",
+                    "max_connections": 256,
+                },
+                "shadows": [
+                    {
+                        "name": "s",
+                        "url": "http://s",
+                        "sample": "12.5%",
+                        "timeout": "1.5s",
+                        "connect_timeout": "250ms",
+                        "max_in_flight": 16,
+                        "max_queue": 1000,
+                    }
+                ],
+                "compare": {
+                    "kind": "classification",
+                    "tolerance": 0.0,
+                    "relative_tolerance": 0.0,
+                    "distance": "total_variation",
+                },
+            }
+        ],
+    }
+
+
+def test_config_to_dict_round_trips_odd_values() -> None:
+    config = parse_config(
+        textwrap.dedent(
+            """\
+            listen: "[::]:0"
+            max_body: 1500
+            shadow_max_body: 10MB
+            shutdown_timeout: 90s
+            shadow_drain_timeout: 0.0003
+            routes:
+              - name: "cost $${x}"
+                match: /a
+                methods: [PUT, POST]
+                protocol: custom
+                prediction_path: a.0.b
+                production: {name: a, url: "http://a", timeout: 2h}
+                shadows: [{name: b, url: "http://b", sample: 0.1, timeout: 0.1}]
+                compare: {kind: regression, tolerance: 0.1, relative_tolerance: 1e-3}
+            """
+        ),
+        env={},
+    )
+    data = config_to_dict(config)
+    assert data["listen"] == "[::]:0"
+    assert (data["max_body"], data["shadow_max_body"]) == ("1500B", "10MB")
+    assert (data["shutdown_timeout"], data["shadow_drain_timeout"]) == ("90s", "300us")
+    assert data["routes"][0]["name"] == "cost $${x}"
+    assert data["routes"][0]["production"]["timeout"] == "2h"
+    assert data["routes"][0]["shadows"][0]["timeout"] == "100ms"
+    assert data["routes"][0]["shadows"][0]["sample"] == "10%"
+    assert round_trip(config) == config
+
+
+def test_config_hash() -> None:
+    config = parse_config(REFERENCE, source="a.yaml", env={})
+    digest = config_hash(config)
+    assert len(digest) == 12
+    assert int(digest, 16) >= 0
+    assert config_hash(parse_config(REFERENCE, source="elsewhere.yaml", env={})) == digest
+    assert config_hash(replace(config, source="other")) == digest
+    assert config_hash(replace(config, max_body=config.max_body + 1)) != digest
+    assert config_hash(replace(config, access_log=True)) != digest
