@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import signal
 import sys
@@ -70,10 +71,8 @@ async def _traffic(session: aiohttp.ClientSession, rate: float, stop: asyncio.Ev
                 await resp.read()
         except aiohttp.ClientError as exc:
             print(f"request failed: {exc}", file=sys.stderr)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
 
 
 def _summary(text: str) -> list[tuple[str, str, float, float, float]]:
@@ -98,10 +97,8 @@ def _summary(text: str) -> list[tuple[str, str, float, float, float]]:
 
 async def _report(session: aiohttp.ClientSession, every: float, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
-        except TimeoutError:
-            pass
         async with session.get(PROXY + "/metrics") as resp:
             rows = _summary(await resp.text())
         print(f"\n{'route':<26}{'shadow':<18}{'teed':>8}{'compared':>10}{'disagree':>10}")
