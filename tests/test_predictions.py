@@ -21,7 +21,7 @@ from proxy.predictions import (
     ShapeMismatch,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "protocol-samples"
+SAMPLES = Path(__file__).resolve().parent / "protocol-samples"  # captured from MLServer 1.7.1
 
 PROBA = [
     [0.010868981942189881, 0.9891310180578101],
