@@ -19,6 +19,7 @@ from proxy import __version__
 from proxy.app import build_app
 from proxy.config import Config, ConfigError, config_hash, config_to_dict, load_config
 from proxy.logs import configure_logging
+from proxy.supervisor import Supervisor
 
 log = logging.getLogger("proxy")
 
@@ -26,7 +27,7 @@ DEFAULT_CONFIG = "/etc/shadow-proxy/config.yaml"
 CONFIG_ENV = "SHADOW_PROXY_CONFIG"
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+async def serve(config: Config, *, reuse_port: bool = False) -> None:
     """Serve `config` until SIGTERM or SIGINT, then shut down gracefully: stop accepting,
     finish in-flight production requests (shutdown_timeout), drain shadows (shadow_drain_timeout).
     """
@@ -38,7 +39,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         shutdown_timeout=config.shutdown_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=2048)
+    site = web.TCPSite(
+        runner, config.listen_host, config.listen_port, backlog=2048, reuse_port=reuse_port or None
+    )
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -51,10 +54,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             "config": config.source,
             "config_hash": config_hash(config),
             "version": __version__,
+            "pid": os.getpid(),
         },
     )
-    if ready is not None:
-        ready.set()
     await stop.wait()
     log.info("shutting down", extra={"shutdown_timeout": config.shutdown_timeout})
     await runner.cleanup()
@@ -80,12 +82,17 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _run(path: str) -> int:
+def _run(path: str, workers: int, reuse_port: bool) -> int:
     config = _load(path)
     if config is None:
         return 1
     configure_logging(config.log_level)
-    uvloop.run(serve(config))
+    if workers > 1:
+        if config.listen_port == 0:
+            print(f"{path}: listen: --workers needs a fixed port, not 0", file=sys.stderr)
+            return 1
+        return Supervisor(path, workers).run()
+    uvloop.run(serve(config, reuse_port=reuse_port))
     return 0
 
 
@@ -102,6 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get(CONFIG_ENV, DEFAULT_CONFIG),
         help=f"YAML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("SHADOW_PROXY_WORKERS", "1")),
+        help="worker processes sharing the port (SO_REUSEPORT); default 1 or $SHADOW_PROXY_WORKERS",
+    )
+    run.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so that several processes can share the port",
+    )
     check = commands.add_parser(
         "check-config", help="validate a config file and print the effective config"
     )
@@ -109,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
-    return _run(args.config)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1 (got {args.workers})")
+    return _run(args.config, args.workers, args.reuse_port)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.config import Config, config_hash
 from proxy.handler import ProductionHandler, ProductionTarget, RouteRuntime
@@ -33,7 +35,7 @@ class ProxyState:
 
     config: Config
     routes: tuple[RouteRuntime, ...]
-    registry: CollectorRegistry
+    exposition: CollectorRegistry  # what /metrics serves
     ready: bool = False
 
     @property
@@ -82,9 +84,6 @@ def _build_routes(config: Config, metrics: Metrics) -> tuple[RouteRuntime, ...]:
                 comparator=route.comparator,
                 metrics=sm,
             )
-            metrics.watch_shadow_queue(
-                route.name, shadow.name, dispatcher.queue_depth, dispatcher.in_flight
-            )
             dispatchers.append(dispatcher)
             shadow_metrics.append(sm)
         runtimes.append(
@@ -113,7 +112,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         routes=len(config.routes),
         shadows=sum(len(r.shadows) for r in config.routes),
     )
-    state = ProxyState(config, routes, registry)
+    state = ProxyState(config, routes, _exposition(registry))
     handler = ProductionHandler(
         Router((r.match, r.methods, rt) for r, rt in zip(config.routes, routes, strict=True)),
         request_id_header=config.request_id_header,
@@ -129,6 +128,16 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     app.router.add_get("/readyz", _readyz)
     app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
+
+
+def _exposition(registry: CollectorRegistry) -> CollectorRegistry:
+    """With --workers (prometheus-client's multiprocess mode), /metrics sums every worker's
+    files; otherwise it serves this process's registry."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return registry
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # untyped upstream
+    return merged
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -165,5 +174,5 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(request.app[STATE].registry)
+    body = encoder(request.app[STATE].exposition)
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -3,10 +3,9 @@ and bound to its label values when the config is loaded, so the hot path never f
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy import __version__
 
@@ -91,17 +90,20 @@ class Metrics:
             ["route", "shadow", "reason"],
             registry=registry,
         )
+        # livesum: with --workers, the sum over the live worker processes.
         self.shadow_queue_depth = Gauge(
             f"{PREFIX}_shadow_queue_depth",
             "Requests waiting in a shadow's queue.",
             ["route", "shadow"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.shadow_in_flight = Gauge(
             f"{PREFIX}_shadow_in_flight",
             "Requests being sent to or compared for a shadow.",
             ["route", "shadow"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.comparisons = Counter(
             f"{PREFIX}_comparisons",
@@ -128,22 +130,17 @@ class Metrics:
             buckets=DISTANCE_BUCKETS,
             registry=registry,
         )
-        self.config_info = Info(
-            f"{PREFIX}_config",
-            "The active configuration: its hash, source file and version.",
+        # A gauge, not an Info: Info has no multiprocess mode.
+        self.config_info = Gauge(
+            f"{PREFIX}_config_info",
+            "The active configuration: its hash, source file and version; the value is 1.",
+            ["hash", "source", "version", "routes", "shadows"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
 
     def set_config_info(self, config_hash: str, source: str, routes: int, shadows: int) -> None:
-        self.config_info.info(
-            {
-                "hash": config_hash,
-                "source": source,
-                "version": __version__,
-                "routes": str(routes),
-                "shadows": str(shadows),
-            }
-        )
+        self.config_info.labels(config_hash, source, __version__, str(routes), str(shadows)).set(1)
 
     def bind_route(self, route: str, production: str) -> RouteMetrics:
         return RouteMetrics(
@@ -157,17 +154,6 @@ class Metrics:
             outcomes={o: self.upstream_requests.labels(route, target, role, o) for o in OUTCOMES},
         )
 
-    def watch_shadow_queue(
-        self,
-        route: str,
-        shadow: str,
-        queue_depth: Callable[[], float],
-        in_flight: Callable[[], float],
-    ) -> None:
-        """Read a shadow's queue depth and in-flight count at scrape time, not per request."""
-        self.shadow_queue_depth.labels(route, shadow).set_function(queue_depth)
-        self.shadow_in_flight.labels(route, shadow).set_function(in_flight)
-
     def bind_shadow(self, route: str, shadow: str) -> ShadowMetrics:
         return ShadowMetrics(
             upstream=self.bind_upstream(route, shadow, "shadow"),
@@ -177,6 +163,8 @@ class Metrics:
             compared=self.compared_instances.labels(route, shadow),
             disagreed=self.disagreed_instances.labels(route, shadow),
             distance=self.probability_distance.labels(route, shadow),
+            queue_depth=self.shadow_queue_depth.labels(route, shadow),
+            in_flight=self.shadow_in_flight.labels(route, shadow),
         )
 
     def bind_rejections(self) -> dict[str, Counter]:
@@ -205,3 +193,5 @@ class ShadowMetrics:
     compared: Counter
     disagreed: Counter
     distance: Histogram
+    queue_depth: Gauge
+    in_flight: Gauge

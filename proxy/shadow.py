@@ -99,21 +99,14 @@ class ShadowDispatcher:
         self._max_in_flight = max_in_flight
         self._queue: asyncio.Queue[Tee] = asyncio.Queue(max_queue)
         self._workers: list[asyncio.Task[None]] = []
-        self._in_flight = 0
         self._closed = False
         m = metrics
         self._m = m
         self._enqueued = m.enqueued
         self._queue_full = m.skipped["queue_full"]
         self._shutting_down = m.skipped["shutting_down"]
-
-    # -- metrics callbacks, read at scrape time -------------------------------------------------
-
-    def queue_depth(self) -> float:
-        return self._queue.qsize()
-
-    def in_flight(self) -> float:
-        return self._in_flight
+        self._queue_depth = m.queue_depth
+        self._in_flight = m.in_flight
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -141,6 +134,7 @@ class ShadowDispatcher:
         self._workers = []
         while not self._queue.empty():
             self._queue.get_nowait()
+            self._queue_depth.dec()
             self._shutting_down.inc()
         await self.upstream.close()
 
@@ -160,6 +154,7 @@ class ShadowDispatcher:
             self._queue_full.inc()
             return
         self._enqueued.inc()
+        self._queue_depth.inc()
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -167,7 +162,8 @@ class ShadowDispatcher:
         queue = self._queue
         while True:
             tee = await queue.get()
-            self._in_flight += 1
+            self._queue_depth.dec()
+            self._in_flight.inc()
             try:
                 await self._shadow(tee)
             except asyncio.CancelledError:
@@ -178,7 +174,7 @@ class ShadowDispatcher:
                 # The shadow boundary: whatever a shadow does, production never hears of it.
                 log.exception("shadow request failed unexpectedly", extra={"shadow": self.name})
             finally:
-                self._in_flight -= 1
+                self._in_flight.dec()
                 queue.task_done()
 
     def _headers(self, tee: Tee) -> CIMultiDict[str]:

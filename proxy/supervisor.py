@@ -1,0 +1,93 @@
+"""`run --workers N`: N proxy processes sharing one port through SO_REUSEPORT, with
+prometheus-client's multiprocess mode so that /metrics from any worker counts them all.
+Process concerns only: spawning, signals, restarts, the metrics directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client.multiprocess import mark_process_dead
+
+log = logging.getLogger("proxy.supervisor")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKER_ENV = "SHADOW_PROXY_WORKER"
+
+# A worker that dies sooner than this after starting is crash-looping: stop rather than spin.
+_MIN_UPTIME = 5.0
+
+
+class Supervisor:
+    """Starts `workers` copies of `shadow-proxy run --reuse-port`, restarts one that dies, and on
+    SIGTERM or SIGINT passes the signal on and waits for every worker's graceful shutdown.
+
+    >>> Supervisor("/etc/shadow-proxy/config.yaml", workers=2).run()
+    0
+    """
+
+    def __init__(self, config_path: str, workers: int) -> None:
+        self.config_path = config_path
+        self.workers = workers
+        self._stopping = False
+        self._children: dict[int, tuple[int, subprocess.Popen[bytes], float]] = {}
+
+    def _spawn(self, index: int, env: dict[str, str]) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--config", self.config_path, "--reuse-port"],
+            env={**env, WORKER_ENV: str(index)},
+        )
+        self._children[proc.pid] = (index, proc, time.monotonic())
+        log.info("worker started", extra={"worker": index, "pid": proc.pid})
+
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+        for _, proc, _ in self._children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        metrics_dir = os.environ.get(MULTIPROC_ENV)
+        owned = metrics_dir is None
+        if metrics_dir is None:
+            metrics_dir = tempfile.mkdtemp(prefix="shadow-proxy-metrics-")
+        else:
+            # Files left by an earlier run would be summed in as if they were live.
+            for stale in Path(metrics_dir).glob("*.db"):
+                stale.unlink()
+        env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        status = 0
+        try:
+            for index in range(self.workers):
+                self._spawn(index, env)
+            while self._children:
+                pid, code = os.wait()
+                if pid not in self._children:
+                    continue
+                index, _, started = self._children.pop(pid)
+                code = os.waitstatus_to_exitcode(code)
+                mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # untyped upstream
+                if self._stopping:
+                    status = status or code
+                    continue
+                log.error("worker died", extra={"worker": index, "pid": pid, "exit_code": code})
+                if time.monotonic() - started < _MIN_UPTIME:
+                    log.error("worker is crash-looping; stopping", extra={"worker": index})
+                    status = 1
+                    self._signal(signal.SIGTERM, None)
+                    continue
+                self._spawn(index, env)
+        finally:
+            if owned:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+        return status
