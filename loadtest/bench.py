@@ -4,7 +4,8 @@ concurrency from a separate process; prints a table and writes JSON. Stops by it
     bash loadtest/bench                        # every scenario, 15 s each, about 2 minutes
     bash loadtest/bench --duration 60 --scenarios fast_shadow,blackhole_shadow
 
-Scenarios: direct (the model server alone: the physical limit), no_shadow, fast_shadow,
+Scenarios: direct (the model server alone: the physical limit), tee_baseline (a minimal aiohttp
+tee with one shadow, no metrics and no comparison: the yardstick), no_shadow, fast_shadow,
 slow_shadow (200 ms slower than production), blackhole_shadow (never answers), three_shadows.
 Load comes from wrk when it is installed (Debian's package), else from loadtest.loadgen.
 """
@@ -49,11 +50,12 @@ class Scenario:
     name: str
     shadows: tuple[str, ...] = ()  # model names from MODELS
     direct: bool = False
-    store: bool = False
+    baseline: bool = False  # loadtest.tee_baseline instead of the proxy
 
 
 SCENARIOS = (
     Scenario("direct", direct=True),
+    Scenario("tee_baseline", ("fast",), baseline=True),
     Scenario("no_shadow"),
     Scenario("fast_shadow", ("fast",)),
     Scenario("slow_shadow", ("slow",)),
@@ -293,6 +295,12 @@ def run_scenario(
     cfg = workdir / f"{scenario.name}.yaml"
     cfg.write_text(proxy_config(scenario, port, models))
     args = ["-m", "proxy", "run", "--config", str(cfg), "--workers", str(workers)]
+    if scenario.baseline:
+        args = [
+            "-m", "loadtest.tee_baseline", "--port", str(port),
+            "--production", f"http://127.0.0.1:{models['prod']}{ROUTE}",
+            "--shadow", f"http://127.0.0.1:{models['fast']}{ROUTE}",
+        ]  # fmt: skip
     proxy = _spawn(args, workdir / f"proxy-{scenario.name}.log")
     base = f"http://127.0.0.1:{port}"
     try:
@@ -302,7 +310,7 @@ def run_scenario(
         figures = measure(base + ROUTE)
         cpu = sum(_proc_cpu_seconds(p) for p in pids) - cpu_before
         rss = sum(_proc_peak_rss_mib(p) for p in pids)
-        metrics = _scrape(base + "/metrics")
+        metrics = {} if scenario.baseline else _scrape(base + "/metrics")
     finally:
         _stop(proxy)
     return Result(
@@ -310,8 +318,8 @@ def run_scenario(
         **figures,
         proxy_cpu_seconds=round(cpu, 2),
         proxy_peak_rss_mib=round(rss, 1),
-        shadow_dropped=int(metrics.get("dropped", 0)),
-        shadow_compared=int(metrics.get("compared", 0)),
+        shadow_dropped=None if scenario.baseline else int(metrics.get("dropped", 0)),
+        shadow_compared=None if scenario.baseline else int(metrics.get("compared", 0)),
         extra={"production_errors_in_metrics": int(metrics.get("production_errors", 0))},
     )
 
@@ -375,6 +383,13 @@ def checks(results: Sequence[Result]) -> list[str]:
         )
     errors = sum(r.errors for r in results)
     out.append(f"{_mark(errors == 0)} production errors: {errors} (target 0)")
+    baseline = by_name.get("tee_baseline")
+    if fast and baseline:
+        x = fast.requests_per_second / baseline.requests_per_second
+        out.append(
+            f"{_mark(x >= 6000 / 5700)} throughput vs a minimal aiohttp tee: fast_shadow {x:.2f} x"
+            " tee_baseline (the absolute target, 6000/s where such a tee does 5700/s: >= 1.05)"
+        )
     if fast:
         out.append(
             f"{_mark(fast.requests_per_second >= 6000)} throughput: fast_shadow "
