@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -15,17 +16,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from proxy.config import Config, config_hash
+from proxy.config import Config, Route, StoreConfig, config_hash
 from proxy.handler import ProductionHandler, ProductionTarget, RouteRuntime
+from proxy.labels import LabelEndpoint, RouteScorer
 from proxy.metrics import Metrics
+from proxy.recording import MeasuredStore, Recorder, RouteRecording
 from proxy.routing import Router
-from proxy.sampling import WeightedSplit
-from proxy.shadow import ShadowDispatcher, ShadowSet
+from proxy.sampling import Sampler, WeightedSplit
+from proxy.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
+from proxy.store.base import PredictionStore
 from proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-RESERVED_PATHS = ("/metrics", "/healthz", "/readyz")
+RESERVED_PATHS = ("/metrics", "/healthz", "/readyz", "/labels")
 """The proxy's own endpoints; they take precedence over every route."""
 
 
@@ -36,6 +40,7 @@ class ProxyState:
     config: Config
     routes: tuple[RouteRuntime, ...]
     exposition: CollectorRegistry  # what /metrics serves
+    recorder: Recorder | None = None
     ready: bool = False
 
     @property
@@ -46,9 +51,58 @@ class ProxyState:
 STATE = web.AppKey("state", ProxyState)
 
 
-def _build_routes(config: Config, metrics: Metrics) -> tuple[RouteRuntime, ...]:
+def build_store(config: StoreConfig) -> PredictionStore:
+    """The configured prediction store (not started)."""
+    if config.backend == "redis":
+        from proxy.store.redis import RedisStore
+
+        return RedisStore(
+            config.url,
+            ttl=config.ttl,
+            tombstone_ttl=config.tombstone_ttl,
+            max_records=config.max_records,
+            timeout=config.timeout,
+            prefix=config.prefix,
+        )
+    from proxy.store.sqlite import SqliteStore
+
+    return SqliteStore(
+        config.path,
+        ttl=config.ttl,
+        tombstone_ttl=config.tombstone_ttl,
+        max_records=config.max_records,
+        timeout=config.timeout,
+    )
+
+
+def _scorer(route: Route, metrics: Metrics) -> RouteScorer:
+    return RouteScorer(
+        kind=route.comparator.kind,
+        production=metrics.bind_model(route.name, route.production.name, "production"),
+        shadows={s.name: metrics.bind_model(route.name, s.name, "shadow") for s in route.shadows},
+        pairs={s.name: metrics.bind_pair(route.name, s.name) for s in route.shadows},
+        recording=metrics.bind_recording(route.name),
+    )
+
+
+def _shadow_writer(recorder: Recorder | None, route: str) -> PredictionsCallback:
+    """Adds a recorded request's shadow predictions to its record."""
+    assert recorder is not None
+
+    def write(tee: Tee, shadow: str, predictions: list[Any]) -> None:
+        recorder.shadow(route, tee.request_id, shadow, predictions)
+
+    return write
+
+
+def _build_routes(
+    config: Config, metrics: Metrics, recorder: Recorder | None
+) -> tuple[RouteRuntime, ...]:
     runtimes = []
     for route in config.routes:
+        records = recorder is not None and route.record > 0
+        on_predictions = _shadow_writer(recorder, route.name) if records else None
+
         prod = route.production
         route_metrics = metrics.bind_route(route.name, prod.name)
         target = ProductionTarget(
@@ -83,6 +137,7 @@ def _build_routes(config: Config, metrics: Metrics) -> tuple[RouteRuntime, ...]:
                 extractor=route.extractor,
                 comparator=route.comparator,
                 metrics=sm,
+                on_predictions=on_predictions,
             )
             dispatchers.append(dispatcher)
             shadow_metrics.append(sm)
@@ -92,6 +147,8 @@ def _build_routes(config: Config, metrics: Metrics) -> tuple[RouteRuntime, ...]:
                 production=WeightedSplit.of([(1.0, target)]),
                 shadows=ShadowSet(dispatchers, shadow_metrics, config.shadow_max_body),
                 metrics=route_metrics,
+                recorder=recorder if records else None,
+                record_threshold=Sampler(route.record).threshold if records else 0,
             )
         )
     return tuple(runtimes)
@@ -105,14 +162,29 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
-    routes = _build_routes(config, metrics)
+    store: PredictionStore | None = None
+    recorder: Recorder | None = None
+    scorers = {route.name: _scorer(route, metrics) for route in config.routes}
+    if config.records:
+        store = MeasuredStore(build_store(config.store), metrics)
+        recorder = Recorder(
+            store,
+            config.store,
+            {
+                r.name: RouteRecording(r.production.name, r.extractor, scorers[r.name])
+                for r in config.routes
+            },
+            metrics,
+        )
+    routes = _build_routes(config, metrics, recorder)
     metrics.set_config_info(
         config_hash(config),
         config.source,
         routes=len(config.routes),
         shadows=sum(len(r.shadows) for r in config.routes),
     )
-    state = ProxyState(config, routes, _exposition(registry))
+    state = ProxyState(config, routes, _exposition(registry), recorder)
+    labels = LabelEndpoint(store, config.labels, scorers, metrics.bind_labels())
     handler = ProductionHandler(
         Router((r.match, r.methods, rt) for r, rt in zip(config.routes, routes, strict=True)),
         request_id_header=config.request_id_header,
@@ -120,12 +192,14 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         rejected=metrics.bind_rejections(),
     )
 
+    # max_body caps proxied requests; /labels streams its body under labels.max_body.
     app = web.Application(client_max_size=config.max_body, handler_args={"max_field_size": 16384})
     app[STATE] = state
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_post("/labels", labels.handle)
     app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
 
@@ -144,6 +218,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Open every pool and start every shadow worker; on shutdown (after in-flight production
     requests have finished) give shadow queues their drain time, then close the pools."""
     state = app[STATE]
+    grace = state.config.shadow_drain_timeout
+    if state.recorder is not None:
+        await state.recorder.start()
     for upstream in state.production_upstreams:
         await upstream.start()
     for route in state.routes:
@@ -151,9 +228,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state.ready = True
     yield
     state.ready = False
-    await asyncio.gather(
-        *(r.shadows.drain(state.config.shadow_drain_timeout) for r in state.routes)
-    )
+    await asyncio.gather(*(r.shadows.drain(grace) for r in state.routes))
+    # After the shadows: their last answers still add predictions to recorded requests.
+    if state.recorder is not None:
+        await state.recorder.stop(grace)
     for upstream in state.production_upstreams:
         await upstream.close()
 

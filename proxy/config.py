@@ -100,11 +100,14 @@ from proxy.predictions import Comparator, CompareKind, Distance, Extractor, Prot
 __all__ = [
     "Config",
     "ConfigError",
+    "LabelsConfig",
     "Route",
     "Shadow",
+    "StoreConfig",
     "Target",
     "config_hash",
     "config_to_dict",
+    "config_warnings",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -156,6 +159,34 @@ class Route:
     comparator: Comparator
     production: Target
     shadows: tuple[Shadow, ...]
+    record: float = 0.0  # share of requests whose predictions are stored for labels
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where recorded predictions wait for their labels: ``sqlite`` (embedded) or ``redis``."""
+
+    backend: str = "sqlite"
+    path: str = "shadow-proxy-predictions.db"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "shadowproxy:"
+    ttl: float = 7 * 86400.0
+    tombstone_ttl: float = 86400.0
+    max_records: int = 1_000_000
+    timeout: float = 1.0
+    batch_size: int = 500
+    flush_interval: float = 0.05
+    queue: int = 10_000
+    sweep_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsConfig:
+    """The label endpoint, POST /labels."""
+
+    token: str | None = None
+    max_body: int = 1024**2
+    max_batch: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +210,13 @@ class Config:
     access_log: bool
     log_level: str
     routes: tuple[Route, ...]
+    store: StoreConfig = StoreConfig()
+    labels: LabelsConfig = LabelsConfig()
+
+    @property
+    def records(self) -> bool:
+        """Whether any route records predictions, so that labels and the store are in use."""
+        return any(route.record > 0 for route in self.routes)
 
 
 class ConfigError(Exception):
@@ -204,7 +242,7 @@ class ConfigError(Exception):
 
 # --- scalar parsers: public so the CLI and loadtest read units the same way -----------------
 
-_DURATION_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(us|µs|ms|s|m|h)?\s*")
+_DURATION_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(us|µs|ms|s|m|h|d)?\s*")
 _DURATION_UNITS: Final = {
     "us": Decimal("0.000001"),
     "µs": Decimal("0.000001"),
@@ -213,8 +251,9 @@ _DURATION_UNITS: Final = {
     None: Decimal(1),
     "m": Decimal(60),
     "h": Decimal(3600),
+    "d": Decimal(86400),
 }
-_DURATION_HINT: Final = "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'"
+_DURATION_HINT: Final = "expected a duration like '2s', '500ms', '1.5s', '1m', '7d' or '250us'"
 
 _SIZE_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]*)\s*", re.IGNORECASE)
 _SIZE_UNITS: Final = {
@@ -234,7 +273,7 @@ _FRACTION_HINT: Final = "expected a percentage like '30%' or a number between 0 
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from "2s", "500ms", "1.5s", "1m", "1h", "250us" or a bare number of seconds."""
+    """Seconds from "2s", "500ms", "1.5s", "1m", "1h", "7d", "250us" or a bare number of seconds."""
     if isinstance(value, bool):
         raise ValueError(f"{_DURATION_HINT}, not a boolean")
     if isinstance(value, int | float):
@@ -309,6 +348,8 @@ def _decimal_text(number: Decimal) -> str:
 
 def _format_duration(seconds: float) -> str:
     exact = Decimal(repr(seconds))
+    if exact >= 86400 and exact % 86400 == 0:
+        return f"{_decimal_text(exact / 86400)}d"
     if exact >= 3600 and exact % 3600 == 0:
         return f"{_decimal_text(exact / 3600)}h"
     if exact >= 60 and exact % 60 == 0:
@@ -540,6 +581,8 @@ _TOP_KEYS: Final = (
     "access_log",
     "log_level",
     "routes",
+    "store",
+    "labels",
 )
 _ROUTE_KEYS: Final = (
     "name",
@@ -551,6 +594,7 @@ _ROUTE_KEYS: Final = (
     "production",
     "shadows",
     "compare",
+    "record",
 )
 _PRODUCTION_KEYS: Final = ("name", "url", "timeout", "connect_timeout", "max_connections")
 _SHADOW_KEYS: Final = (
@@ -563,6 +607,9 @@ _SHADOW_KEYS: Final = (
     "max_queue",
 )
 _COMPARE_KEYS: Final = ("kind", "tolerance", "relative_tolerance", "distance")
+_STORE_KEYS: Final = tuple(StoreConfig.__dataclass_fields__)
+_LABELS_KEYS: Final = tuple(LabelsConfig.__dataclass_fields__)
+_STORE_BACKENDS: Final = ("sqlite", "redis")
 _OUTPUT_PROTOCOLS: Final = (Protocol.OPEN_INFERENCE_V2, Protocol.MLFLOW, Protocol.TFSERVING)
 
 
@@ -913,6 +960,7 @@ class _RouteChecker:
         production = None if production_loc is None else _target(c, production_loc)
         shadows = self.shadows(items.get("shadows"), production)
         comparator = _comparator(c, items.get("compare"))
+        record = c.optional(items, "record", parse_fraction, 0.0)
         if c.mark() > start or production is None:
             return None
         return Route(
@@ -923,6 +971,7 @@ class _RouteChecker:
             comparator=comparator,
             production=production,
             shadows=shadows,
+            record=record,
         )
 
     def methods(self, loc: _Loc | None) -> frozenset[str] | None:
@@ -973,6 +1022,64 @@ class _RouteChecker:
         return tuple(shadows)
 
 
+def _redis_url(value: object) -> str:
+    text = _text(value)
+    if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a URL like 'redis://host:6379/0', 'rediss://…' or 'unix://…'")
+    return text
+
+
+def _store_backend(value: object) -> str:
+    if isinstance(value, str) and value.lower() in _STORE_BACKENDS:
+        return value.lower()
+    raise ValueError(_one_of(value, _STORE_BACKENDS))
+
+
+def _store(c: _Checker, loc: _Loc | None) -> StoreConfig:
+    default = StoreConfig()
+    if loc is None or loc.value is None:
+        return default
+    items = c.mapping(loc, _STORE_KEYS)
+    if items is None:
+        return default
+    return StoreConfig(
+        backend=c.optional(items, "backend", _store_backend, "sqlite"),
+        path=c.optional(items, "path", _text, default.path),
+        url=c.optional(items, "url", _redis_url, default.url),
+        prefix=c.optional(items, "prefix", _text, default.prefix),
+        ttl=c.optional(items, "ttl", _timeout, default.ttl),
+        tombstone_ttl=c.optional(items, "tombstone_ttl", _timeout, default.tombstone_ttl),
+        max_records=c.optional(items, "max_records", _count, default.max_records),
+        timeout=c.optional(items, "timeout", _timeout, default.timeout),
+        batch_size=c.optional(items, "batch_size", _count, default.batch_size),
+        flush_interval=c.optional(items, "flush_interval", _timeout, default.flush_interval),
+        queue=c.optional(items, "queue", _count, default.queue),
+        sweep_interval=c.optional(items, "sweep_interval", _timeout, default.sweep_interval),
+    )
+
+
+def _token(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, not {_kind(value)}")
+    return value
+
+
+def _labels(c: _Checker, loc: _Loc | None) -> LabelsConfig:
+    default = LabelsConfig()
+    if loc is None or loc.value is None:
+        return default
+    items = c.mapping(loc, _LABELS_KEYS)
+    if items is None:
+        return default
+    token = c.optional(items, "token", _token, None)
+    return LabelsConfig(
+        # An empty token (an unset ${VAR:-}) means no token, not a token that is "".
+        token=token or None,
+        max_body=c.optional(items, "max_body", _body_cap, default.max_body),
+        max_batch=c.optional(items, "max_batch", _count, default.max_batch),
+    )
+
+
 def _config(c: _Checker, root: _Loc) -> Config | None:
     items = c.mapping(root, _TOP_KEYS)
     if items is None:
@@ -1008,6 +1115,8 @@ def _config(c: _Checker, root: _Loc) -> Config | None:
         log_level=c.optional(items, "log_level", _log_level, "info"),
         # Stable: routes with equally long matches keep file order.
         routes=tuple(sorted(routes, key=lambda route: -len(route.match))),
+        store=_store(c, items.get("store")),
+        labels=_labels(c, items.get("labels")),
     )
     return None if c.errors else config
 
@@ -1079,10 +1188,14 @@ def _listen_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def config_to_dict(config: Config) -> dict[str, Any]:
+REDACTED: Final = "<redacted>"
+
+
+def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
     """The effective config as plain data, every default filled in, in the YAML's own units.
 
     ``parse_config(yaml.safe_dump(config_to_dict(c)))`` equals ``c`` but for ``source``.
+    With ``redact``, secrets (the label token) read "<redacted>": for printing, not parsing.
     """
     routes = []
     for route in config.routes:
@@ -1120,8 +1233,11 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                     "relative_tolerance": route.comparator.relative_tolerance,
                     "distance": route.comparator.distance.value,
                 },
+                "record": _format_fraction(route.record),
             }
         )
+    store = config.store
+    token = config.labels.token
     result: dict[str, Any] = _escape(
         {
             "listen": _listen_text(config.listen_host, config.listen_port),
@@ -1134,9 +1250,41 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "access_log": config.access_log,
             "log_level": config.log_level,
             "routes": routes,
+            "store": {
+                "backend": store.backend,
+                "path": store.path,
+                "url": store.url,
+                "prefix": store.prefix,
+                "ttl": _format_duration(store.ttl),
+                "tombstone_ttl": _format_duration(store.tombstone_ttl),
+                "max_records": store.max_records,
+                "timeout": _format_duration(store.timeout),
+                "batch_size": store.batch_size,
+                "flush_interval": _format_duration(store.flush_interval),
+                "queue": store.queue,
+                "sweep_interval": _format_duration(store.sweep_interval),
+            },
+            "labels": {
+                "token": REDACTED if redact and token else token,
+                "max_body": _format_size(config.labels.max_body),
+                "max_batch": config.labels.max_batch,
+            },
         }
     )
     return result
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but probably a mistake; `check-config` prints these, `run` logs them."""
+    warnings = []
+    loopback = config.listen_host in ("127.0.0.1", "::1", "localhost")
+    if config.records and config.labels.token is None and not loopback:
+        warnings.append(
+            f"{config.source}: labels.token: POST /labels is exposed on "
+            f"{_listen_text(config.listen_host, config.listen_port)} without a token; anyone who "
+            "can reach the proxy can post labels (set labels.token, e.g. to ${LABEL_TOKEN})"
+        )
+    return warnings
 
 
 def config_hash(config: Config) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -14,9 +15,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
 from proxy.metrics import RouteMetrics, UpstreamMetrics
+from proxy.recording import Recorder
 from proxy.routing import Router
 from proxy.sampling import WeightedSplit, bucket
-from proxy.shadow import ShadowSet
+from proxy.shadow import ShadowSet, Tee
 from proxy.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,13 @@ class RouteRuntime:
     production: WeightedSplit[ProductionTarget]
     shadows: ShadowSet
     metrics: RouteMetrics
+    recorder: Recorder | None = None  # set when the route records predictions for labels
+    record_threshold: int = 0  # buckets below this are recorded
+
+    @property
+    def tees(self) -> bool:
+        """Whether requests on this route are copied anywhere (shadows or the store)."""
+        return bool(self.shadows) or self.recorder is not None
 
 
 def _strip(headers: CIMultiDictProxy[str], drop: tuple[str, ...]) -> CIMultiDict[str]:
@@ -94,6 +103,15 @@ class ProductionHandler:
             headers={self._rid_header: request_id},
         )
 
+    @staticmethod
+    def _tee(route: RouteRuntime, tee: Tee) -> None:
+        """Hand the exchange to the store and the shadows; queues only, never awaits."""
+        b = bucket(tee.request_id)
+        recorder = route.recorder
+        if recorder is not None and b < route.record_threshold and tee.production is not None:
+            tee.recorded = recorder.record(route.name, tee)
+        route.shadows.offer(tee, b)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = request.headers.get(self._rid_header) or str(uuid.uuid4())
         raw_path = request.raw_path
@@ -131,15 +149,16 @@ class ProductionHandler:
             answer = await target.upstream.send(request.method, suffix, headers, body)
         except UpstreamError as exc:
             m.outcomes[exc.outcome].inc()
-            if route.shadows:
-                route.shadows.offer(request.method, suffix, headers, body, request_id, None)
+            if route.tees:
+                self._tee(route, Tee(request.method, suffix, headers, body, request_id, None))
             if isinstance(exc, UpstreamTimeout):
                 return self._error(504, f"production target {target.name} timed out", request_id)
             return self._error(502, f"production target {target.name} is unreachable", request_id)
         m.duration.observe(loop.time() - started)
         m.outcomes["ok" if answer.status < 500 else "http_error"].inc()
-        if route.shadows:
-            route.shadows.offer(request.method, suffix, headers, body, request_id, answer)
+        if route.tees:
+            tee = Tee(request.method, suffix, headers, body, request_id, answer, time.time())
+            self._tee(route, tee)
 
         out_headers = _strip(answer.headers, _DROP_FROM_RESPONSE)
         out_headers[self._rid_header] = request_id

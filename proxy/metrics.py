@@ -40,6 +40,30 @@ COMPARISON_RESULTS = (
 REJECT_REASONS = ("no_route", "body_too_large")
 """Requests the proxy answers itself, without asking production."""
 
+LABEL_RESULTS = ("joined", "unknown_id", "expired", "duplicate", "invalid")
+"""What became of each label received; they always add up to the labels received."""
+
+LABEL_REJECTIONS = ("unauthorized", "forbidden", "too_large", "store_unavailable", "disabled")
+"""Label requests refused as a whole, before any of their labels counted as received."""
+
+RECORD_KINDS = ("record", "shadow")
+"""Store writes: a request's record (production's predictions), or a shadow's predictions."""
+
+RECORD_DROPS = ("queue_full", "store_unavailable", "no_predictions", "orphan")
+"""Why a write never reached the store: the recorder's queue was full, the store failed, the
+answer held no predictions (non-2xx or unparseable), or a shadow's record was not there."""
+
+PAIRED_OUTCOMES = ("both_right", "production_only", "shadow_only", "both_wrong")
+
+STORE_OPERATIONS = ("put_records", "put_shadows", "get_records", "set_labels", "remove_old")
+
+# From a second to a month: labels arrive in minutes (corrections) or weeks (chargebacks).
+DELAY_BUCKETS = (
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0, 86400.0,
+    2 * 86400.0, 3 * 86400.0, 7 * 86400.0, 14 * 86400.0, 30 * 86400.0,
+)  # fmt: skip
+ERROR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0)
+
 
 class Metrics:
     """The metric families of one proxy, on one registry.
@@ -131,12 +155,170 @@ class Metrics:
             registry=registry,
         )
         # A gauge, not an Info: Info has no multiprocess mode.
+        self._declare_label_metrics(registry)
         self.config_info = Gauge(
             f"{PREFIX}_config_info",
             "The active configuration: its hash, source file and version; the value is 1.",
             ["hash", "source", "version", "routes", "shadows"],
             registry=registry,
             multiprocess_mode="livemax",
+        )
+
+    def _declare_label_metrics(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
+
+        self.labels_received = counter("labels_received", "Labels received.", [])
+        self.labels = counter(
+            "labels",
+            "Labels by result: joined, unknown_id, expired, duplicate, invalid. They add up to"
+            " labels_received_total.",
+            ["result"],
+        )
+        self.label_requests_rejected = counter(
+            "label_requests_rejected",
+            "Label requests refused as a whole (their labels are not counted as received), by"
+            " reason: unauthorized, forbidden, too_large, store_unavailable, disabled.",
+            ["reason"],
+        )
+        self.label_delay = Histogram(
+            f"{PREFIX}_label_delay_seconds",
+            "Time from production's answer to the label's arrival.",
+            ["route"],
+            buckets=DELAY_BUCKETS,
+            registry=registry,
+        )
+        model = ["route", "model", "role"]
+        self.labelled_instances = counter(
+            "labelled_instances", "Instances scored against a label, per model.", model
+        )
+        self.correct_instances = counter(
+            "correct_instances",
+            "Labelled instances a model got right (classification; probabilities: argmax).",
+            model,
+        )
+        self.unscorable_instances = counter(
+            "unscorable_instances",
+            "Labelled instances whose prediction could not be scored (not a number, a malformed"
+            " probability vector, or a label that does not fit the model's answer).",
+            model,
+        )
+        self.absolute_error = Histogram(
+            f"{PREFIX}_absolute_error",
+            "Regression: |prediction - label| per labelled instance; _sum / _count is the MAE.",
+            model,
+            buckets=ERROR_BUCKETS,
+            registry=registry,
+        )
+        self.squared_error = counter(
+            "squared_error",
+            "Regression: sum of squared errors; sqrt(this / labelled_instances) is the RMSE.",
+            model,
+        )
+        self.log_loss = counter(
+            "log_loss",
+            "Probabilities: sum of -ln(p[label]); divided by labelled_instances, the log loss.",
+            model,
+        )
+        pair = ["route", "shadow"]
+        self.paired_outcomes = counter(
+            "paired_outcomes",
+            "Labelled instances scored for both production and a shadow, by outcome:"
+            " both_right, production_only, shadow_only, both_wrong (McNemar's table).",
+            ["route", "shadow", "outcome"],
+        )
+        self.paired_errors = counter(
+            "paired_error_instances",
+            "Regression: instances with both production's and the shadow's absolute error.",
+            pair,
+        )
+        self.paired_shadow_worse = counter(
+            "paired_error_shadow_worse",
+            "Regression: sum of d = |shadow error| - |production error| where d > 0.",
+            pair,
+        )
+        self.paired_shadow_better = counter(
+            "paired_error_shadow_better",
+            "Regression: sum of -d where d < 0, so sum(d) = shadow_worse - shadow_better.",
+            pair,
+        )
+        self.paired_difference_squares = counter(
+            "paired_error_difference_squares", "Regression: sum of d squared.", pair
+        )
+        self.recorded = counter(
+            "recorded",
+            "Writes that reached the prediction store, by kind: record (production's"
+            " predictions for a request) or shadow (a shadow's predictions added to it).",
+            ["route", "kind"],
+        )
+        self.recording_dropped = counter(
+            "recording_dropped",
+            "Writes that never reached the store, by kind and reason: queue_full,"
+            " store_unavailable, no_predictions, orphan.",
+            ["route", "kind", "reason"],
+        )
+        self.store_removed = counter(
+            "store_removed",
+            "Records removed from the store, by reason: expired (older than ttl +"
+            " tombstone_ttl) or evicted (beyond max_records).",
+            ["reason"],
+        )
+        self.store_records = Gauge(
+            f"{PREFIX}_store_records",
+            "Records in the prediction store, as of the last sweep.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.recording_queue_depth = Gauge(
+            f"{PREFIX}_recording_queue_depth",
+            "Writes waiting for the prediction store.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.store_duration = Histogram(
+            f"{PREFIX}_store_operation_duration_seconds",
+            "Time a prediction-store operation took, by operation (failures included).",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def bind_labels(self) -> LabelMetrics:
+        return LabelMetrics(
+            received=self.labels_received,
+            results={r: self.labels.labels(r) for r in LABEL_RESULTS},
+            rejected={r: self.label_requests_rejected.labels(r) for r in LABEL_REJECTIONS},
+        )
+
+    def bind_model(self, route: str, model: str, role: str) -> ModelMetrics:
+        labels = (route, model, role)
+        return ModelMetrics(
+            labelled=self.labelled_instances.labels(*labels),
+            correct=self.correct_instances.labels(*labels),
+            unscorable=self.unscorable_instances.labels(*labels),
+            absolute_error=self.absolute_error.labels(*labels),
+            squared_error=self.squared_error.labels(*labels),
+            log_loss=self.log_loss.labels(*labels),
+        )
+
+    def bind_pair(self, route: str, shadow: str) -> PairMetrics:
+        return PairMetrics(
+            outcomes={o: self.paired_outcomes.labels(route, shadow, o) for o in PAIRED_OUTCOMES},
+            n=self.paired_errors.labels(route, shadow),
+            shadow_worse=self.paired_shadow_worse.labels(route, shadow),
+            shadow_better=self.paired_shadow_better.labels(route, shadow),
+            difference_squares=self.paired_difference_squares.labels(route, shadow),
+        )
+
+    def bind_recording(self, route: str) -> RecordingMetrics:
+        return RecordingMetrics(
+            written={k: self.recorded.labels(route, k) for k in RECORD_KINDS},
+            dropped={
+                (k, r): self.recording_dropped.labels(route, k, r)
+                for k in RECORD_KINDS
+                for r in RECORD_DROPS
+            },
+            delay=self.label_delay.labels(route),
         )
 
     def set_config_info(self, config_hash: str, source: str, routes: int, shadows: int) -> None:
@@ -195,3 +377,36 @@ class ShadowMetrics:
     distance: Histogram
     queue_depth: Gauge
     in_flight: Gauge
+
+
+@dataclass(frozen=True, slots=True)
+class LabelMetrics:
+    received: Counter
+    results: dict[str, Counter]
+    rejected: dict[str, Counter]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    labelled: Counter
+    correct: Counter
+    unscorable: Counter
+    absolute_error: Histogram
+    squared_error: Counter
+    log_loss: Counter
+
+
+@dataclass(frozen=True, slots=True)
+class PairMetrics:
+    outcomes: dict[str, Counter]
+    n: Counter
+    shadow_worse: Counter
+    shadow_better: Counter
+    difference_squares: Counter
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingMetrics:
+    written: dict[str, Counter]
+    dropped: dict[tuple[str, str], Counter]
+    delay: Histogram

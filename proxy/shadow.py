@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from multidict import CIMultiDict
 
 from proxy.metrics import ShadowMetrics
 from proxy.predictions import Comparator, ExtractionError, Extractor, ShapeMismatch
-from proxy.sampling import Sampler, bucket
+from proxy.sampling import Sampler
 from proxy.upstream import Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 SHADOW_MARKER_HEADER = "X-Shadow-Request"
 
 _NOT_PARSED: Any = object()
+
+PredictionsCallback = Callable[["Tee", str, list[Any]], None]
+"""Called with (tee, shadow name, predictions) when a recorded request's shadow answered."""
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +42,8 @@ class Tee:
     body: bytes
     request_id: str
     production: UpstreamResponse | None
+    created: float = 0.0  # unix seconds when production answered (for label delays)
+    recorded: bool = False  # queued for the prediction store: shadows add their predictions
     _predictions: Any = field(default=_NOT_PARSED)
 
     def production_predictions(self, extractor: Extractor) -> list[Any]:
@@ -88,8 +94,10 @@ class ShadowDispatcher:
         extractor: Extractor,
         comparator: Comparator,
         metrics: ShadowMetrics,
+        on_predictions: PredictionsCallback | None = None,
     ) -> None:
         self.name = name
+        self._on_predictions = on_predictions
         self.sampler = Sampler(sample)
         self.threshold = self.sampler.threshold
         self.upstream = upstream
@@ -222,6 +230,8 @@ class ShadowDispatcher:
         except ExtractionError:
             results["shadow_unparseable"].inc()
             return
+        if tee.recorded and self._on_predictions is not None:
+            self._on_predictions(tee, self.name, got)
         try:
             comparison = self._comparator.compare(expected, got)
         except ShapeMismatch:
@@ -243,8 +253,8 @@ class ShadowSet:
     Every shadow sees the same deterministic subset for a given rate: the request id's bucket is
     computed once and compared with each shadow's threshold.
 
-    >>> shadows = ShadowSet([dispatcher_a, dispatcher_b], max_body=1 << 20, metrics=[m_a, m_b])
-    >>> shadows.offer("POST", "", headers, body, request_id, production_answer)
+    >>> shadows = ShadowSet([dispatcher_a, dispatcher_b], [m_a, m_b], max_body=1 << 20)
+    >>> shadows.offer(tee, bucket(tee.request_id))
     """
 
     def __init__(
@@ -263,28 +273,18 @@ class ShadowSet:
     def __bool__(self) -> bool:
         return bool(self._entries)
 
-    def offer(
-        self,
-        method: str,
-        suffix: str,
-        headers: CIMultiDict[str],
-        body: bytes,
-        request_id: str,
-        production: UpstreamResponse | None,
-    ) -> None:
-        b = bucket(request_id)
-        too_big = len(body) > self._max_body or (
+    def offer(self, tee: Tee, b: int) -> None:
+        """Queue the exchange for every shadow whose sample admits bucket `b`."""
+        production = tee.production
+        too_big = len(tee.body) > self._max_body or (
             production is not None and len(production.body) > self._max_body
         )
-        tee: Tee | None = None
         for dispatcher, threshold, sampled_out, body_too_large in self._entries:
             if b >= threshold:
                 sampled_out.inc()
             elif too_big:
                 body_too_large.inc()
             else:
-                if tee is None:
-                    tee = Tee(method, suffix, headers, body, request_id, production)
                 dispatcher.submit(tee)
 
     async def start(self) -> None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +42,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     delay: float = 0.0
     hang: bool = False
+    wait: asyncio.Event | None = None  # answer only once this is set
 
 
 Script = Callable[[Received], Answer]
@@ -68,6 +74,8 @@ class FakeModel:
         answer = self.script(record)
         if answer.hang:
             await asyncio.Future()
+        if answer.wait is not None:
+            await answer.wait.wait()
         if answer.delay:
             await asyncio.sleep(answer.delay)
         self.answered += 1
@@ -118,14 +126,23 @@ class RunningProxy:
     app: web.Application
     registry: CollectorRegistry
     session: aiohttp.ClientSession
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        """Shut down gracefully, as on SIGTERM (idempotent)."""
+        await self.session.close()
+        await self.runner.cleanup()
 
     @property
     def state(self) -> ProxyState:
         return self.app[STATE]
 
     async def settled(self) -> None:
-        """Wait until every shadow request queued so far has been answered and compared."""
+        """Wait until every shadow request queued so far has been answered and compared, and
+        every store write queued so far has been handled."""
         await asyncio.gather(*(r.shadows.join() for r in self.state.routes))
+        if self.state.recorder is not None:
+            await self.state.recorder.flush()
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's value, 0.0 when the series does not exist yet."""
@@ -146,7 +163,7 @@ ProxyFactory = Callable[[str], Awaitable[RunningProxy]]
 @pytest.fixture
 async def proxy() -> AsyncIterator[ProxyFactory]:
     """Start the proxy from YAML text on 127.0.0.1:0; stopped (and drained) at teardown."""
-    runners: list[tuple[web.AppRunner, aiohttp.ClientSession]] = []
+    started: list[RunningProxy] = []
 
     async def factory(yaml_text: str) -> RunningProxy:
         config = parse_config(yaml_text, "test.yaml", env={})
@@ -157,15 +174,78 @@ async def proxy() -> AsyncIterator[ProxyFactory]:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         host, port = runner.addresses[0][:2]
         session = aiohttp.ClientSession(auto_decompress=False)
-        runners.append((runner, session))
-        return RunningProxy(f"http://{host}:{port}", app, registry, session)
+        started.append(RunningProxy(f"http://{host}:{port}", app, registry, session, runner))
+        return started[-1]
 
     yield factory
-    for runner, session in runners:
-        await session.close()
-        await runner.cleanup()
+    for running in started:
+        await running.stop()
 
 
 def v1(predictions: list[Any]) -> Answer:
     """A KServe v1 answer."""
     return Answer(body=orjson.dumps({"predictions": predictions}))
+
+
+# -- a redis-server of our own -----------------------------------------------------------------
+
+
+class RedisServer:
+    """A redis-server process on a free port of 127.0.0.1, without persistence."""
+
+    def __init__(self) -> None:
+        if shutil.which("redis-server") is None:
+            pytest.fail("the tests need redis-server on PATH (.ci/setup installs it)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self._answers_ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)  # process start-up only
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16) == b"+PONG\r\n"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # in case a test paused it
+            self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

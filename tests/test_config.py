@@ -14,11 +14,14 @@ import yaml
 from proxy.config import (
     Config,
     ConfigError,
+    LabelsConfig,
     Route,
     Shadow,
+    StoreConfig,
     Target,
     config_hash,
     config_to_dict,
+    config_warnings,
     load_config,
     parse_config,
     parse_duration,
@@ -387,11 +390,11 @@ def test_unknown_keys_at_every_level() -> None:
     ) == [
         "c.yaml:1: lsten: unknown key 'lsten' (did you mean 'listen'?); allowed: listen, "
         "request_id_header, max_body, shadow_max_body, shadow_strip_headers, shutdown_timeout, "
-        "shadow_drain_timeout, access_log, log_level, routes",
+        "shadow_drain_timeout, access_log, log_level, routes, store, labels",
         "c.yaml:3: routes[0].protocol: required key missing",
         "c.yaml:4: routes[0].protocl: unknown key 'protocl' (did you mean 'protocol'?); "
         "allowed: name, match, methods, protocol, output, prediction_path, production, "
-        "shadows, compare",
+        "shadows, compare, record",
         "c.yaml:5: routes[0].production.max_conections: unknown key 'max_conections' "
         "(did you mean 'max_connections'?); allowed: name, url, timeout, connect_timeout, "
         "max_connections",
@@ -464,7 +467,7 @@ def test_bool_is_not_a_number() -> None:
         "c.yaml:5: routes[0].shadows[0].sample: expected a percentage like '30%' or a number "
         "between 0 and 1, not a boolean (got True)",
         "c.yaml:5: routes[0].shadows[0].timeout: expected a duration like '2s', '500ms', "
-        "'1.5s', '1m' or '250us', not a boolean (got False)",
+        "'1.5s', '1m', '7d' or '250us', not a boolean (got False)",
         "c.yaml:6: routes[0].compare.tolerance: expected a number, not a boolean (got True)",
     ]
 
@@ -673,18 +676,22 @@ def test_parse_duration(value: object, seconds: float) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("2 sec", "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'"),
-        ("s", "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'"),
-        ("1m30s", "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'"),
+        ("2 sec", "expected a duration like '2s', '500ms', '1.5s', '1m', '7d' or '250us'"),
+        ("s", "expected a duration like '2s', '500ms', '1.5s', '1m', '7d' or '250us'"),
+        ("1m30s", "expected a duration like '2s', '500ms', '1.5s', '1m', '7d' or '250us'"),
         ("-1s", "must not be negative"),
         (-1, "must not be negative"),
         (
             float("inf"),
-            "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us'; it must be finite",
+            "expected a duration like '2s', '500ms', '1.5s', '1m', '7d' or '250us';"
+            " it must be finite",
         ),
-        (True, "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us', not a boolean"),
-        (None, "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us', not null"),
-        ([1], "expected a duration like '2s', '500ms', '1.5s', '1m' or '250us', not a list"),
+        (
+            True,
+            "expected a duration like '2s', '500ms', '1.5s', '1m', '7d' or '250us', not a boolean",
+        ),
+        (None, "expected a duration like '2s', '500ms', '1.5s', '1m', '7d' or '250us', not null"),
+        ([1], "expected a duration like '2s', '500ms', '1.5s', '1m', '7d' or '250us', not a list"),
     ],
 )
 def test_parse_duration_rejects(value: object, message: str) -> None:
@@ -884,8 +891,24 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
                     "relative_tolerance": 0.0,
                     "distance": "total_variation",
                 },
+                "record": "0%",
             }
         ],
+        "store": {
+            "backend": "sqlite",
+            "path": "shadow-proxy-predictions.db",
+            "url": "redis://127.0.0.1:6379/0",
+            "prefix": "shadowproxy:",
+            "ttl": "7d",
+            "tombstone_ttl": "1d",
+            "max_records": 1000000,
+            "timeout": "1s",
+            "batch_size": 500,
+            "flush_interval": "50ms",
+            "queue": 10000,
+            "sweep_interval": "1m",
+        },
+        "labels": {"token": None, "max_body": "1MiB", "max_batch": 1000},
     }
 
 
@@ -931,3 +954,67 @@ def test_config_hash() -> None:
     assert config_hash(replace(config, source="other")) == digest
     assert config_hash(replace(config, max_body=config.max_body + 1)) != digest
     assert config_hash(replace(config, access_log=True)) != digest
+
+
+# --- labels and the prediction store ------------------------------------------------------------
+
+
+def test_store_and_labels_sections_parse_to_typed_values() -> None:
+    config = parse_config(
+        MINIMAL
+        + "    record: 25%\n"
+        + "store: {backend: redis, url: 'redis://cache:6379/2', ttl: 3d, tombstone_ttl: 12h,\n"
+        + "        max_records: 5000, timeout: 200ms, flush_interval: 10ms, queue: 64}\n"
+        + "labels: {token: '${LABEL_TOKEN}', max_body: 64KiB, max_batch: 10}\n",
+        env={"LABEL_TOKEN": "s3cret"},
+    )
+    assert config.routes[0].record == 0.25
+    assert config.records
+    assert config.store == StoreConfig(
+        backend="redis",
+        url="redis://cache:6379/2",
+        ttl=3 * 86400.0,
+        tombstone_ttl=12 * 3600.0,
+        max_records=5000,
+        timeout=0.2,
+        flush_interval=0.01,
+        queue=64,
+    )
+    assert config.labels == LabelsConfig(token="s3cret", max_body=64 * 1024, max_batch=10)
+    assert config_to_dict(config, redact=True)["labels"]["token"] == "<redacted>"
+    assert parse_config(yaml.safe_dump(config_to_dict(config)), env={}) == replace(
+        config, source="<string>"
+    )
+
+
+def test_no_recording_by_default_and_an_empty_token_means_none() -> None:
+    config = parse_config(MINIMAL + "labels: {token: '${T:-}'}\n", env={})
+    assert not config.records
+    assert config.routes[0].record == 0.0
+    assert config.labels.token is None
+    assert config.store == StoreConfig()
+
+
+def test_store_and_labels_errors_name_key_and_value() -> None:
+    assert errors_of(
+        MINIMAL + "store: {backend: mysql, url: 'http://x', ttl: 0}\nlabels: {max_batch: 0}\n"
+    ) == [
+        "c.yaml:5: store.backend: expected one of sqlite, redis (got 'mysql')",
+        "c.yaml:5: store.url: expected a URL like 'redis://host:6379/0', 'rediss://…' or "
+        "'unix://…' (got 'http://x')",
+        "c.yaml:5: store.ttl: must be greater than 0 (got 0)",
+        "c.yaml:6: labels.max_batch: must be at least 1 (got 0)",
+    ]
+
+
+def test_warns_when_labels_are_exposed_without_a_token() -> None:
+    exposed = parse_config(MINIMAL + "    record: 100%\n", source="p.yaml", env={})
+    assert config_warnings(exposed) == [
+        "p.yaml: labels.token: POST /labels is exposed on 0.0.0.0:8080 without a token; anyone "
+        "who can reach the proxy can post labels (set labels.token, e.g. to ${LABEL_TOKEN})"
+    ]
+    local = parse_config("listen: 127.0.0.1:8080\n" + MINIMAL + "    record: 1\n", env={})
+    assert config_warnings(local) == []
+    with_token = parse_config(MINIMAL + "    record: 1\nlabels: {token: t}\n", env={})
+    assert config_warnings(with_token) == []
+    assert config_warnings(parse_config(MINIMAL, env={})) == []

@@ -1,0 +1,271 @@
+"""The label endpoint (POST /labels) and the join: ground truth arriving minutes or weeks later
+is matched to what production and every shadow predicted, scored, and counted. Every label
+received ends as exactly one of joined, unknown_id, expired, duplicate or invalid."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.config import LabelsConfig
+from proxy.joining import InvalidLabel, Score, label_values, pair, score
+from proxy.metrics import LabelMetrics, ModelMetrics, PairMetrics, RecordingMetrics
+from proxy.predictions import CompareKind, ShapeMismatch
+from proxy.store.base import LabelStatus, PredictionStore, Record, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID = 256
+_ITEM_KEYS = ("request_id", "label")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteScorer:
+    """Scores one route's records against their labels and counts the results.
+
+    >>> scorer = RouteScorer(CompareKind.CLASSIFICATION, production, shadows, pairs, recording)
+    >>> scorer.join(record)                   # production and the shadows present
+    >>> scorer.join_shadow(record, "iris-rf")  # a shadow that answered after the label
+    """
+
+    kind: CompareKind
+    production: ModelMetrics
+    shadows: dict[str, ModelMetrics]
+    pairs: dict[str, PairMetrics]
+    recording: RecordingMetrics
+
+    def labels_for(self, record: Record, label: Any) -> tuple[list[Any], Score]:
+        """The label per instance, and production's score; InvalidLabel if the label does not
+        fit what production predicted."""
+        labels = label_values(label, len(record.predictions))
+        return labels, score(self.kind, record.predictions, labels)
+
+    def join(self, record: Record, now: float, production_score: Score | None = None) -> None:
+        labels, computed = self.labels_for(record, record.label)
+        _count(self.production, production_score or computed)
+        self.recording.delay.observe(max(0.0, now - record.created))
+        for shadow in record.shadows:
+            self._join_shadow(record, shadow, labels)
+
+    def join_shadow(self, record: Record, shadow: str) -> None:
+        labels = label_values(record.label, len(record.predictions))
+        self._join_shadow(record, shadow, labels)
+
+    def _join_shadow(self, record: Record, shadow: str, labels: list[Any]) -> None:
+        metrics = self.shadows.get(shadow)
+        if metrics is None:  # a shadow that a config reload removed
+            return
+        predictions = record.shadows[shadow]
+        try:
+            _count(metrics, score(self.kind, predictions, labels))
+            paired = pair(self.kind, record.predictions, predictions, labels)
+        except (InvalidLabel, ShapeMismatch):
+            # The shadow answered with another number of instances than production did.
+            metrics.unscorable.inc(len(labels))
+            return
+        p = self.pairs[shadow]
+        for outcome in p.outcomes:
+            p.outcomes[outcome].inc(getattr(paired, outcome))
+        if paired.n:
+            p.n.inc(paired.n)
+            p.difference_squares.inc(paired.d_squared_sum)
+            # Counters only go up: the sum of d is kept as its positive and negative parts.
+            p.shadow_worse.inc(paired.d_positive_sum)
+            p.shadow_better.inc(paired.d_positive_sum - paired.d_sum)
+
+
+def _count(metrics: ModelMetrics, s: Score) -> None:
+    metrics.labelled.inc(s.instances)
+    metrics.correct.inc(s.correct)
+    metrics.unscorable.inc(s.unscorable)
+    for error in s.absolute_errors:
+        metrics.absolute_error.observe(error)
+    metrics.squared_error.inc(s.squared_error)
+    metrics.log_loss.inc(s.log_loss)
+
+
+@dataclass(slots=True)
+class _Item:
+    """One label of a request, on its way to a result."""
+
+    request_id: str
+    label: Any
+    result: str = ""
+    error: str = ""
+    production_score: Score | None = None
+
+    def answer(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"request_id": self.request_id, "result": self.result}
+        if self.error:
+            doc["error"] = self.error
+        return doc
+
+
+def _parse_item(raw: Any) -> _Item:
+    if not isinstance(raw, dict):
+        return _Item("", None, "invalid", "a label must be an object with request_id and label")
+    request_id = raw.get("request_id")
+    rid = request_id if isinstance(request_id, str) else ""
+    unknown = sorted(set(raw) - set(_ITEM_KEYS))
+    if unknown:
+        return _Item(
+            rid, None, "invalid", f"unknown key {unknown[0]!r}; allowed: request_id, label"
+        )
+    if not isinstance(request_id, str) or not request_id:
+        return _Item(rid, None, "invalid", "request_id must be a non-empty string")
+    if len(request_id) > MAX_REQUEST_ID:
+        return _Item(rid, None, "invalid", f"request_id is longer than {MAX_REQUEST_ID} characters")
+    if "label" not in raw:
+        return _Item(rid, None, "invalid", "label is missing")
+    if raw["label"] is None:
+        return _Item(rid, None, "invalid", "label is null")
+    return _Item(rid, raw["label"])
+
+
+# A single label's result as an HTTP status; a batch always answers 200 with one result each.
+_STATUS = {"joined": 200, "unknown_id": 404, "expired": 410, "duplicate": 409, "invalid": 400}
+_MESSAGES = {
+    "unknown_id": "no prediction was recorded for this request_id",
+    "expired": "the prediction for this request_id is older than the store's ttl",
+    "duplicate": "this request_id already has a label",
+}
+
+
+class LabelEndpoint:
+    """POST /labels: one label `{"request_id": ..., "label": ...}` or a list of them.
+
+    >>> endpoint = LabelEndpoint(store, labels_config, scorers, metrics.bind_labels())
+    >>> app.router.add_post("/labels", endpoint.handle)
+    """
+
+    def __init__(
+        self,
+        store: PredictionStore | None,
+        config: LabelsConfig,
+        scorers: dict[str, RouteScorer],
+        metrics: LabelMetrics,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._token = None if config.token is None else f"Bearer {config.token}".encode()
+        self._scorers = scorers
+        self._m = metrics
+
+    def _refuse(self, status: int, reason: str, message: str) -> web.Response:
+        self._m.rejected[reason].inc()
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return _json(status, {"error": message}, headers)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self._store is None:
+            return self._refuse(404, "disabled", "labels are off: no route sets 'record'")
+        if self._token is not None:
+            given = request.headers.get("Authorization")
+            if given is None:
+                return self._refuse(401, "unauthorized", "a bearer token is required")
+            if not hmac.compare_digest(given.encode(), self._token):
+                return self._refuse(403, "forbidden", "the bearer token is wrong")
+        body = await self._read(request)
+        if body is None:
+            limit = self._config.max_body
+            return self._refuse(
+                413, "too_large", f"body is larger than labels.max_body ({limit} bytes)"
+            )
+
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return self._malformed(f"body is not JSON: {exc}")
+        if isinstance(doc, dict):
+            items, single = [_parse_item(doc)], True
+        elif isinstance(doc, list):
+            if not doc:
+                return _json(400, {"error": "the batch is empty"})
+            if len(doc) > self._config.max_batch:
+                return self._malformed(
+                    f"the batch has {len(doc)} labels; labels.max_batch is "
+                    f"{self._config.max_batch}",
+                    count=len(doc),
+                )
+            items, single = [_parse_item(raw) for raw in doc], False
+        else:
+            return self._malformed("body must be a label object or a list of label objects")
+
+        try:
+            await self._apply(items)
+        except StoreUnavailable as exc:
+            log.warning("label request failed: store unavailable", extra={"error": str(exc)})
+            message = f"the prediction store is unavailable: {exc}"
+            return self._refuse(503, "store_unavailable", message)
+
+        self._m.received.inc(len(items))
+        for item in items:
+            self._m.results[item.result].inc()
+        if single:
+            return _json(_STATUS[items[0].result], items[0].answer())
+        counts = {result: 0 for result in _STATUS}
+        for item in items:
+            counts[item.result] += 1
+        return _json(200, {"results": [item.answer() for item in items], "counts": counts})
+
+    async def _read(self, request: web.Request) -> bytes | None:
+        """The body, or None when it is over labels.max_body (read no further than that)."""
+        limit = self._config.max_body
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _malformed(self, message: str, count: int = 1) -> web.Response:
+        # A body we cannot read is still labels received: counted, as invalid.
+        self._m.received.inc(count)
+        self._m.results["invalid"].inc(count)
+        return _json(400, {"error": message})
+
+    async def _apply(self, items: Sequence[_Item]) -> None:
+        """Validate the labels against their records, set them, and join what was joined."""
+        assert self._store is not None
+        pending = [item for item in items if not item.result]
+        if not pending:
+            return
+        records = await self._store.get_records([item.request_id for item in pending])
+        to_set = []
+        for item in pending:
+            record = records.get(item.request_id)
+            scorer = None if record is None else self._scorers.get(record.route)
+            if record is not None and scorer is not None:
+                try:
+                    _, item.production_score = scorer.labels_for(record, item.label)
+                except InvalidLabel as exc:
+                    item.result, item.error = "invalid", str(exc)
+                    continue
+            to_set.append(item)
+        if not to_set:
+            return
+        now = time.time()
+        results = await self._store.set_labels([(i.request_id, i.label) for i in to_set], now)
+        for item, result in zip(to_set, results, strict=True):
+            item.result = result.status.value
+            item.error = _MESSAGES.get(item.result, "")
+            if result.status is LabelStatus.JOINED and result.record is not None:
+                scorer = self._scorers.get(result.record.route)
+                if scorer is not None:
+                    scorer.join(result.record, now, item.production_score)
+
+
+def _json(status: int, doc: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(doc), content_type="application/json", headers=headers
+    )

@@ -1,0 +1,286 @@
+"""The recorder: off the hot path, it batches production's and shadows' predictions into the
+prediction store, joins labels that were waiting for a shadow's answer, and sweeps old
+records. A full queue or a failing store drops writes and counts them; production never waits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from prometheus_client import Gauge, Histogram
+
+from proxy.config import StoreConfig
+from proxy.labels import RouteScorer
+from proxy.metrics import STORE_OPERATIONS, Metrics
+from proxy.predictions import ExtractionError, Extractor
+from proxy.shadow import Tee
+from proxy.store.base import (
+    LabelResult,
+    PredictionStore,
+    Record,
+    Removed,
+    ShadowPredictions,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class MeasuredStore(PredictionStore):
+    """Times every operation of another store into
+    shadowproxy_store_operation_duration_seconds{operation}."""
+
+    def __init__(self, inner: PredictionStore, metrics: Metrics) -> None:
+        self.inner = inner
+        self._timers: dict[str, Histogram] = {
+            op: metrics.store_duration.labels(op) for op in STORE_OPERATIONS
+        }
+
+    async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call()
+        finally:
+            self._timers[operation].observe(time.perf_counter() - started)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def put_records(self, records: Sequence[Record]) -> None:
+        await self._timed("put_records", lambda: self.inner.put_records(records))
+
+    async def put_shadows(
+        self, items: Sequence[ShadowPredictions]
+    ) -> list[tuple[ShadowPredictions, Record]]:
+        return await self._timed("put_shadows", lambda: self.inner.put_shadows(items))
+
+    async def get_records(self, request_ids: Sequence[str]) -> dict[str, Record]:
+        return await self._timed("get_records", lambda: self.inner.get_records(request_ids))
+
+    async def set_labels(self, items: Sequence[tuple[str, Any]], now: float) -> list[LabelResult]:
+        return await self._timed("set_labels", lambda: self.inner.set_labels(items, now))
+
+    async def remove_old(self, now: float) -> Removed:
+        return await self._timed("remove_old", lambda: self.inner.remove_old(now))
+
+    async def count(self) -> int:
+        return await self.inner.count()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRecording:
+    """What the recorder needs of a route: how to read its answers and how to score them."""
+
+    production: str  # the production target's name
+    extractor: Extractor
+    scorer: RouteScorer
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordItem:
+    route: str
+    tee: Tee
+
+
+@dataclass(frozen=True, slots=True)
+class _ShadowItem:
+    route: str
+    predictions: ShadowPredictions
+
+
+class Recorder:
+    """A bounded queue of store writes and one writer task that flushes them in batches.
+
+    >>> recorder = Recorder(store, config.store, routes, metrics)
+    >>> await recorder.start()
+    >>> recorder.record("iris", tee)                          # hot path: never blocks
+    >>> recorder.shadow("iris", "req-1", "iris-rf", [0, 2])   # a shadow worker
+    >>> await recorder.stop(5.0)
+    """
+
+    def __init__(
+        self,
+        store: PredictionStore,
+        config: StoreConfig,
+        routes: dict[str, RouteRecording],
+        metrics: Metrics,
+    ) -> None:
+        self.store = store
+        self._config = config
+        self._routes = routes
+        self._metrics = metrics
+        self._recording = {name: r.scorer.recording for name, r in routes.items()}
+        self._queue: asyncio.Queue[_RecordItem | _ShadowItem] = asyncio.Queue(config.queue)
+        self._depth: Gauge = metrics.recording_queue_depth
+        self._tasks: list[asyncio.Task[None]] = []
+        self._store_down = False
+
+    # -- called by the hot path and the shadow workers; never block ------------------------------
+
+    def _put(self, item: _RecordItem | _ShadowItem, kind: str) -> bool:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._recording[item.route].dropped[(kind, "queue_full")].inc()
+            return False
+        self._depth.inc()
+        return True
+
+    def record(self, route: str, tee: Tee) -> bool:
+        """Queue production's answer for storing; False when it was dropped (queue full)."""
+        return self._put(_RecordItem(route, tee), "record")
+
+    def shadow(self, route: str, request_id: str, shadow: str, predictions: list[Any]) -> None:
+        self._put(_ShadowItem(route, ShadowPredictions(request_id, shadow, predictions)), "shadow")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.store.start()
+        except StoreUnavailable as exc:
+            # Production goes on without the store; writes are counted as dropped until it is
+            # back (a client such as Redis reconnects by itself).
+            log.error("prediction store unavailable at start", extra={"error": str(exc)})
+            self._store_down = True
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="recorder:writer"),
+            asyncio.create_task(self._sweep_loop(), name="recorder:sweeper"),
+        ]
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far has been handled (stored or counted)."""
+        await self._queue.join()
+
+    async def stop(self, grace: float) -> None:
+        """Flush for up to `grace` seconds, then drop (and count) what is left and close."""
+        try:
+            await asyncio.wait_for(self.flush(), grace)
+        except TimeoutError:
+            log.warning("recorder flush timed out", extra={"queued": self._queue.qsize()})
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            self._depth.dec()
+            kind = "record" if isinstance(item, _RecordItem) else "shadow"
+            self._recording[item.route].dropped[(kind, "store_unavailable")].inc()
+        await self.store.close()
+
+    # -- the writer -------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            if queue.qsize() < self._config.batch_size - 1:
+                # Let a batch gather: one store round trip for many requests.
+                await asyncio.sleep(self._config.flush_interval)
+            while len(batch) < self._config.batch_size and not queue.empty():
+                batch.append(queue.get_nowait())
+            self._depth.dec(len(batch))
+            try:
+                await self._write(batch)
+            except Exception:
+                # The recorder's boundary: a bug here must not stop recording for good.
+                log.exception("recorder batch failed")
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    def _to_record(self, item: _RecordItem) -> Record | None:
+        tee, route = item.tee, self._routes[item.route]
+        answer = tee.production
+        if answer is None or not 200 <= answer.status < 300:
+            return None
+        try:
+            predictions = tee.production_predictions(route.extractor)
+        except ExtractionError:
+            return None
+        return Record(
+            request_id=tee.request_id,
+            route=item.route,
+            created=tee.created,
+            production=route.production,
+            predictions=predictions,
+        )
+
+    async def _write(self, batch: Sequence[_RecordItem | _ShadowItem]) -> None:
+        records: list[tuple[str, Record]] = []
+        shadows: list[_ShadowItem] = []
+        for item in batch:
+            if isinstance(item, _ShadowItem):
+                shadows.append(item)
+                continue
+            record = self._to_record(item)
+            if record is None:
+                self._recording[item.route].dropped[("record", "no_predictions")].inc()
+            else:
+                records.append((item.route, record))
+        # Records first: a shadow's write always follows its record's in the queue.
+        if records:
+            if await self._attempt(self.store.put_records([r for _, r in records])):
+                for route, _ in records:
+                    self._recording[route].written["record"].inc()
+            else:
+                for route, _ in records:
+                    self._recording[route].dropped[("record", "store_unavailable")].inc()
+        if not shadows:
+            return
+        late: list[tuple[ShadowPredictions, Record]] = []
+
+        async def put() -> None:
+            late.extend(await self.store.put_shadows([s.predictions for s in shadows]))
+
+        ok = await self._attempt(put())
+        for item in shadows:
+            recording = self._recording[item.route]
+            if ok:
+                recording.written["shadow"].inc()
+            else:
+                recording.dropped[("shadow", "store_unavailable")].inc()
+        for written, record in late:
+            target = self._routes.get(record.route)
+            if target is not None:
+                target.scorer.join_shadow(record, written.shadow)
+
+    async def _attempt(self, operation: Awaitable[None]) -> bool:
+        try:
+            await operation
+        except StoreUnavailable as exc:
+            if not self._store_down:
+                log.error("prediction store unavailable", extra={"error": str(exc)})
+                self._store_down = True
+            return False
+        if self._store_down:
+            log.info("prediction store available again")
+            self._store_down = False
+        return True
+
+    # -- the sweeper ------------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await self.sweep()
+            await asyncio.sleep(self._config.sweep_interval)
+
+    async def sweep(self) -> None:
+        """Remove old and surplus records now, and count them."""
+        try:
+            removed = await self.store.remove_old(time.time())
+            count = await self.store.count()
+        except StoreUnavailable:
+            return
+        self._metrics.store_removed.labels("expired").inc(removed.expired)
+        self._metrics.store_removed.labels("evicted").inc(removed.evicted)
+        self._metrics.store_records.set(count)

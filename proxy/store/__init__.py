@@ -1,0 +1,1 @@
+"""Prediction stores: where recorded predictions wait for their labels (see base.py)."""
