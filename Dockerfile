@@ -18,6 +18,10 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin shadow
 COPY configs/ /etc/shadow-proxy/examples/
+# The embedded prediction store's default file (store.path is relative) lives here.
+RUN mkdir -p /var/lib/shadow-proxy && chown 10001:10001 /var/lib/shadow-proxy
+WORKDIR /var/lib/shadow-proxy
+VOLUME /var/lib/shadow-proxy
 USER 10001:10001
 EXPOSE 8080
 # python is in the image already; curl is not.

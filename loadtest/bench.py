@@ -51,6 +51,7 @@ class Scenario:
     shadows: tuple[str, ...] = ()  # model names from MODELS
     direct: bool = False
     baseline: bool = False  # loadtest.tee_baseline instead of the proxy
+    store: bool = False  # record every request in the embedded prediction store
 
 
 SCENARIOS = (
@@ -61,6 +62,7 @@ SCENARIOS = (
     Scenario("slow_shadow", ("slow",)),
     Scenario("blackhole_shadow", ("blackhole",)),
     Scenario("three_shadows", ("fast", "fast", "fast")),
+    Scenario("fast_shadow_store", ("fast",), store=True),
 )
 
 
@@ -132,7 +134,7 @@ def model_servers(workdir: Path) -> Iterator[dict[str, int]]:
             _stop(proc)
 
 
-def proxy_config(scenario: Scenario, port: int, models: dict[str, int]) -> str:
+def proxy_config(scenario: Scenario, port: int, models: dict[str, int], workdir: Path) -> str:
     """The proxy's config for a scenario, as JSON (which is YAML)."""
 
     def url(model: str) -> str:
@@ -147,12 +149,15 @@ def proxy_config(scenario: Scenario, port: int, models: dict[str, int]) -> str:
             for i, m in enumerate(scenario.shadows)
         ],
     }
-    config = {
+    config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "log_level": "warning",
         "shadow_drain_timeout": "1s",
         "routes": [route],
     }
+    if scenario.store:
+        route["record"] = "100%"
+        config["store"] = {"backend": "sqlite", "path": str(workdir / f"{scenario.name}.db")}
     return json.dumps(config, indent=2)
 
 
@@ -262,6 +267,9 @@ def _scrape(url: str) -> dict[str, float]:
                 totals["dropped"] = totals.get("dropped", 0) + s.value
             elif s.name == "shadowproxy_compared_instances_total":
                 totals["compared"] = totals.get("compared", 0) + s.value
+            elif s.name in ("shadowproxy_recorded_total", "shadowproxy_recording_dropped_total"):
+                key = "records_" + ("written" if "dropped" not in s.name else "dropped")
+                totals[key] = totals.get(key, 0) + s.value
             elif (
                 s.name == "shadowproxy_upstream_requests_total"
                 and s.labels["role"] == "production"
@@ -293,7 +301,7 @@ def run_scenario(
 
     port = _free_port()
     cfg = workdir / f"{scenario.name}.yaml"
-    cfg.write_text(proxy_config(scenario, port, models))
+    cfg.write_text(proxy_config(scenario, port, models, workdir))
     args = ["-m", "proxy", "run", "--config", str(cfg), "--workers", str(workers)]
     if scenario.baseline:
         args = [
@@ -320,7 +328,14 @@ def run_scenario(
         proxy_peak_rss_mib=round(rss, 1),
         shadow_dropped=None if scenario.baseline else int(metrics.get("dropped", 0)),
         shadow_compared=None if scenario.baseline else int(metrics.get("compared", 0)),
-        extra={"production_errors_in_metrics": int(metrics.get("production_errors", 0))},
+        extra={
+            "production_errors_in_metrics": int(metrics.get("production_errors", 0)),
+            **(
+                {k: int(metrics.get(k, 0)) for k in ("records_written", "records_dropped")}
+                if scenario.store
+                else {}
+            ),
+        },
     )
 
 
@@ -389,6 +404,13 @@ def checks(results: Sequence[Result]) -> list[str]:
         out.append(
             f"{_mark(x >= 6000 / 5700)} throughput vs a minimal aiohttp tee: fast_shadow {x:.2f} x"
             " tee_baseline (the absolute target, 6000/s where such a tee does 5700/s: >= 1.05)"
+        )
+    store = by_name.get("fast_shadow_store")
+    if fast and store:
+        x = store.requests_per_second / fast.requests_per_second
+        out.append(
+            f"{_mark(x >= 0.9)} store cost: fast_shadow_store {x:.2f} x fast_shadow throughput,"
+            f" p99 {store.p99_ms / fast.p99_ms:.2f} x (target >= 0.90)"
         )
     if fast:
         out.append(

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import Gauge, Histogram
@@ -85,10 +85,13 @@ class RouteRecording:
     scorer: RouteScorer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _RecordItem:
     route: str
     tee: Tee
+    # Shadow predictions that arrived while the record waited: written with it, in one row
+    # and one statement, instead of as writes of their own.
+    shadows: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,7 @@ class Recorder:
         self._depth: Gauge = metrics.recording_queue_depth
         self._tasks: list[asyncio.Task[None]] = []
         self._store_down = False
+        self._pending: dict[str, _RecordItem] = {}  # request id -> its record, not yet written
 
     # -- called by the hot path and the shadow workers; never block ------------------------------
 
@@ -137,9 +141,17 @@ class Recorder:
 
     def record(self, route: str, tee: Tee) -> bool:
         """Queue production's answer for storing; False when it was dropped (queue full)."""
-        return self._put(_RecordItem(route, tee), "record")
+        item = _RecordItem(route, tee)
+        if not self._put(item, "record"):
+            return False
+        self._pending[tee.request_id] = item
+        return True
 
     def shadow(self, route: str, request_id: str, shadow: str, predictions: list[Any]) -> None:
+        pending = self._pending.get(request_id)
+        if pending is not None:
+            pending.shadows[shadow] = predictions
+            return
         self._put(_ShadowItem(route, ShadowPredictions(request_id, shadow, predictions)), "shadow")
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -173,8 +185,13 @@ class Recorder:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             self._depth.dec()
-            kind = "record" if isinstance(item, _RecordItem) else "shadow"
-            self._recording[item.route].dropped[(kind, "store_unavailable")].inc()
+            dropped = self._recording[item.route].dropped
+            if isinstance(item, _RecordItem):
+                dropped[("record", "store_unavailable")].inc()
+                dropped[("shadow", "store_unavailable")].inc(len(item.shadows))
+            else:
+                dropped[("shadow", "store_unavailable")].inc()
+        self._pending.clear()
         await self.store.close()
 
     # -- the writer -------------------------------------------------------------------------------
@@ -200,6 +217,9 @@ class Recorder:
 
     def _to_record(self, item: _RecordItem) -> Record | None:
         tee, route = item.tee, self._routes[item.route]
+        # From here on, shadows that answer are written on their own.
+        if self._pending.get(tee.request_id) is item:
+            del self._pending[tee.request_id]
         answer = tee.production
         if answer is None or not 200 <= answer.status < 300:
             return None
@@ -213,6 +233,7 @@ class Recorder:
             created=tee.created,
             production=route.production,
             predictions=predictions,
+            shadows=item.shadows,
         )
 
     async def _write(self, batch: Sequence[_RecordItem | _ShadowItem]) -> None:
@@ -224,17 +245,22 @@ class Recorder:
                 continue
             record = self._to_record(item)
             if record is None:
-                self._recording[item.route].dropped[("record", "no_predictions")].inc()
+                dropped = self._recording[item.route].dropped
+                dropped[("record", "no_predictions")].inc()
+                dropped[("shadow", "no_predictions")].inc(len(item.shadows))
             else:
                 records.append((item.route, record))
         # Records first: a shadow's write always follows its record's in the queue.
         if records:
-            if await self._attempt(self.store.put_records([r for _, r in records])):
-                for route, _ in records:
-                    self._recording[route].written["record"].inc()
-            else:
-                for route, _ in records:
-                    self._recording[route].dropped[("record", "store_unavailable")].inc()
+            ok = await self._attempt(self.store.put_records([r for _, r in records]))
+            for route, record in records:
+                recording = self._recording[route]
+                if ok:
+                    recording.written["record"].inc()
+                    recording.written["shadow"].inc(len(record.shadows))
+                else:
+                    recording.dropped[("record", "store_unavailable")].inc()
+                    recording.dropped[("shadow", "store_unavailable")].inc(len(record.shadows))
         if not shadows:
             return
         late: list[tuple[ShadowPredictions, Record]] = []

@@ -494,3 +494,11 @@ async def test_get_records_returns_what_is_stored(store: PredictionStore) -> Non
         "b": Record("b", "iris", T0, "prod", [1, 0], {}, 0, T0 + 1),
     }
     assert await store.get_records([]) == {}
+
+
+async def test_remove_old_counts_exactly_across_chunks(make_store: MakeStore) -> None:
+    store = await make_store(max_records=1000)
+    await store.put_records([record(f"old{i}", T0) for i in range(2500)])
+    await store.put_records([record(f"new{i}", T0 + TTL + TOMBSTONE + i) for i in range(1200)])
+    assert await store.remove_old(T0 + TTL + TOMBSTONE + 1) == Removed(expired=2500, evicted=200)
+    assert await store.count() == 1000

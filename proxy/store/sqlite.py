@@ -1,10 +1,15 @@
-"""The embedded prediction store: SQLite in WAL mode on local disk, written through one thread,
-so a restart loses no recorded prediction. Owns the database file and its schema; no joining
-and no metrics here (see base.py for the semantics).
+"""The embedded prediction store: SQLite in WAL mode on local disk, so a restart loses no
+recorded prediction. Owns the database file and its schema; no joining and no metrics here (see
+base.py for the semantics).
 
-Every call runs on one dedicated thread that alone owns the connection, so the event loop never
-blocks on disk. Every read-modify-write runs inside `BEGIN IMMEDIATE`, so several proxy
-processes may share one file and still label each record exactly once.
+Writes run on the event loop itself, as short multi-row transactions (a batch of a few hundred
+requests costs a few milliseconds). A thread was tried and cost far more: Python's sqlite3 gives
+up the GIL at every statement step, and the two threads then fight over it. What can block for
+long stays off the loop: a background thread with a connection of its own runs the WAL
+checkpoints (which fsync) and the full count; lock waits are retried asynchronously rather than
+with SQLite's sleeping busy handler; sweeps delete in small chunks. Every read-modify-write runs
+inside `BEGIN IMMEDIATE`, so several proxy processes may share one file and still label each
+record exactly once.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +38,9 @@ from proxy.store.base import (
 
 _T = TypeVar("_T")
 
+_CHECKPOINT_INTERVAL = 1.0  # seconds between background WAL checkpoints
+_SWEEP_CHUNK = 1000  # rows deleted per transaction by remove_old
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     request_id TEXT PRIMARY KEY,
@@ -39,21 +48,33 @@ CREATE TABLE IF NOT EXISTS records (
     created REAL NOT NULL,
     production TEXT NOT NULL,
     predictions BLOB NOT NULL,
-    shadows BLOB NOT NULL,
     label BLOB,
     labelled_at REAL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_created ON records (created, request_id);
+CREATE TABLE IF NOT EXISTS shadows (
+    request_id TEXT NOT NULL,
+    shadow TEXT NOT NULL,
+    predictions BLOB NOT NULL,
+    PRIMARY KEY (request_id, shadow)
+) WITHOUT ROWID;
 """
+# Shadows have a table of their own: adding one is an insert, never a read-modify-write of
+# the record, which keeps the writer's work (and its hold on the GIL) small per request.
 
-_SELECT = (
-    "SELECT request_id, route, created, production, predictions, shadows, label, labelled_at"
+_SELECT_RECORD = (
+    "SELECT route, created, production, predictions, label, labelled_at"
     " FROM records WHERE request_id = ?"
 )
+_SELECT_SHADOWS = "SELECT shadow, predictions FROM shadows WHERE request_id = ?"
+# Python's sqlite3 releases the GIL around every step of a statement, and while the event loop
+# keeps its core busy each re-acquire can wait a whole switch interval (5 ms). So a batch is
+# written with a few multi-row statements, not a statement per row.
+_ROWS_PER_STATEMENT = 1000  # 7 parameters a record: well within SQLite's 32766
 
-# One row as read: every column, with shadows decoded so that several items of one batch for
-# the same request id see each other's changes before the batch is written back.
-_Row = tuple[str, str, float, str, bytes, dict[str, Any], bytes | None, float | None]
+
+def _multi_row(head: str, columns: int, rows: int) -> str:
+    return head + ",".join([f"({','.join('?' * columns)})"] * rows)
 
 
 class SqliteStore(PredictionStore):
@@ -80,8 +101,10 @@ class SqliteStore(PredictionStore):
         self.tombstone_ttl = tombstone_ttl
         self.max_records = max_records
         self.timeout = timeout
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        self._executor: ThreadPoolExecutor | None = None  # checkpoints and counts
+        self._conn: sqlite3.Connection | None = None  # the event loop's: every write
+        self._background: sqlite3.Connection | None = None  # the executor thread's own
+        self._checkpoints: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -89,42 +112,54 @@ class SqliteStore(PredictionStore):
     async def start(self) -> None:
         if self._closed:
             raise StoreUnavailable(f"prediction store {self.path} is closed")
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        if self._conn is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         try:
-            await self._run(self._open)
-        except StoreUnavailable:
+            self._conn = self._connect()
+            await asyncio.get_running_loop().run_in_executor(executor, self._open_background)
+        except (sqlite3.Error, OSError) as exc:
+            self._close_connections()
             # Leave no thread behind: a caller whose start() failed need not call close().
-            executor, self._executor = self._executor, None
             executor.shutdown(wait=True)
-            raise
+            raise StoreUnavailable(f"prediction store {self.path}: {exc}") from exc
+        self._executor = executor
+        self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="sqlite-checkpoints")
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            await asyncio.gather(self._checkpoints, return_exceptions=True)
         executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        # Queued behind any pending work, so that work finishes first.
-        try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close_connection)
-        finally:
-            executor.shutdown(wait=True)  # the thread has nothing left to do: a quick join
+        if executor is not None:
+            try:
+                # A last checkpoint: the database file holds everything, the WAL is empty.
+                await asyncio.get_running_loop().run_in_executor(executor, self._checkpoint)
+            except (sqlite3.Error, OSError):
+                pass
+            finally:
+                await asyncio.get_running_loop().run_in_executor(executor, self._close_background)
+                executor.shutdown(wait=True)
+        self._close_connections()
 
     # -- operations --------------------------------------------------------------------------
 
     async def put_records(self, records: Sequence[Record]) -> None:
         rows = [
             (
-                r.request_id,
-                r.route,
-                float(r.created),
-                r.production,
-                orjson.dumps(r.predictions),
-                orjson.dumps(r.shadows),
-                None if r.label is None else orjson.dumps(r.label),
-                r.labelled_at,
+                (
+                    r.request_id,
+                    r.route,
+                    float(r.created),
+                    r.production,
+                    orjson.dumps(r.predictions),
+                    None if r.label is None else orjson.dumps(r.label),
+                    r.labelled_at,
+                ),
+                [(r.request_id, name, orjson.dumps(p)) for name, p in r.shadows.items()],
             )
             for r in records
         ]
@@ -136,7 +171,8 @@ class SqliteStore(PredictionStore):
     ) -> list[tuple[ShadowPredictions, Record]]:
         if not items:
             return []
-        return await self._run(self._put_shadows, list(items))
+        encoded = [orjson.dumps(item.predictions) for item in items]
+        return await self._run(self._put_shadows, list(items), encoded)
 
     async def set_labels(self, items: Sequence[tuple[str, Any]], now: float) -> list[LabelResult]:
         encoded = []
@@ -154,42 +190,94 @@ class SqliteStore(PredictionStore):
         return await self._run(self._get_records, list(request_ids))
 
     async def remove_old(self, now: float) -> Removed:
-        return await self._run(self._remove_old, now - self.ttl - self.tombstone_ttl)
+        cutoff = now - self.ttl - self.tombstone_ttl
+        expired = evicted = 0
+        while True:  # small transactions, so the loop (and other processes) get their turn
+            removed = await self._run(self._remove_chunk, cutoff)
+            if not (removed.expired or removed.evicted):
+                return Removed(expired=expired, evicted=evicted)
+            expired += removed.expired
+            evicted += removed.evicted
+            await asyncio.sleep(0)
 
     async def count(self) -> int:
-        return await self._run(self._count)
-
-    # -- the store thread --------------------------------------------------------------------
-
-    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self._closed or self._executor is None:
             raise StoreUnavailable(f"prediction store {self.path} is not open")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._count)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"prediction store {self.path}: {exc}") from exc
 
-    def _open(self) -> None:
-        if self._conn is not None:
-            return
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run fn on the loop; while another process holds the write lock, retry (without
+        blocking the loop) until the store's timeout."""
+        if self._closed or self._conn is None:
+            raise StoreUnavailable(f"prediction store {self.path} is not open")
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorcode", None) in (
+                    sqlite3.SQLITE_BUSY,
+                    sqlite3.SQLITE_LOCKED,
+                )
+                if not busy or time.monotonic() + pause > deadline:
+                    raise StoreUnavailable(f"prediction store {self.path}: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(f"prediction store {self.path}: {exc}") from exc
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            # No busy handler: it would sleep on the event loop. _run retries instead.
+            conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoints fsync: the background thread runs them, never a commit on the loop.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
 
-    def _close_connection(self) -> None:
+    def _open_background(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        self._background = conn
+
+    def _close_background(self) -> None:
+        conn, self._background = self._background, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _close_connections(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):  # close() must not raise
                 conn.close()
+
+    def _checkpoint(self) -> None:
+        if self._background is not None:
+            self._background.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def _checkpoint_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_CHECKPOINT_INTERVAL)
+            if self._executor is None:
+                return
+            # A failed checkpoint is not an error: the next one catches up; writes go on.
+            with contextlib.suppress(sqlite3.Error, OSError):
+                await loop.run_in_executor(self._executor, self._checkpoint)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -209,117 +297,208 @@ class SqliteStore(PredictionStore):
             raise
         return result
 
-    def _put_records(self, rows: list[tuple[Any, ...]]) -> None:
+    def _put_records(
+        self, rows: list[tuple[tuple[Any, ...], list[tuple[str, str, bytes]]]]
+    ) -> None:
         def put(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            # Shadows first, and only for records not stored yet: the first record wins, and
+            # so do its shadows.
+            shadows = [s for _, record_shadows in rows for s in record_shadows]
+            _insert_shadows(conn, shadows, record_exists=False)
+            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                chunk = [record for record, _ in rows[start : start + _ROWS_PER_STATEMENT]]
+                conn.execute(
+                    _multi_row("INSERT OR IGNORE INTO records VALUES ", 7, len(chunk)),
+                    [value for record in chunk for value in record],
+                )
 
         self._write(put)
 
     def _put_shadows(
-        self, items: list[ShadowPredictions]
+        self, items: list[ShadowPredictions], encoded: list[bytes]
     ) -> list[tuple[ShadowPredictions, Record]]:
         def put(conn: sqlite3.Connection) -> list[tuple[ShadowPredictions, Record]]:
-            rows: dict[str, _Row | None] = {}
-            changed: dict[str, dict[str, Any]] = {}
-            joined: list[tuple[ShadowPredictions, Record]] = []
+            ids = {item.request_id for item in items}
+            # Only labelled records need to know which shadows are new: few rows, if any.
+            labelled = _labelled(conn, ids)
+            present = _shadows_of(conn, labelled)
+            rows = [(i.request_id, i.shadow, p) for i, p in zip(items, encoded, strict=True)]
+            _insert_shadows(conn, rows, record_exists=True)
+            joined = []
+            added: dict[str, list[str]] = {}
             for item in items:
-                row = _read(conn, rows, item.request_id)
-                if row is None or item.shadow in row[5]:
+                key = (item.request_id, item.shadow)
+                if item.request_id not in labelled or key in present:
                     continue
-                # Through JSON and back, so that the record returned is what a later read gives.
-                row[5][item.shadow] = orjson.loads(orjson.dumps(item.predictions))
-                changed[item.request_id] = row[5]
-                if row[6] is not None:
-                    joined.append((item, _record(row)))
-            conn.executemany(
-                "UPDATE records SET shadows = ? WHERE request_id = ?",
-                [(orjson.dumps(shadows), rid) for rid, shadows in changed.items()],
-            )
-            return joined
+                present.add(key)
+                added.setdefault(item.request_id, []).append(item.shadow)
+                joined.append(item)
+            if not joined:
+                return []
+            # Each item with its record as it stands after its own insert, not later ones.
+            records = {rid: _read(conn, rid) for rid in added}
+            result = []
+            for item in joined:
+                record = records[item.request_id]
+                assert record is not None
+                later = added[item.request_id]
+                hidden = set(later[later.index(item.shadow) + 1 :])
+                shadows = {k: v for k, v in record.shadows.items() if k not in hidden}
+                result.append((item, _replace_shadows(record, shadows)))
+            return result
 
         return self._write(put)
 
     def _set_labels(self, items: list[tuple[str, bytes]], now: float) -> list[LabelResult]:
         def label(conn: sqlite3.Connection) -> list[LabelResult]:
-            rows: dict[str, _Row | None] = {}
+            seen: dict[str, tuple[float, bool] | None] = {}  # request_id -> (created, labelled)
             updates: list[tuple[bytes, float, str]] = []
             results: list[LabelResult] = []
             for request_id, encoded in items:
-                row = _read(conn, rows, request_id)
-                if row is None:
+                if request_id not in seen:
+                    row = conn.execute(
+                        "SELECT created, label IS NOT NULL FROM records WHERE request_id = ?",
+                        (request_id,),
+                    ).fetchone()
+                    seen[request_id] = None if row is None else (row[0], bool(row[1]))
+                state = seen[request_id]
+                if state is None:
                     results.append(LabelResult(LabelStatus.UNKNOWN_ID))
-                elif now > row[2] + self.ttl:
+                elif now > state[0] + self.ttl:
                     results.append(LabelResult(LabelStatus.EXPIRED))
-                elif row[6] is not None:
+                elif state[1]:
                     results.append(LabelResult(LabelStatus.DUPLICATE))
                 else:
-                    row = rows[request_id] = (*row[:6], encoded, now)
+                    seen[request_id] = (state[0], True)
                     updates.append((encoded, now, request_id))
-                    results.append(LabelResult(LabelStatus.JOINED, _record(row)))
+                    results.append(LabelResult(LabelStatus.JOINED))
             conn.executemany(
                 "UPDATE records SET label = ?, labelled_at = ? WHERE request_id = ?", updates
             )
-            return results
+            return [
+                LabelResult(r.status, _read(conn, rid)) if r.status is LabelStatus.JOINED else r
+                for (rid, _), r in zip(items, results, strict=True)
+            ]
 
         return self._write(label)
 
-    def _remove_old(self, cutoff: float) -> Removed:
+    def _get_records(self, request_ids: list[str]) -> dict[str, Record]:
+        conn = self._db()
+        found = {rid: _read(conn, rid) for rid in dict.fromkeys(request_ids)}
+        return {rid: record for rid, record in found.items() if record is not None}
+
+    def _remove_chunk(self, cutoff: float) -> Removed:
+        """Remove up to _SWEEP_CHUNK expired records, else up to _SWEEP_CHUNK surplus ones."""
+
         def remove(conn: sqlite3.Connection) -> Removed:
-            expired = conn.execute("DELETE FROM records WHERE created < ?", (cutoff,)).rowcount
+            expired = _delete(
+                conn,
+                "SELECT request_id FROM records WHERE created < ? ORDER BY created LIMIT ?",
+                (cutoff, _SWEEP_CHUNK),
+            )
+            if expired:
+                return Removed(expired=expired)
             (stored,) = conn.execute("SELECT count(*) FROM records").fetchone()
-            evicted = 0
-            if stored > self.max_records:
-                evicted = conn.execute(
-                    "DELETE FROM records WHERE request_id IN"
-                    " (SELECT request_id FROM records ORDER BY created, request_id LIMIT ?)",
-                    (stored - self.max_records,),
-                ).rowcount
-            return Removed(expired=expired, evicted=evicted)
+            surplus = min(stored - self.max_records, _SWEEP_CHUNK)
+            if surplus <= 0:
+                return Removed()
+            oldest = "SELECT request_id FROM records ORDER BY created, request_id LIMIT ?"
+            return Removed(evicted=_delete(conn, oldest, (surplus,)))
 
         return self._write(remove)
 
-    def _get_records(self, request_ids: list[str]) -> dict[str, Record]:
-        conn = self._db()
-        rows: dict[str, _Row | None] = {}
-        found = {rid: _read(conn, rows, rid) for rid in dict.fromkeys(request_ids)}
-        return {rid: _record(row) for rid, row in found.items() if row is not None}
-
     def _count(self) -> int:
-        (stored,) = self._db().execute("SELECT count(*) FROM records").fetchone()
+        """On the background thread: a full count can take a while on a big table."""
+        if self._background is None:
+            raise sqlite3.OperationalError("the database is not open")
+        (stored,) = self._background.execute("SELECT count(*) FROM records").fetchone()
         return int(stored)
 
 
-def _record(row: _Row) -> Record:
-    request_id, route, created, production, predictions, shadows, label, labelled_at = row
+def _delete(conn: sqlite3.Connection, select_ids: str, params: tuple[Any, ...]) -> int:
+    """Delete the records (and their shadows) whose ids select_ids returns; their number."""
+    conn.execute(f"DELETE FROM shadows WHERE request_id IN ({select_ids})", params)
+    return conn.execute(f"DELETE FROM records WHERE request_id IN ({select_ids})", params).rowcount
+
+
+def _insert_shadows(
+    conn: sqlite3.Connection, rows: list[tuple[str, str, bytes]], *, record_exists: bool
+) -> None:
+    """Insert (request_id, shadow, predictions) rows, each only if its record exists (or,
+    with record_exists=False, only if it does not exist yet), in multi-row statements."""
+    condition = "EXISTS" if record_exists else "NOT EXISTS"
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        conn.execute(
+            "INSERT OR IGNORE INTO shadows (request_id, shadow, predictions)"
+            f" SELECT v.column1, v.column2, v.column3 FROM ({_multi_row('VALUES ', 3, len(chunk))})"
+            f" AS v WHERE {condition} (SELECT 1 FROM records r WHERE r.request_id = v.column1)",
+            [value for row in chunk for value in row],
+        )
+
+
+def _read(conn: sqlite3.Connection, request_id: str) -> Record | None:
+    """The record with every shadow stored for it, or None."""
+    row = conn.execute(_SELECT_RECORD, (request_id,)).fetchone()
+    if row is None:
+        return None
+    route, created, production, predictions, label, labelled_at = row
     return Record(
         request_id=request_id,
         route=route,
         created=created,
         production=production,
         predictions=orjson.loads(predictions),
-        shadows=dict(shadows),
+        shadows={
+            name: orjson.loads(value)
+            for name, value in conn.execute(_SELECT_SHADOWS, (request_id,))
+        },
         label=None if label is None else orjson.loads(label),
         labelled_at=labelled_at,
     )
 
 
-def _read(conn: sqlite3.Connection, rows: dict[str, _Row | None], request_id: str) -> _Row | None:
-    """The row of request_id as this transaction last left it: read once, then from rows."""
-    if request_id not in rows:
-        found = conn.execute(_SELECT, (request_id,)).fetchone()
-        if found is None:
-            rows[request_id] = None
-        else:
-            rid, route, created, production, predictions, shadows, label, labelled_at = found
-            shadow_dict: dict[str, Any] = orjson.loads(shadows)
-            rows[request_id] = (
-                rid,
-                route,
-                created,
-                production,
-                predictions,
-                shadow_dict,
-                label,
-                labelled_at,
+def _labelled(conn: sqlite3.Connection, request_ids: set[str]) -> set[str]:
+    """Those of request_ids whose record has a label."""
+    ids = list(request_ids)
+    labelled: set[str] = set()
+    for start in range(0, len(ids), 500):  # within SQLite's limit on bound parameters
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        labelled.update(
+            rid
+            for (rid,) in conn.execute(
+                f"SELECT request_id FROM records WHERE label IS NOT NULL"
+                f" AND request_id IN ({marks})",
+                chunk,
             )
-    return rows[request_id]
+        )
+    return labelled
+
+
+def _shadows_of(conn: sqlite3.Connection, request_ids: set[str]) -> set[tuple[str, str]]:
+    """The (request_id, shadow) pairs stored for these request ids."""
+    ids = list(request_ids)
+    found: set[tuple[str, str]] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            conn.execute(
+                f"SELECT request_id, shadow FROM shadows WHERE request_id IN ({marks})", chunk
+            )
+        )
+    return found
+
+
+def _replace_shadows(record: Record, shadows: dict[str, Any]) -> Record:
+    return Record(
+        record.request_id,
+        record.route,
+        record.created,
+        record.production,
+        record.predictions,
+        shadows,
+        record.label,
+        record.labelled_at,
+    )
