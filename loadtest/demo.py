@@ -1,5 +1,6 @@
-"""The demo: three model-server stand-ins, the proxy on configs/demo.yaml, steady traffic, and a
-live table of what the proxy measures. Stops by itself after --duration, or on Ctrl-C."""
+"""The demo: three model-server stand-ins, the proxy on configs/demo.yaml with its embedded
+prediction store, steady traffic, ground-truth labels posted a little later, and a live table of
+what the proxy measures. Stops by itself after --duration, or on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.model_server import predict_class
+
 REPO = Path(__file__).resolve().parents[1]
 PROXY = "http://127.0.0.1:8080"
 V2_ROUTE = "/v2/models/demo/infer"
@@ -23,6 +26,9 @@ V1_ROUTE = "/v1/models/demo:predict"
 
 # (port, seed, disagree): seed 0 is the reference; the candidates disagree on known fractions.
 MODELS = [(9001, 0, 0.0), (9002, 7, 0.20), (9003, 3, 0.05)]
+# The ground truth: the same rule with another seed, so production is right on about 85%.
+TRUTH_SEED, TRUTH_FLIP = 99, 0.15
+LABEL_DELAY = 2.0  # seconds from prediction to label, as if the truth arrived later
 
 
 async def _spawn(*args: str) -> asyncio.subprocess.Process:
@@ -57,9 +63,18 @@ def _v2_body(rows: list[list[float]]) -> dict[str, object]:
     }
 
 
+async def _label_later(session: aiohttp.ClientSession, request_id: str, truth: list[int]) -> None:
+    await asyncio.sleep(LABEL_DELAY)
+    with contextlib.suppress(aiohttp.ClientError):
+        label = {"request_id": request_id, "label": truth}
+        async with session.post(PROXY + "/labels", json=label) as resp:
+            await resp.read()
+
+
 async def _traffic(session: aiohttp.ClientSession, rate: float, stop: asyncio.Event) -> None:
     rng = random.Random(42)
     interval = 1.0 / rate
+    labelling: set[asyncio.Task[None]] = set()
     while not stop.is_set():
         rows = [[round(rng.uniform(0, 10), 1) for _ in range(4)] for _ in range(rng.randint(1, 4))]
         if rng.random() < 0.7:
@@ -69,29 +84,60 @@ async def _traffic(session: aiohttp.ClientSession, rate: float, stop: asyncio.Ev
         try:
             async with session.post(PROXY + path, json=body) as resp:
                 await resp.read()
+                request_id = resp.headers["X-Request-ID"]
         except aiohttp.ClientError as exc:
             print(f"request failed: {exc}", file=sys.stderr)
+        else:
+            truth = [predict_class(row, TRUTH_SEED, TRUTH_FLIP, 3) for row in rows]
+            task = asyncio.create_task(_label_later(session, request_id, truth))
+            labelling.add(task)
+            task.add_done_callback(labelling.discard)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
+    for task in labelling:
+        task.cancel()
+    await asyncio.gather(*labelling, return_exceptions=True)
 
 
-def _summary(text: str) -> list[tuple[str, str, float, float, float]]:
+_WANTED = (
+    "shadowproxy_shadow_enqueued_total",
+    "shadowproxy_compared_instances_total",
+    "shadowproxy_disagreed_instances_total",
+    "shadowproxy_labelled_instances_total",
+    "shadowproxy_correct_instances_total",
+)
+
+
+def _summary(text: str) -> list[tuple[str, str, str, str, str]]:
+    """Per route and model: teed, compared, disagreement, labelled, accuracy."""
     values: dict[tuple[str, str, str], float] = {}
+    models: set[tuple[str, str, str]] = set()  # (route, role, model)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name in (
-                "shadowproxy_compared_instances_total",
-                "shadowproxy_disagreed_instances_total",
-                "shadowproxy_shadow_enqueued_total",
-            ):
-                values[(s.name, s.labels["route"], s.labels["shadow"])] = s.value
+            if s.name not in _WANTED:
+                continue
+            model = s.labels.get("shadow") or s.labels["model"]
+            values[(s.name, s.labels["route"], model)] = s.value
+            role = s.labels.get("role", "shadow")
+            models.add((s.labels["route"], "0" if role == "production" else "1", model))
+
+    def get(name: str, route: str, model: str) -> float:
+        return values.get((f"shadowproxy_{name}_total", route, model), 0.0)
+
     rows = []
-    for (name, route, shadow), compared in sorted(values.items()):
-        if name != "shadowproxy_compared_instances_total":
-            continue
-        disagreed = values.get(("shadowproxy_disagreed_instances_total", route, shadow), 0.0)
-        sent = values.get(("shadowproxy_shadow_enqueued_total", route, shadow), 0.0)
-        rows.append((route, shadow, sent, compared, disagreed))
+    for route, order, model in sorted(models):
+        compared = get("compared_instances", route, model)
+        labelled = get("labelled_instances", route, model)
+        is_shadow = order == "1"
+        rows.append(
+            (
+                route,
+                model + ("" if is_shadow else " (prod)"),
+                f"{get('shadow_enqueued', route, model):.0f}" if is_shadow else "-",
+                f"{get('disagreed_instances', route, model) / compared:.1%}" if compared else "-",
+                f"{get('correct_instances', route, model) / labelled:.1%}" if labelled else "-",
+            )
+        )
     return rows
 
 
@@ -101,10 +147,9 @@ async def _report(session: aiohttp.ClientSession, every: float, stop: asyncio.Ev
             await asyncio.wait_for(stop.wait(), every)
         async with session.get(PROXY + "/metrics") as resp:
             rows = _summary(await resp.text())
-        print(f"\n{'route':<26}{'shadow':<18}{'teed':>8}{'compared':>10}{'disagree':>10}")
-        for route, shadow, sent, compared, disagreed in rows:
-            rate = f"{disagreed / compared:.1%}" if compared else "-"
-            print(f"{route:<26}{shadow:<18}{sent:>8.0f}{compared:>10.0f}{rate:>10}")
+        print(f"\n{'route':<26}{'model':<24}{'teed':>8}{'disagree':>10}{'accuracy':>10}")
+        for route, model, teed, disagree, accuracy in rows:
+            print(f"{route:<26}{model:<24}{teed:>8}{disagree:>10}{accuracy:>10}")
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +180,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 f"  proxy:      {PROXY}  (production demo-prod on :9001)\n"
                 "  shadows:    demo-candidate (:9002) disagrees on ~20% of instances,\n"
                 "              demo-candidate-2 (:9003) on ~5%\n"
+                f"  labels:     the truth is posted to /labels {LABEL_DELAY:g} s after each"
+                " prediction\n"
                 f"  metrics:    curl -s {PROXY}/metrics | grep shadowproxy_disagreed\n"
                 f"  try it:     curl -s {PROXY}{V1_ROUTE} -d '{{\"instances\": [[1, 2, 3, 4]]}}'\n"
                 f"Sending {args.rate:g} requests/s for {args.duration:g} s; Ctrl-C stops.",

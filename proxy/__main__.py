@@ -17,7 +17,14 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.app import build_app
-from proxy.config import Config, ConfigError, config_hash, config_to_dict, load_config
+from proxy.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    config_to_dict,
+    config_warnings,
+    load_config,
+)
 from proxy.logs import configure_logging
 from proxy.supervisor import Supervisor
 
@@ -77,8 +84,10 @@ def _check_config(path: str) -> int:
     config = _load(path)
     if config is None:
         return 1
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"# {path}: valid, hash {config_hash(config)}")
-    print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+    print(yaml.safe_dump(config_to_dict(config, redact=True), sort_keys=False), end="")
     return 0
 
 
@@ -87,6 +96,8 @@ def _run(path: str, workers: int, reuse_port: bool) -> int:
     if config is None:
         return 1
     configure_logging(config.log_level)
+    for warning in config_warnings(config):
+        log.warning(warning)
     if workers > 1:
         if config.listen_port == 0:
             print(f"{path}: listen: --workers needs a fixed port, not 0", file=sys.stderr)

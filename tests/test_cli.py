@@ -134,3 +134,31 @@ async def test_sigterm_finishes_in_flight_requests_and_drains_shadows(
             await proc.wait()
     assert len(shadow.received) == 1
     assert shadow.received[0].headers["X-Shadow-Request"] == "shadow"
+
+
+def test_check_config_warns_about_labels_without_a_token_and_redacts_it(tmp_path: Path) -> None:
+    route = (
+        "routes:\n  - match: /p\n    protocol: kserve-v1\n    record: 100%\n"
+        "    production: {name: p, url: 'http://p:8080'}\n"
+    )
+    open_cfg, closed_cfg = tmp_path / "open.yaml", tmp_path / "closed.yaml"
+    open_cfg.write_text(route)
+    closed_cfg.write_text(route + "labels: {token: s3cret}\n")
+    opened = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(open_cfg)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert opened.returncode == 0
+    assert opened.stderr == (
+        f"warning: {open_cfg}: labels.token: POST /labels is exposed on 0.0.0.0:8080 without a"
+        " token; anyone who can reach the proxy can post labels (set labels.token, e.g. to"
+        " ${LABEL_TOKEN})\n"
+    )
+    closed = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(closed_cfg)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert closed.returncode == 0
+    assert closed.stderr == ""
+    assert "token: <redacted>" in closed.stdout
+    assert "s3cret" not in closed.stdout
