@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 import uvloop
 import yaml
@@ -20,12 +22,14 @@ from proxy.app import build_app
 from proxy.config import (
     Config,
     ConfigError,
+    VerdictConfig,
     config_hash,
     config_to_dict,
     config_warnings,
     load_config,
 )
 from proxy.logs import configure_logging
+from proxy.report_cli import fetch_report, format_table, report_from_prometheus
 from proxy.supervisor import Supervisor
 
 log = logging.getLogger("proxy")
@@ -107,6 +111,20 @@ def _run(path: str, workers: int, reuse_port: bool) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    try:
+        if args.url:
+            doc = fetch_report(args.url)
+        else:
+            settings = replace(VerdictConfig(), alpha=args.alpha, min_labels=args.min_labels)
+            doc = report_from_prometheus(args.prometheus, settings)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"cannot get the report: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2) if args.json else format_table(doc))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="shadow-proxy",
@@ -135,9 +153,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config", help="validate a config file and print the effective config"
     )
     check.add_argument("config", help="YAML config file")
+    report = commands.add_parser(
+        "report", help="print the verdicts: from a proxy, or fleet-wide from Prometheus"
+    )
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="a proxy's base URL, e.g. http://proxy:8080")
+    source.add_argument(
+        "--prometheus", help="Prometheus's base URL: sums every replica, e.g. http://prom:9090"
+    )
+    report.add_argument("--json", action="store_true", help="print the JSON instead of a table")
+    defaults = VerdictConfig()
+    report.add_argument("--alpha", type=float, default=defaults.alpha, help="with --prometheus")
+    report.add_argument(
+        "--min-labels", type=int, default=defaults.min_labels, help="with --prometheus"
+    )
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "report":
+        return _report(args)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1 (got {args.workers})")
     return _run(args.config, args.workers, args.reuse_port)

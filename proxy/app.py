@@ -21,6 +21,7 @@ from proxy.handler import ProductionHandler, ProductionTarget, RouteRuntime
 from proxy.labels import LabelEndpoint, RouteScorer
 from proxy.metrics import Metrics
 from proxy.recording import MeasuredStore, Recorder, RouteRecording
+from proxy.reporter import Reporter
 from proxy.routing import Router
 from proxy.sampling import Sampler, WeightedSplit
 from proxy.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
@@ -29,7 +30,7 @@ from proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-RESERVED_PATHS = ("/metrics", "/healthz", "/readyz", "/labels")
+RESERVED_PATHS = ("/metrics", "/healthz", "/readyz", "/labels", "/report", "/report.html")
 """The proxy's own endpoints; they take precedence over every route."""
 
 
@@ -40,6 +41,7 @@ class ProxyState:
     config: Config
     routes: tuple[RouteRuntime, ...]
     exposition: CollectorRegistry  # what /metrics serves
+    reporter: Reporter
     recorder: Recorder | None = None
     ready: bool = False
 
@@ -177,13 +179,18 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
             metrics,
         )
     routes = _build_routes(config, metrics, recorder)
+    for route in config.routes:
+        kind = route.comparator.kind.value
+        metrics.route_info.labels(route.name, kind, route.production.name).set(1)
     metrics.set_config_info(
         config_hash(config),
         config.source,
         routes=len(config.routes),
         shadows=sum(len(r.shadows) for r in config.routes),
     )
-    state = ProxyState(config, routes, _exposition(registry), recorder)
+    exposition = _exposition(registry)
+    reporter = Reporter(exposition, metrics, config.verdict, config_hash(config))
+    state = ProxyState(config, routes, exposition, reporter, recorder)
     labels = LabelEndpoint(store, config.labels, scorers, metrics.bind_labels())
     handler = ProductionHandler(
         Router((r.match, r.methods, rt) for r, rt in zip(config.routes, routes, strict=True)),
@@ -200,6 +207,8 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/labels", labels.handle)
+    app.router.add_get("/report", reporter.handle_json)
+    app.router.add_get("/report.html", reporter.handle_html)
     app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
 
@@ -225,9 +234,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.start()
     for route in state.routes:
         await route.shadows.start()
+    await state.reporter.start()
     state.ready = True
     yield
     state.ready = False
+    await state.reporter.stop()
     await asyncio.gather(*(r.shadows.drain(grace) for r in state.routes))
     # After the shadows: their last answers still add predictions to recorded requests.
     if state.recorder is not None:

@@ -105,6 +105,7 @@ __all__ = [
     "Shadow",
     "StoreConfig",
     "Target",
+    "VerdictConfig",
     "config_hash",
     "config_to_dict",
     "config_warnings",
@@ -181,6 +182,20 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VerdictConfig:
+    """How a shadow's verdict is reached, and how much history the report keeps."""
+
+    alpha: float = 0.05
+    min_labels: int = 100  # paired labelled instances before accuracy is judged
+    min_requests: int = 100  # shadow requests before the guardrails judge
+    max_error_rate: float = 0.01  # shadow errors (5xx, timeouts, connection errors)
+    max_latency_ratio: float = 1.5  # shadow p99 over production p99
+    max_disagreement: float | None = None  # judged on disagreement while labels are missing
+    history_interval: float = 60.0
+    history_points: int = 1440
+
+
+@dataclass(frozen=True, slots=True)
 class LabelsConfig:
     """The label endpoint, POST /labels."""
 
@@ -212,6 +227,7 @@ class Config:
     routes: tuple[Route, ...]
     store: StoreConfig = StoreConfig()
     labels: LabelsConfig = LabelsConfig()
+    verdict: VerdictConfig = VerdictConfig()
 
     @property
     def records(self) -> bool:
@@ -583,6 +599,7 @@ _TOP_KEYS: Final = (
     "routes",
     "store",
     "labels",
+    "verdict",
 )
 _ROUTE_KEYS: Final = (
     "name",
@@ -609,6 +626,7 @@ _SHADOW_KEYS: Final = (
 _COMPARE_KEYS: Final = ("kind", "tolerance", "relative_tolerance", "distance")
 _STORE_KEYS: Final = tuple(StoreConfig.__dataclass_fields__)
 _LABELS_KEYS: Final = tuple(LabelsConfig.__dataclass_fields__)
+_VERDICT_KEYS: Final = tuple(VerdictConfig.__dataclass_fields__)
 _STORE_BACKENDS: Final = ("sqlite", "redis")
 _OUTPUT_PROTOCOLS: Final = (Protocol.OPEN_INFERENCE_V2, Protocol.MLFLOW, Protocol.TFSERVING)
 
@@ -1080,6 +1098,39 @@ def _labels(c: _Checker, loc: _Loc | None) -> LabelsConfig:
     )
 
 
+def _alpha(value: object) -> float:
+    alpha = parse_fraction(value)
+    if not 0 < alpha < 0.5:
+        raise ValueError("must be between 0 and 0.5, like 0.05 or '5%'")
+    return alpha
+
+
+def _ratio(value: object) -> float:
+    ratio = _tolerance(value)
+    if ratio < 1:
+        raise ValueError("must be at least 1 (a multiple of production's p99)")
+    return ratio
+
+
+def _verdict(c: _Checker, loc: _Loc | None) -> VerdictConfig:
+    default = VerdictConfig()
+    if loc is None or loc.value is None:
+        return default
+    items = c.mapping(loc, _VERDICT_KEYS)
+    if items is None:
+        return default
+    return VerdictConfig(
+        alpha=c.optional(items, "alpha", _alpha, default.alpha),
+        min_labels=c.optional(items, "min_labels", _count, default.min_labels),
+        min_requests=c.optional(items, "min_requests", _count, default.min_requests),
+        max_error_rate=c.optional(items, "max_error_rate", parse_fraction, default.max_error_rate),
+        max_latency_ratio=c.optional(items, "max_latency_ratio", _ratio, default.max_latency_ratio),
+        max_disagreement=c.optional(items, "max_disagreement", parse_fraction, None),
+        history_interval=c.optional(items, "history_interval", _timeout, default.history_interval),
+        history_points=c.optional(items, "history_points", _count, default.history_points),
+    )
+
+
 def _config(c: _Checker, root: _Loc) -> Config | None:
     items = c.mapping(root, _TOP_KEYS)
     if items is None:
@@ -1117,6 +1168,7 @@ def _config(c: _Checker, root: _Loc) -> Config | None:
         routes=tuple(sorted(routes, key=lambda route: -len(route.match))),
         store=_store(c, items.get("store")),
         labels=_labels(c, items.get("labels")),
+        verdict=_verdict(c, items.get("verdict")),
     )
     return None if c.errors else config
 
@@ -1263,6 +1315,18 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                 "flush_interval": _format_duration(store.flush_interval),
                 "queue": store.queue,
                 "sweep_interval": _format_duration(store.sweep_interval),
+            },
+            "verdict": {
+                "alpha": config.verdict.alpha,
+                "min_labels": config.verdict.min_labels,
+                "min_requests": config.verdict.min_requests,
+                "max_error_rate": _format_fraction(config.verdict.max_error_rate),
+                "max_latency_ratio": config.verdict.max_latency_ratio,
+                "max_disagreement": None
+                if config.verdict.max_disagreement is None
+                else _format_fraction(config.verdict.max_disagreement),
+                "history_interval": _format_duration(config.verdict.history_interval),
+                "history_points": config.verdict.history_points,
             },
             "labels": {
                 "token": REDACTED if redact and token else token,

@@ -156,6 +156,43 @@ class Metrics:
         )
         # A gauge, not an Info: Info has no multiprocess mode.
         self._declare_label_metrics(registry)
+        self.route_info = Gauge(
+            f"{PREFIX}_route_info",
+            "One series per route: its comparison kind and production target; the value is 1.",
+            ["route", "kind", "production"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        # The verdict, for alerts and for promotion gates (Flagger, Argo Rollouts).
+        self.verdict = Gauge(
+            f"{PREFIX}_verdict",
+            "The shadow's verdict: +1 better, -1 worse, 0 inconclusive or insufficient data.",
+            ["route", "shadow"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.verdict_p = Gauge(
+            f"{PREFIX}_verdict_sequential_p_value",
+            "Always-valid p-value of the shadow-versus-production comparison (1 when unknown).",
+            ["route", "shadow"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.verdict_low = Gauge(
+            f"{PREFIX}_verdict_difference_lower",
+            "Lower bound of the 1-alpha interval of the shadow's advantage: accuracy difference"
+            " (classification) or production's minus the shadow's absolute error (regression).",
+            ["route", "shadow"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.verdict_high = Gauge(
+            f"{PREFIX}_verdict_difference_upper",
+            "Upper bound of the same interval.",
+            ["route", "shadow"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
         self.config_info = Gauge(
             f"{PREFIX}_config_info",
             "The active configuration: its hash, source file and version; the value is 1.",

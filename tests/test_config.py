@@ -390,7 +390,8 @@ def test_unknown_keys_at_every_level() -> None:
     ) == [
         "c.yaml:1: lsten: unknown key 'lsten' (did you mean 'listen'?); allowed: listen, "
         "request_id_header, max_body, shadow_max_body, shadow_strip_headers, shutdown_timeout, "
-        "shadow_drain_timeout, access_log, log_level, routes, store, labels",
+        "shadow_drain_timeout, access_log, log_level, routes, store, labels, "
+        "verdict",
         "c.yaml:3: routes[0].protocol: required key missing",
         "c.yaml:4: routes[0].protocl: unknown key 'protocl' (did you mean 'protocol'?); "
         "allowed: name, match, methods, protocol, output, prediction_path, production, "
@@ -907,6 +908,16 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
             "flush_interval": "50ms",
             "queue": 10000,
             "sweep_interval": "1m",
+        },
+        "verdict": {
+            "alpha": 0.05,
+            "min_labels": 100,
+            "min_requests": 100,
+            "max_error_rate": "1%",
+            "max_latency_ratio": 1.5,
+            "max_disagreement": None,
+            "history_interval": "1m",
+            "history_points": 1440,
         },
         "labels": {"token": None, "max_body": "1MiB", "max_batch": 1000},
     }

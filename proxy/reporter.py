@@ -1,0 +1,108 @@
+"""Serves GET /report (JSON) and GET /report.html, keeps the report's history (a bounded ring per
+shadow, sampled every verdict.history_interval), and exports the verdict gauges on /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy.config import VerdictConfig
+from proxy.metrics import Metrics
+from proxy.report import VERDICT_VALUE, advantage_interval, build_report, history_point, samples_of
+from proxy.report_html import render_html
+
+log = logging.getLogger(__name__)
+
+
+def _gauge_value(x: float | None, default: float) -> float:
+    return default if x is None or math.isnan(x) else x
+
+
+class Reporter:
+    """Builds the report from this proxy's metrics (summed over --workers processes).
+
+    >>> reporter = Reporter(exposition_registry, metrics, config.verdict, config_hash)
+    >>> await reporter.start()
+    >>> app.router.add_get("/report", reporter.handle_json)
+    """
+
+    def __init__(
+        self,
+        exposition: CollectorRegistry,
+        metrics: Metrics,
+        settings: VerdictConfig,
+        config_hash: str,
+    ) -> None:
+        self._exposition = exposition
+        self._metrics = metrics
+        self._settings = settings
+        self._config_hash = config_hash
+        self._history: dict[tuple[str, str], collections.deque[dict[str, Any]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def report(self, now: float | None = None) -> dict[str, Any]:
+        """The report as of now; also sets the verdict gauges to it."""
+        now = time.time() if now is None else now
+        report = build_report(
+            samples_of(self._exposition.collect()),
+            self._settings,
+            generated_at=now,
+            config_hash=self._config_hash,
+            history={key: list(points) for key, points in self._history.items()},
+        )
+        m = self._metrics
+        for route in report["routes"]:
+            for shadow in route["shadows"]:
+                labels = (route["route"], shadow["shadow"])
+                low, high = advantage_interval(shadow)
+                m.verdict.labels(*labels).set(VERDICT_VALUE[shadow["verdict"]])
+                p = shadow["paired"]["sequential_p"]
+                if shadow["regression"] is not None:
+                    p = shadow["regression"]["sequential_p"]
+                m.verdict_p.labels(*labels).set(_gauge_value(p, 1.0))
+                m.verdict_low.labels(*labels).set(_gauge_value(low, -math.inf))
+                m.verdict_high.labels(*labels).set(_gauge_value(high, math.inf))
+        return report
+
+    def sample(self, now: float | None = None) -> None:
+        """Add one point per shadow to the history."""
+        now = time.time() if now is None else now
+        for route in self.report(now)["routes"]:
+            for shadow in route["shadows"]:
+                key = (route["route"], shadow["shadow"])
+                ring = self._history.setdefault(
+                    key, collections.deque(maxlen=self._settings.history_points)
+                )
+                ring.append(history_point(shadow, now))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="reporter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.history_interval)
+            try:
+                self.sample()
+            except Exception:
+                # A report that cannot be built must not stop the history for good.
+                log.exception("report sampling failed")
+
+    async def handle_json(self, request: web.Request) -> web.Response:
+        body = orjson.dumps(self.report(), option=orjson.OPT_SERIALIZE_NUMPY)
+        return web.Response(body=body, content_type="application/json")
+
+    async def handle_html(self, request: web.Request) -> web.Response:
+        return web.Response(text=render_html(self.report()), content_type="text/html")

@@ -1,0 +1,231 @@
+"""The verdict end to end: labelled traffic through the proxy to two scripted models of known
+accuracy, then /report, /report.html, the gauges, and `shadow-proxy report`."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from proxy.config import VerdictConfig
+from proxy.report_cli import format_table, report_from_prometheus
+from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
+
+ROUTE = "/v1/models/m:predict"
+N = 300
+
+
+def production(r: Received) -> Any:
+    # Right (label = i) except on multiples of 5: 80% accurate.
+    return v1([i + 1 if i % 5 == 0 else i for i in r.json()["instances"]])
+
+
+def candidate(r: Received) -> Any:
+    # Wrong only on multiples of 10: 90% accurate, and right wherever production is, but 0 mod 10.
+    return v1([i + 1 if i % 10 == 0 else i for i in r.json()["instances"]])
+
+
+async def labelled_traffic(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> RunningProxy:
+    prod = await fake_model(production)
+    shadow = await fake_model(candidate)
+    p = await proxy(
+        f"""
+store: {{path: '{tmp_path / "p.db"}', flush_interval: 1ms}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+    shadows: [{{name: cand, url: "{shadow.url}{ROUTE}"}}]
+"""
+    )
+    for i in range(N):
+        status, _, _ = await p.post(ROUTE, {"instances": [i]}, headers={"X-Request-ID": f"r{i}"})
+        assert status == 200
+    await p.settled()
+    labels = [{"request_id": f"r{i}", "label": i} for i in range(N)]
+    status, _, body = await p.post("/labels", labels)
+    assert status == 200
+    assert orjson.loads(body)["counts"]["joined"] == N
+    return p
+
+
+async def test_report_gives_the_verdict_the_figures_and_the_gauges(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    p = await labelled_traffic(fake_model, proxy, tmp_path)
+    async with p.session.get(p.url + "/report") as resp:
+        assert resp.status == 200
+        report = await resp.json()
+    [route] = report["routes"]
+    assert route["route"] == ROUTE
+    assert route["kind"] == "classification"
+    assert route["production_accuracy"]["labelled"] == N
+    assert route["production_accuracy"]["correct"] == 240
+    assert route["production_accuracy"]["value"] == pytest.approx(0.8)
+    [shadow] = route["shadows"]
+    assert shadow["shadow"] == "cand"
+    assert shadow["accuracy"]["correct"] == 270
+    assert shadow["disagreement"]["compared"] == N
+    assert shadow["disagreement"]["disagreed"] == 30
+    paired = shadow["paired"]
+    assert {
+        k: paired[k] for k in ("both_right", "production_only", "shadow_only", "both_wrong")
+    } == {
+        "both_right": 240,
+        "production_only": 0,
+        "shadow_only": 30,
+        "both_wrong": 30,
+    }
+    assert paired["difference"] == pytest.approx(0.1)
+    assert 0 < paired["low"] < 0.1 < paired["high"]
+    assert paired["sequential_p"] < 0.05
+    assert shadow["verdict"] == "better"
+    assert shadow["reason"].startswith("the shadow is more accurate: accuracy difference +10.0")
+    assert shadow["errors"] == 0
+
+    labels = {"route": ROUTE, "shadow": "cand"}
+    assert p.value("shadowproxy_verdict", **labels) == 1
+    assert p.value("shadowproxy_verdict_sequential_p_value", **labels) == paired["sequential_p"]
+    assert p.value("shadowproxy_verdict_difference_lower", **labels) == paired["low"]
+    assert p.value("shadowproxy_verdict_difference_upper", **labels) == paired["high"]
+
+    async with p.session.get(p.url + "/report.html") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/html")
+        page = await resp.text()
+    assert 'class="verdict verdict-better"' in page
+    assert 'data-shadow="cand"' in page
+
+    table = format_table(report)
+    assert re.search(r"cand\s+better\s+10\.0%\s+90\.0%\s+\+10\.0", table)
+
+
+async def test_too_few_labels_is_insufficient_data(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod = await fake_model(production)
+    shadow = await fake_model(candidate)
+    p = await proxy(
+        f"""
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+    shadows: [{{name: cand, url: "{shadow.url}{ROUTE}"}}]
+"""
+    )
+    await p.post(ROUTE, {"instances": [1]})
+    await p.settled()
+    report = p.state.reporter.report()
+    [shadow] = report["routes"][0]["shadows"]
+    assert shadow["verdict"] == "insufficient_data"
+    assert shadow["reason"] == ("0 labelled instances scored for both models; a verdict needs 100")
+    assert p.value("shadowproxy_verdict", route=ROUTE, shadow="cand") == 0
+
+
+async def test_report_command_reads_a_proxy_and_prometheus(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    p = await labelled_traffic(fake_model, proxy, tmp_path)
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "report", "--url", p.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await done.communicate()
+    assert done.returncode == 0, err
+    assert re.search(rb"cand\s+better", out)
+
+    # Prometheus's query API, answering `sum by (...) (name)` from the proxy's own samples as
+    # if two replicas had each seen exactly the same traffic.
+    samples = [
+        (s.name, s.labels, s.value) for family in p.registry.collect() for s in family.samples
+    ]
+
+    async def query(request: web.Request) -> web.Response:
+        found = re.fullmatch(r"sum by \(([^)]*)\) \((\w+)\)", request.query["query"])
+        assert found is not None
+        by = [label.strip() for label in found[1].split(",")]
+        sums: dict[tuple[tuple[str, str], ...], float] = {}
+        for name, labels, value in samples:
+            if name == found[2]:
+                key = tuple((k, labels[k]) for k in by if k in labels)
+                sums[key] = sums.get(key, 0.0) + 2 * value
+        result = [{"metric": dict(k), "value": [0, str(v)]} for k, v in sums.items()]
+        return web.json_response({"status": "success", "data": {"result": result}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        url = f"http://127.0.0.1:{unused_tcp_port}"
+        fleet = await asyncio.to_thread(report_from_prometheus, url, VerdictConfig())
+    finally:
+        await runner.cleanup()
+    [shadow] = fleet["routes"][0]["shadows"]
+    assert shadow["paired"]["shadow_only"] == 60
+    assert shadow["paired"]["n"] == 2 * N
+    assert shadow["verdict"] == "better"
+
+
+async def test_the_html_report_renders_in_headless_chromium(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    p = await labelled_traffic(fake_model, proxy, tmp_path)
+    p.state.reporter.sample()  # a point of history, so the accuracy chart has something
+    chromium = shutil.which("chromium")
+    assert chromium is not None, "the test command installs Debian's chromium"
+    with tempfile.TemporaryDirectory() as profile:
+        args = [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}",
+        ]  # fmt: skip
+        dom = await asyncio.to_thread(
+            subprocess.run,
+            [*args, "--dump-dom", p.url + "/report.html"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        shot = tmp_path / "report.png"
+        await asyncio.to_thread(
+            subprocess.run,
+            [*args, f"--screenshot={shot}", "--window-size=1280,1600", p.url + "/report.html"],
+            capture_output=True, timeout=60, check=True,
+        )  # fmt: skip
+    assert 'class="verdict verdict-better"' in dom.stdout
+    assert dom.stdout.count('class="chart chart-accuracy"') == 1
+    assert dom.stdout.count('class="chart chart-latency"') == 1
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["flagger-metric-template.yaml", "argo-analysis-template.yaml"])
+def test_rollout_templates_query_metrics_the_proxy_exports(name: str) -> None:
+    import yaml
+    from prometheus_client import CollectorRegistry
+
+    from proxy.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry)
+    exported = {s for family in registry.collect() for s in [family.name]}
+    exported |= {f.name for f in registry.collect()}
+    text = (Path(__file__).resolve().parents[1] / "configs" / "rollouts" / name).read_text()
+    docs = list(yaml.safe_load_all(text))
+    assert docs
+    used = set(re.findall(r"\b(shadowproxy_\w+)\{", text))
+    assert used
+    assert used <= exported, used - exported
