@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.model_server import predict_class
+from loadtest.model_server import disagrees, predict_class
 
 REPO = Path(__file__).resolve().parents[1]
 PROXY = "http://127.0.0.1:8080"
@@ -26,8 +26,9 @@ V1_ROUTE = "/v1/models/demo:predict"
 
 # (port, seed, disagree): seed 0 is the reference; the candidates disagree on known fractions.
 MODELS = [(9001, 0, 0.0), (9002, 7, 0.20), (9003, 3, 0.05)]
-# The ground truth: the same rule with another seed, so production is right on about 85%.
-TRUTH_SEED, TRUTH_FLIP = 99, 0.15
+# The ground truth: demo-candidate-2's answer on 92% of rows and another class on the rest, so
+# candidate-2 is right on about 92%, production on about 87%, and demo-candidate on about 70%.
+TRUTH_SEED, TRUTH_FLIP = 99, 0.08
 LABEL_DELAY = 2.0  # seconds from prediction to label, as if the truth arrived later
 
 
@@ -63,6 +64,12 @@ def _v2_body(rows: list[list[float]]) -> dict[str, object]:
     }
 
 
+def _truth(row: list[float]) -> int:
+    _, seed, disagree = MODELS[2]
+    candidate_2 = predict_class(row, seed, disagree, 3)
+    return (candidate_2 + 1) % 3 if disagrees(row, TRUTH_SEED, TRUTH_FLIP) else candidate_2
+
+
 async def _label_later(session: aiohttp.ClientSession, request_id: str, truth: list[int]) -> None:
     await asyncio.sleep(LABEL_DELAY)
     with contextlib.suppress(aiohttp.ClientError):
@@ -88,7 +95,7 @@ async def _traffic(session: aiohttp.ClientSession, rate: float, stop: asyncio.Ev
         except aiohttp.ClientError as exc:
             print(f"request failed: {exc}", file=sys.stderr)
         else:
-            truth = [predict_class(row, TRUTH_SEED, TRUTH_FLIP, 3) for row in rows]
+            truth = [_truth(row) for row in rows]
             task = asyncio.create_task(_label_later(session, request_id, truth))
             labelling.add(task)
             task.add_done_callback(labelling.discard)
@@ -147,9 +154,17 @@ async def _report(session: aiohttp.ClientSession, every: float, stop: asyncio.Ev
             await asyncio.wait_for(stop.wait(), every)
         async with session.get(PROXY + "/metrics") as resp:
             rows = _summary(await resp.text())
-        print(f"\n{'route':<26}{'model':<24}{'teed':>8}{'disagree':>10}{'accuracy':>10}")
+        async with session.get(PROXY + "/report") as resp:
+            report = await resp.json()
+        verdicts = {
+            (route["route"], shadow["shadow"]): shadow["verdict"]
+            for route in report["routes"]
+            for shadow in route["shadows"]
+        }
+        print(f"\n{'route':<26}{'model':<24}{'teed':>8}{'disagree':>10}{'accuracy':>10}  verdict")
         for route, model, teed, disagree, accuracy in rows:
-            print(f"{route:<26}{model:<24}{teed:>8}{disagree:>10}{accuracy:>10}")
+            verdict = verdicts.get((route, model), "")
+            print(f"{route:<26}{model:<24}{teed:>8}{disagree:>10}{accuracy:>10}  {verdict}")
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
@@ -184,6 +199,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 " prediction\n"
                 f"  metrics:    curl -s {PROXY}/metrics | grep shadowproxy_disagreed\n"
                 f"  try it:     curl -s {PROXY}{V1_ROUTE} -d '{{\"instances\": [[1, 2, 3, 4]]}}'\n"
+                f"  verdicts:   {PROXY}/report.html  (or: shadow-proxy report --url {PROXY})\n"
                 f"Sending {args.rate:g} requests/s for {args.duration:g} s; Ctrl-C stops.",
                 flush=True,
             )
