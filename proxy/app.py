@@ -262,6 +262,11 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        state.reporter.report()  # the verdict gauges are current at every scrape
+    except Exception:
+        log.exception("verdict gauges not updated")
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(request.app[STATE].exposition)
+    body = encoder(state.exposition)
     return web.Response(body=body, headers={"Content-Type": content_type})

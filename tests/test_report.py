@@ -229,3 +229,73 @@ def test_rollout_templates_query_metrics_the_proxy_exports(name: str) -> None:
     used = set(re.findall(r"\b(shadowproxy_\w+)\{", text))
     assert used
     assert used <= exported, used - exported
+
+
+# -- the verdict's rules, without a proxy ------------------------------------------------------
+
+NO_LABELS = {"n": 0}
+
+
+def _decide(**overrides: Any) -> tuple[str, str]:
+    from proxy.report import decide
+
+    args: dict[str, Any] = {
+        "kind": "classification",
+        "requests": 1000,
+        "error_rate": 0.0,
+        "latency_ratio": 1.0,
+        "shadow_p99": 0.01,
+        "production_p99": 0.01,
+        "disagreement": {"value": 0.1, "low": 0.08, "high": 0.12},
+        "paired": NO_LABELS,
+        "regression": None,
+    }
+    args.update(overrides)
+    return decide(VerdictConfig(max_disagreement=0.3), **args)
+
+
+def test_guardrails_force_worse_whatever_the_labels_say() -> None:
+    assert _decide(error_rate=0.05) == (
+        "worse",
+        "the shadow fails 5.0% of its requests, above the 1.0% guardrail",
+    )
+    assert _decide(latency_ratio=3.1, shadow_p99=0.31, production_p99=0.1) == (
+        "worse",
+        "the shadow's p99 latency is 310 ms, 3.1x production's 100 ms (guardrail 1.5x)",
+    )
+    # Too few requests to judge: the guardrails wait.
+    assert _decide(requests=50, error_rate=0.5)[0] == "insufficient_data"
+    assert _decide(disagreement={"value": 0.5, "low": 0.42, "high": 0.58}) == (
+        "worse",
+        "no verdict on labels yet (0 of 100), but the shadow disagrees with production on "
+        "50.0% of instances (95% CI from 42.0%), above the 30% guardrail",
+    )
+
+
+def test_labels_decide_better_worse_or_inconclusive() -> None:
+    paired = {"n": 500, "difference": 0.04, "low": 0.01, "high": 0.07, "sequential_p": 0.01}
+    assert _decide(paired=paired)[0] == "better"
+    assert _decide(paired=paired | {"difference": -0.04, "low": -0.07, "high": -0.01})[0] == (
+        "worse"
+    )
+    verdict, reason = _decide(paired=paired | {"sequential_p": 0.2, "low": -0.01})
+    assert verdict == "inconclusive"
+    assert reason == (
+        "no significant difference yet: accuracy difference +4.0 points (95% CI -1.0 to +7.0),"
+        " sequential p = 0.2"
+    )
+    regression = {
+        "n": 500,
+        "mean_difference": -0.3,
+        "low": -0.5,
+        "high": -0.1,
+        "sequential_p": 0.001,
+    }
+    assert _decide(kind="regression", regression=regression) == (
+        "better",
+        "the shadow's errors are smaller: mean absolute error difference -0.3 (95% CI -0.5 to"
+        " -0.1), sequential p = 0.001",
+    )
+    assert _decide(kind="regression", regression=regression | {"mean_difference": 0.3})[0] == (
+        "worse"
+    )
