@@ -13,10 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.config import VerdictConfig
 from proxy.report_cli import report_from_prometheus
 from tests.conftest import FakeModelFactory, ProxyFactory, RunningProxy, free_port
-from tests.test_report import ROUTE, labelled_traffic
+from tests.test_report import NO_LATENCY_GUARDRAIL, ROUTE, labelled_traffic
 
 
 class Prometheus:
@@ -114,7 +113,7 @@ async def test_prometheus_sees_the_disagreement_rate_and_the_fleet_verdict(
     [verdict] = await prom.query("shadowproxy_verdict")
     assert verdict["metric"]["shadow"] == "cand"
 
-    report = await asyncio.to_thread(report_from_prometheus, prom.url, VerdictConfig())
+    report = await asyncio.to_thread(report_from_prometheus, prom.url, NO_LATENCY_GUARDRAIL)
     [shadow] = report["routes"][0]["shadows"]
     assert shadow["paired"]["shadow_only"] == 30
     assert shadow["paired"]["n"] == 300

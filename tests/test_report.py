@@ -22,6 +22,9 @@ from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProx
 
 ROUTE = "/v1/models/m:predict"
 N = 300
+# These tests judge accuracy; on a loaded test machine the fake shadow's p99 may well be over
+# 1.5x production's, so the latency guardrail is set out of reach (its rule is tested below).
+NO_LATENCY_GUARDRAIL = VerdictConfig(max_latency_ratio=1000)
 
 
 def production(r: Received) -> Any:
@@ -42,6 +45,7 @@ async def labelled_traffic(
     p = await proxy(
         f"""
 store: {{path: '{tmp_path / "p.db"}', flush_interval: 1ms}}
+verdict: {{max_latency_ratio: 1000}}
 routes:
   - match: {ROUTE}
     protocol: kserve-v1
@@ -172,7 +176,7 @@ async def test_report_command_reads_a_proxy_and_prometheus(
     await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
     try:
         url = f"http://127.0.0.1:{unused_tcp_port}"
-        fleet = await asyncio.to_thread(report_from_prometheus, url, VerdictConfig())
+        fleet = await asyncio.to_thread(report_from_prometheus, url, NO_LATENCY_GUARDRAIL)
     finally:
         await runner.cleanup()
     [shadow] = fleet["routes"][0]["shadows"]
