@@ -55,26 +55,20 @@ STATE = web.AppKey("state", ProxyState)
 
 def build_store(config: StoreConfig) -> PredictionStore:
     """The configured prediction store (not started)."""
+    limits: dict[str, Any] = {
+        "ttl": config.ttl,
+        "tombstone_ttl": config.tombstone_ttl,
+        "max_records": config.max_records,
+        "timeout": config.timeout,
+    }
+    # Imported here: a proxy on SQLite never loads redis-py, and the reverse.
     if config.backend == "redis":
         from proxy.store.redis import RedisStore
 
-        return RedisStore(
-            config.url,
-            ttl=config.ttl,
-            tombstone_ttl=config.tombstone_ttl,
-            max_records=config.max_records,
-            timeout=config.timeout,
-            prefix=config.prefix,
-        )
+        return RedisStore(config.url, prefix=config.prefix, **limits)
     from proxy.store.sqlite import SqliteStore
 
-    return SqliteStore(
-        config.path,
-        ttl=config.ttl,
-        tombstone_ttl=config.tombstone_ttl,
-        max_records=config.max_records,
-        timeout=config.timeout,
-    )
+    return SqliteStore(config.path, **limits)
 
 
 def _scorer(route: Route, metrics: Metrics) -> RouteScorer:

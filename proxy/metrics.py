@@ -163,35 +163,33 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
-        # The verdict, for alerts and for promotion gates (Flagger, Argo Rollouts).
-        self.verdict = Gauge(
-            f"{PREFIX}_verdict",
+
+        # The verdict, for alerts and for promotion gates (Flagger, Argo Rollouts); with
+        # --workers, the value of the worker that computed it last (every one computes the same).
+        def verdict_gauge(name: str, doc: str) -> Gauge:
+            return Gauge(
+                f"{PREFIX}_{name}",
+                doc,
+                ["route", "shadow"],
+                registry=registry,
+                multiprocess_mode="mostrecent",
+            )
+
+        self.verdict = verdict_gauge(
+            "verdict",
             "The shadow's verdict: +1 better, -1 worse, 0 inconclusive or insufficient data.",
-            ["route", "shadow"],
-            registry=registry,
-            multiprocess_mode="mostrecent",
         )
-        self.verdict_p = Gauge(
-            f"{PREFIX}_verdict_sequential_p_value",
+        self.verdict_p = verdict_gauge(
+            "verdict_sequential_p_value",
             "Always-valid p-value of the shadow-versus-production comparison (1 when unknown).",
-            ["route", "shadow"],
-            registry=registry,
-            multiprocess_mode="mostrecent",
         )
-        self.verdict_low = Gauge(
-            f"{PREFIX}_verdict_difference_lower",
+        self.verdict_low = verdict_gauge(
+            "verdict_difference_lower",
             "Lower bound of the 1-alpha interval of the shadow's advantage: accuracy difference"
             " (classification) or production's minus the shadow's absolute error (regression).",
-            ["route", "shadow"],
-            registry=registry,
-            multiprocess_mode="mostrecent",
         )
-        self.verdict_high = Gauge(
-            f"{PREFIX}_verdict_difference_upper",
-            "Upper bound of the same interval.",
-            ["route", "shadow"],
-            registry=registry,
-            multiprocess_mode="mostrecent",
+        self.verdict_high = verdict_gauge(
+            "verdict_difference_upper", "Upper bound of the same interval."
         )
         self.config_info = Gauge(
             f"{PREFIX}_config_info",
