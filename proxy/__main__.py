@@ -1,4 +1,4 @@
-"""The command line: `shadow-proxy run` and `shadow-proxy check-config`. Process concerns only:
+"""The command line: `shadow-proxy run`, `check-config` and `report`. Process concerns only:
 argv, loading the config, logging, the event loop, signals."""
 
 from __future__ import annotations

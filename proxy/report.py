@@ -345,14 +345,19 @@ def history_point(shadow: Mapping[str, Any], now: float) -> dict[str, Any]:
     paired = shadow["paired"]
     regression = shadow["regression"]
     if regression is not None:
-        # Production's error minus the shadow's: up is the shadow doing better, as for accuracy.
-        mean, low, high = (regression[k] for k in ("mean_difference", "high", "low"))
+        # mean_difference is the shadow's error minus production's; the advantage is its
+        # negation, so that up is the shadow doing better, as for accuracy, and the interval's
+        # ends swap.
+        def negated(key: str) -> float | None:
+            value = regression[key]
+            return None if value is None else -value
+
         return {
             "t": now,
             "labelled": regression["n"],
-            "difference": None if mean is None else -mean,
-            "low": None if low is None else -low,
-            "high": None if high is None else -high,
+            "difference": negated("mean_difference"),
+            "low": negated("high"),
+            "high": negated("low"),
         }
     return {
         "t": now,

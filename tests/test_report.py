@@ -303,3 +303,54 @@ def test_labels_decide_better_worse_or_inconclusive() -> None:
     assert _decide(kind="regression", regression=regression | {"mean_difference": 0.3})[0] == (
         "worse"
     )
+
+
+async def test_a_regression_route_reports_errors_and_a_paired_verdict(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    def off_by_one(r: Received) -> Any:
+        return v1([i + 1.0 for i in r.json()["instances"]])
+
+    def closer(r: Received) -> Any:
+        return v1([i + (0.25 if i % 2 == 0 else 0.75) for i in r.json()["instances"]])
+
+    prod = await fake_model(off_by_one)
+    shadow = await fake_model(closer)
+    p = await proxy(
+        f"""
+store: {{path: '{tmp_path / "r.db"}', flush_interval: 1ms}}
+verdict: {{max_latency_ratio: 1000}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    compare: {{kind: regression, tolerance: 0.1}}
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+    shadows: [{{name: cand, url: "{shadow.url}{ROUTE}"}}]
+"""
+    )
+    n = 200
+    for i in range(n):
+        await p.post(ROUTE, {"instances": [i]}, headers={"X-Request-ID": f"x{i}"})
+    await p.settled()
+    status, _, _ = await p.post("/labels", [{"request_id": f"x{i}", "label": i} for i in range(n)])
+    assert status == 200
+    report = p.state.reporter.report()
+    [route] = report["routes"]
+    assert route["kind"] == "regression"
+    assert route["production_error"] == {"labelled": n, "mae": 1.0, "rmse": 1.0}
+    [s] = route["shadows"]
+    assert s["error"]["mae"] == pytest.approx(0.5)
+    assert s["error"]["rmse"] == pytest.approx((0.25**2 / 2 + 0.75**2 / 2) ** 0.5)
+    assert s["disagreement"]["disagreed"] == n  # every shadow answer is beyond the 0.1 tolerance
+    regression = s["regression"]
+    assert regression["n"] == n
+    assert regression["mean_difference"] == pytest.approx(-0.5)
+    assert regression["low"] < -0.5 < regression["high"] < 0
+    assert s["verdict"] == "better"
+    assert s["reason"].startswith("the shadow's errors are smaller: mean absolute error difference")
+    # The gauges carry the shadow's advantage: production's error minus the shadow's.
+    labels = {"route": ROUTE, "shadow": "cand"}
+    assert p.value("shadowproxy_verdict", **labels) == 1
+    assert p.value("shadowproxy_verdict_difference_lower", **labels) == -regression["high"]
+    assert p.value("shadowproxy_verdict_difference_upper", **labels) == -regression["low"]
