@@ -9,6 +9,21 @@ COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
+# The model-server stand-in (loadtest/model_server.py) for configs/compose/, with the same
+# dependencies as the proxy: docker build --target models -t shadow-proxy-models .
+FROM python:3.11-slim AS models
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin model
+COPY loadtest/ /app/loadtest/
+WORKDIR /app
+USER 10001:10001
+EXPOSE 9001
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "loadtest.model_server", "--host", "0.0.0.0", "--port", "9001"]
+
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -18,7 +18,7 @@ import yaml
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import build_app
+from proxy.app import build_app, reload_config
 from proxy.config import (
     Config,
     ConfigError,
@@ -41,6 +41,7 @@ CONFIG_ENV = "SHADOW_PROXY_CONFIG"
 async def serve(config: Config, *, reuse_port: bool = False) -> None:
     """Serve `config` until SIGTERM or SIGINT, then shut down gracefully: stop accepting,
     finish in-flight production requests (shutdown_timeout), drain shadows (shadow_drain_timeout).
+    SIGHUP reloads the config file.
     """
     app = build_app(config)
     runner = web.AppRunner(
@@ -58,6 +59,14 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(reload_config(app), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     log.info(
         "listening",
         extra={
@@ -70,6 +79,7 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
     )
     await stop.wait()
     log.info("shutting down", extra={"shutdown_timeout": config.shutdown_timeout})
+    await asyncio.gather(*reloads)
     await runner.cleanup()
     log.info("stopped")
 

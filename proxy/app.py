@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from proxy.config import Config, Route, StoreConfig, config_hash
-from proxy.handler import ProductionHandler, ProductionTarget, RouteRuntime
+from proxy.config import Config, ConfigError, Route, StoreConfig, config_hash, load_config
+from proxy.handler import Generation, ProductionHandler, ProductionTarget, RouteRuntime
 from proxy.labels import LabelEndpoint, RouteScorer
 from proxy.metrics import Metrics
 from proxy.recording import MeasuredStore, Recorder, RouteRecording
@@ -42,8 +42,13 @@ class ProxyState:
     routes: tuple[RouteRuntime, ...]
     exposition: CollectorRegistry  # what /metrics serves
     reporter: Reporter
+    metrics: Metrics
+    handler: ProductionHandler
+    labels: LabelEndpoint
     recorder: Recorder | None = None
     ready: bool = False
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)  # generations closing
 
     @property
     def production_upstreams(self) -> list[Upstream]:
@@ -173,24 +178,18 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
             metrics,
         )
     routes = _build_routes(config, metrics, recorder)
-    for route in config.routes:
-        kind = route.comparator.kind.value
-        metrics.route_info.labels(route.name, kind, route.production.name).set(1)
-    metrics.set_config_info(
-        config_hash(config),
-        config.source,
-        routes=len(config.routes),
-        shadows=sum(len(r.shadows) for r in config.routes),
-    )
+    _publish(metrics, config)
     exposition = _exposition(registry)
     reporter = Reporter(exposition, metrics, config.verdict, config_hash(config))
-    state = ProxyState(config, routes, exposition, reporter, recorder)
     labels = LabelEndpoint(store, config.labels, scorers, metrics.bind_labels())
     handler = ProductionHandler(
-        Router((r.match, r.methods, rt) for r, rt in zip(config.routes, routes, strict=True)),
+        _router(config, routes),
         request_id_header=config.request_id_header,
         max_body=config.max_body,
         rejected=metrics.bind_rejections(),
+    )
+    state = ProxyState(
+        config, routes, exposition, reporter, metrics, handler, labels, recorder=recorder
     )
 
     # max_body caps proxied requests; /labels streams its body under labels.max_body.
@@ -207,6 +206,110 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     return app
 
 
+def _router(config: Config, routes: tuple[RouteRuntime, ...]) -> Router[RouteRuntime]:
+    return Router((r.match, r.methods, rt) for r, rt in zip(config.routes, routes, strict=True))
+
+
+def _publish(metrics: Metrics, config: Config, value: float = 1.0) -> None:
+    """The info series of `config` set to `value`: 1 for the running config, 0 for the one a
+    reload replaced (prometheus-client cannot remove series in multiprocess mode)."""
+    for route in config.routes:
+        kind = route.comparator.kind.value
+        metrics.route_info.labels(route.name, kind, route.production.name).set(value)
+    metrics.set_config_info(
+        config_hash(config),
+        config.source,
+        routes=len(config.routes),
+        shadows=sum(len(r.shadows) for r in config.routes),
+        value=value,
+    )
+
+
+def _needs_restart(running: Config, new: Config) -> list[str]:
+    """What a reload cannot change in a running process, as errors naming file, key and value."""
+    problems = []
+
+    def refuse(key: str, value: object, why: str) -> None:
+        problems.append(f"{new.source}: {key}: {why} (got {value!r})")
+
+    if (new.listen_host, new.listen_port) != (running.listen_host, running.listen_port):
+        refuse("listen", f"{new.listen_host}:{new.listen_port}", "changing it needs a restart")
+    if new.max_body != running.max_body:
+        refuse("max_body", new.max_body, "changing it needs a restart")
+    if new.records and not running.records:
+        refuse("routes[].record", "on", "turning recording on needs a restart")
+    if new.records and new.store != running.store:
+        refuse("store", new.store.backend, "changing the store needs a restart")
+    return problems
+
+
+async def _start(routes: tuple[RouteRuntime, ...]) -> None:
+    for route in routes:
+        for target in route.production.targets:
+            await target.upstream.start()
+        await route.shadows.start()
+
+
+async def _retire(generation: Generation, routes: tuple[RouteRuntime, ...], grace: float) -> None:
+    """Once the last request on an old config is done: drain its shadows, close its pools."""
+    await generation.retire()
+    await asyncio.gather(*(r.shadows.drain(grace) for r in routes))
+    for route in routes:
+        for target in route.production.targets:
+            await target.upstream.close()
+
+
+async def reload_config(app: web.Application, path: str | None = None) -> bool:
+    """Re-read and validate the config (SIGHUP). An invalid one changes nothing and is counted;
+    a valid one swaps at once: requests in flight finish on the routes they started with, new
+    shadows start, removed ones drain and stop, new sample rates and timeouts apply."""
+    state = app[STATE]
+    metrics = state.metrics
+    path = path or state.config.source
+    async with state.reload_lock:
+        try:
+            new = load_config(path)
+            problems = _needs_restart(state.config, new)
+            if problems:
+                raise ConfigError(problems)
+        except ConfigError as exc:
+            metrics.config_reloads.labels("failure").inc()
+            log.error(
+                "config reload failed; the running config serves on",
+                extra={"config": path, "errors": list(exc.errors)},
+            )
+            return False
+        scorers = {route.name: _scorer(route, metrics) for route in new.routes}
+        recorder = state.recorder if new.records else None
+        if recorder is not None:
+            recorder.update_routes(
+                {
+                    r.name: RouteRecording(r.production.name, r.extractor, scorers[r.name])
+                    for r in new.routes
+                }
+            )
+        routes = _build_routes(new, metrics, recorder)
+        await _start(routes)
+        old_generation, old_routes = state.handler.generation, state.routes
+        # The swap: one assignment, between two requests.
+        state.handler.generation = Generation(_router(new, routes))
+        state.handler.request_id_header = new.request_id_header
+        old_config = state.config
+        state.routes, state.config = routes, new
+        state.labels.update(new.labels, scorers)
+        state.reporter.update(new.verdict, config_hash(new))
+        _publish(metrics, old_config, 0.0)
+        _publish(metrics, new)
+        task = asyncio.create_task(
+            _retire(old_generation, old_routes, new.shadow_drain_timeout), name="retire-config"
+        )
+        state.retiring.add(task)
+        task.add_done_callback(state.retiring.discard)
+        metrics.config_reloads.labels("success").inc()
+        log.info("config reloaded", extra={"config": path, "config_hash": config_hash(new)})
+        return True
+
+
 def _exposition(registry: CollectorRegistry) -> CollectorRegistry:
     """With --workers (prometheus-client's multiprocess mode), /metrics sums every worker's
     files; otherwise it serves this process's registry."""
@@ -221,18 +324,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Open every pool and start every shadow worker; on shutdown (after in-flight production
     requests have finished) give shadow queues their drain time, then close the pools."""
     state = app[STATE]
-    grace = state.config.shadow_drain_timeout
     if state.recorder is not None:
         await state.recorder.start()
-    for upstream in state.production_upstreams:
-        await upstream.start()
-    for route in state.routes:
-        await route.shadows.start()
+    await _start(state.routes)
     await state.reporter.start()
     state.ready = True
     yield
     state.ready = False
+    grace = state.config.shadow_drain_timeout  # the config running now, after any reloads
     await state.reporter.stop()
+    await asyncio.gather(*state.retiring)  # configs replaced by reloads: already draining
     await asyncio.gather(*(r.shadows.drain(grace) for r in state.routes))
     # After the shadows: their last answers still add predictions to recorded requests.
     if state.recorder is not None:

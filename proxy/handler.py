@@ -73,6 +73,35 @@ def _strip(headers: CIMultiDictProxy[str], drop: tuple[str, ...]) -> CIMultiDict
     return out
 
 
+class Generation:
+    """The routes of one config, and the requests still running on them: a reload retires a
+    generation, which closes its pools once its last request is done.
+
+    >>> generation = Generation(router)
+    >>> await generation.retire()   # returns once no request uses it any more
+    """
+
+    def __init__(self, router: Router[RouteRuntime]) -> None:
+        self.router = router
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._retired = False
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self._retired and not self.in_flight:
+            self._idle.set()
+
+    async def retire(self) -> None:
+        self._retired = True
+        if not self.in_flight:
+            self._idle.set()
+        await self._idle.wait()
+
+
 class ProductionHandler:
     """The aiohttp handler for every proxied path.
 
@@ -89,9 +118,9 @@ class ProductionHandler:
         max_body: int,
         rejected: dict[str, Counter],
     ) -> None:
-        self._router = router
+        self.generation = Generation(router)  # replaced as a whole by a reload
         self._max_body = max_body
-        self._rid_header = request_id_header
+        self.request_id_header = request_id_header
         self._no_route = rejected["no_route"]
         self._too_large = rejected["body_too_large"]
 
@@ -100,7 +129,7 @@ class ProductionHandler:
             status=status,
             body=orjson.dumps({"error": message, "request_id": request_id}),
             content_type="application/json",
-            headers={self._rid_header: request_id},
+            headers={self.request_id_header: request_id},
         )
 
     @staticmethod
@@ -113,9 +142,20 @@ class ProductionHandler:
         route.shadows.offer(tee, b)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get(self._rid_header) or str(uuid.uuid4())
+        # The request runs to its end on the routes it started with, whatever a reload does.
+        generation = self.generation
+        generation.enter()
+        try:
+            return await self._handle(request, generation.router)
+        finally:
+            generation.leave()
+
+    async def _handle(
+        self, request: web.Request, router: Router[RouteRuntime]
+    ) -> web.StreamResponse:
+        request_id = request.headers.get(self.request_id_header) or str(uuid.uuid4())
         raw_path = request.raw_path
-        found = self._router.match(raw_path, request.method)
+        found = router.match(raw_path, request.method)
         if found is None:
             self._no_route.inc()
             return self._error(404, f"no route matches {request.method} {request.path}", request_id)
@@ -130,7 +170,7 @@ class ProductionHandler:
             )
 
         headers = _strip(request.headers, _DROP_FROM_REQUEST)
-        headers[self._rid_header] = request_id
+        headers[self.request_id_header] = request_id
         forwarded_for = request.headers.get("X-Forwarded-For")
         remote = request.remote or ""
         headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
@@ -161,7 +201,7 @@ class ProductionHandler:
             self._tee(route, tee)
 
         out_headers = _strip(answer.headers, _DROP_FROM_RESPONSE)
-        out_headers[self._rid_header] = request_id
+        out_headers[self.request_id_header] = request_id
         return web.Response(
             status=answer.status, reason=answer.reason, headers=out_headers, body=answer.body
         )

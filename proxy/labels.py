@@ -158,6 +158,12 @@ class LabelEndpoint:
         self._scorers = scorers
         self._m = metrics
 
+    def update(self, config: LabelsConfig, scorers: dict[str, RouteScorer]) -> None:
+        """After a reload: a new token (rotation) and the new routes' scorers."""
+        self._config = config
+        self._token = None if config.token is None else f"Bearer {config.token}".encode()
+        self._scorers = {**self._scorers, **scorers}
+
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
         self._m.rejected[reason].inc()
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

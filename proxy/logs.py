@@ -44,3 +44,5 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Warnings too are JSON lines: nothing else may write to stderr.
+    logging.captureWarnings(True)

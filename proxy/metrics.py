@@ -156,9 +156,16 @@ class Metrics:
         )
         # A gauge, not an Info: Info has no multiprocess mode.
         self._declare_label_metrics(registry)
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads",
+            "Config reloads (SIGHUP), by result: success, or failure (the old config serves on).",
+            ["result"],
+            registry=registry,
+        )
         self.route_info = Gauge(
             f"{PREFIX}_route_info",
-            "One series per route: its comparison kind and production target; the value is 1.",
+            "One series per route: its comparison kind and production target; 1 for the running"
+            " config, 0 for routes a reload removed.",
             ["route", "kind", "production"],
             registry=registry,
             multiprocess_mode="livemax",
@@ -193,7 +200,8 @@ class Metrics:
         )
         self.config_info = Gauge(
             f"{PREFIX}_config_info",
-            "The active configuration: its hash, source file and version; the value is 1.",
+            "The configuration: its hash, source file and version; 1 for the running one, 0 for"
+            " those reloads replaced.",
             ["hash", "source", "version", "routes", "shadows"],
             registry=registry,
             multiprocess_mode="livemax",
@@ -356,8 +364,11 @@ class Metrics:
             delay=self.label_delay.labels(route),
         )
 
-    def set_config_info(self, config_hash: str, source: str, routes: int, shadows: int) -> None:
-        self.config_info.labels(config_hash, source, __version__, str(routes), str(shadows)).set(1)
+    def set_config_info(
+        self, config_hash: str, source: str, routes: int, shadows: int, value: float = 1.0
+    ) -> None:
+        labels = (config_hash, source, __version__, str(routes), str(shadows))
+        self.config_info.labels(*labels).set(value)
 
     def bind_route(self, route: str, production: str) -> RouteMetrics:
         return RouteMetrics(

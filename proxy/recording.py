@@ -128,6 +128,11 @@ class Recorder:
         self._store_down = False
         self._pending: dict[str, _RecordItem] = {}  # request id -> its record, not yet written
 
+    def update_routes(self, routes: dict[str, RouteRecording]) -> None:
+        """After a reload: new routes are recorded too; writes already queued keep theirs."""
+        self._routes = {**self._routes, **routes}
+        self._recording = {name: r.scorer.recording for name, r in self._routes.items()}
+
     # -- called by the hot path and the shadow workers; never block ------------------------------
 
     def _put(self, item: _RecordItem | _ShadowItem, kind: str) -> bool:

@@ -45,7 +45,8 @@ class Samples:
         )
 
     def label_sets(self, name: str) -> list[Mapping[str, str]]:
-        return [labels for labels, _ in self._by_name.get(name, ())]
+        """The label sets of a series with a non-zero value (an info series set to 0 is gone)."""
+        return [labels for labels, value in self._by_name.get(name, ()) if value]
 
     def buckets(self, name: str, **labels: str) -> list[tuple[float, float]]:
         """Cumulative (upper bound, count) pairs of a histogram, summed over other labels."""

@@ -48,6 +48,10 @@ class Reporter:
         self._history: dict[tuple[str, str], collections.deque[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
 
+    def update(self, settings: VerdictConfig, config_hash: str) -> None:
+        self._settings = settings
+        self._config_hash = config_hash
+
     def report(self, now: float | None = None) -> dict[str, Any]:
         """The report as of now; also sets the verdict gauges to it."""
         now = time.time() if now is None else now

@@ -27,8 +27,9 @@ _MIN_UPTIME = 5.0
 
 
 class Supervisor:
-    """Starts `workers` copies of `shadow-proxy run --reuse-port`, restarts one that dies, and on
-    SIGTERM or SIGINT passes the signal on and waits for every worker's graceful shutdown.
+    """Starts `workers` copies of `shadow-proxy run --reuse-port`, restarts one that dies, passes
+    SIGHUP on (reload), and on SIGTERM or SIGINT passes the signal on and waits for every
+    worker's graceful shutdown.
 
     >>> Supervisor("/etc/shadow-proxy/config.yaml", workers=2).run()
     0
@@ -54,6 +55,11 @@ class Supervisor:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    def _reload(self, signum: int, frame: FrameType | None) -> None:
+        for _, proc, _ in self._children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
     def run(self) -> int:
         metrics_dir = os.environ.get(MULTIPROC_ENV)
         owned = metrics_dir is None
@@ -66,6 +72,7 @@ class Supervisor:
         env = {**os.environ, MULTIPROC_ENV: metrics_dir}
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGHUP, self._reload)  # each worker re-reads the file
         status = 0
         try:
             for index in range(self.workers):

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.app import STATE, ProxyState, build_app
-from proxy.config import parse_config
+from proxy.config import load_config, parse_config
 
 
 @dataclass
@@ -157,7 +158,7 @@ class RunningProxy:
             return r.status, CIMultiDict(r.headers), await r.read()
 
 
-ProxyFactory = Callable[[str], Awaitable[RunningProxy]]
+ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 
 @pytest.fixture
@@ -165,8 +166,13 @@ async def proxy() -> AsyncIterator[ProxyFactory]:
     """Start the proxy from YAML text on 127.0.0.1:0; stopped (and drained) at teardown."""
     started: list[RunningProxy] = []
 
-    async def factory(yaml_text: str) -> RunningProxy:
-        config = parse_config(yaml_text, "test.yaml", env={})
+    async def factory(yaml_text: str, path: Path | None = None) -> RunningProxy:
+        """With `path`, the text is written there and loaded from it, so reloads can re-read."""
+        if path is None:
+            config = parse_config(yaml_text, "test.yaml", env={})
+        else:
+            await asyncio.to_thread(path.write_text, yaml_text)
+            config = load_config(path, env={})
         registry = CollectorRegistry()
         app = build_app(config, registry)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)

@@ -1,0 +1,180 @@
+"""Hot reload: a valid config swaps while requests flow, with none failing and every request
+counted once; an invalid one changes nothing; SIGHUP reloads a running process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from proxy.app import reload_config
+from proxy.config import config_hash, load_config
+from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, free_port, v1
+
+ROUTE = "/v1/models/m:predict"
+
+
+def echo(r: Received) -> Any:
+    return v1(r.json()["instances"])
+
+
+def config(prod: str, shadows: list[dict[str, Any]], **top: Any) -> str:
+    route = {
+        "match": ROUTE,
+        "protocol": "kserve-v1",
+        "production": {"name": "prod", "url": prod + ROUTE, "timeout": top.pop("timeout", "5s")},
+        "shadows": shadows,
+    }
+    return json.dumps({"shadow_drain_timeout": "2s", **top, "routes": [route]})
+
+
+class Traffic:
+    """Clients that keep sending requests until stopped, counting every answer."""
+
+    def __init__(self, p: RunningProxy, clients: int) -> None:
+        self.p = p
+        self.statuses: list[int] = []
+        self._answered = asyncio.Condition()
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(clients)]
+
+    async def _client(self, i: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            status, _, _ = await self.p.post(ROUTE, {"instances": [n]})
+            n += 1
+            self.statuses.append(status)
+            async with self._answered:
+                self._answered.notify_all()
+
+    async def more(self, count: int) -> None:
+        """Wait until `count` more requests have been answered."""
+        target = len(self.statuses) + count
+        async with asyncio.timeout(30), self._answered:
+            await self._answered.wait_for(lambda: len(self.statuses) >= target)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def test_ten_reloads_under_load_fail_no_request_and_count_each_once(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, s1, s2 = [await fake_model(echo) for _ in range(3)]
+    path = tmp_path / "proxy.json"
+    a = config(prod.url, [{"name": "s1", "url": s1.url + ROUTE}])
+    b = config(
+        prod.url,
+        [
+            {"name": "s1", "url": s1.url + ROUTE, "sample": "50%", "timeout": "2s"},
+            {"name": "s2", "url": s2.url + ROUTE},
+        ],
+        timeout="3s",
+    )
+    p = await proxy(a, path)
+    traffic = Traffic(p, clients=4)
+    await traffic.more(20)
+    for i in range(10):
+        await asyncio.to_thread(path.write_text, b if i % 2 == 0 else a)
+        assert await reload_config(p.app)
+        await traffic.more(20)
+    await traffic.stop()
+    await asyncio.gather(*p.state.retiring)
+    await p.settled()
+
+    total = len(traffic.statuses)
+    assert set(traffic.statuses) == {200}
+    assert len(prod.received) == total
+    assert p.value("shadowproxy_requests_total", route=ROUTE) == total
+    assert p.value("shadowproxy_config_reloads_total", result="success") == 10
+    # s1 is in every config: each request was offered to it exactly once, by one generation.
+    s1_labels = {"route": ROUTE, "shadow": "s1"}
+    offered = p.value("shadowproxy_shadow_enqueued_total", **s1_labels) + sum(
+        p.value("shadowproxy_shadow_skipped_total", **s1_labels, reason=reason)
+        for reason in ("sampled_out", "queue_full", "body_too_large", "shutting_down")
+    )
+    assert offered == total
+    assert len(s1.received) == p.value("shadowproxy_shadow_enqueued_total", **s1_labels)
+    # s2 started with config b, and stopped getting copies when a came back.
+    assert len(s2.received) == p.value(
+        "shadowproxy_shadow_enqueued_total", route=ROUTE, shadow="s2"
+    )
+    assert len(s2.received) > 0
+    # The config info names the running config, and only it.
+    running = {
+        s.labels["hash"]
+        for family in p.registry.collect()
+        if family.name == "shadowproxy_config_info"
+        for s in family.samples
+        if s.value == 1
+    }
+    assert running == {config_hash(load_config(path, env={}))}
+
+
+async def test_an_invalid_reload_keeps_the_running_config(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, s1 = [await fake_model(echo) for _ in range(2)]
+    path = tmp_path / "proxy.json"
+    p = await proxy(config(prod.url, [{"name": "s1", "url": s1.url + ROUTE}]), path)
+    before = p.state.config
+    await asyncio.to_thread(
+        path.write_text, '{"routes": [{"match": "/x", "protocl": "kserve-v1"}]}'
+    )
+    assert not await reload_config(p.app)
+    moved = config(prod.url, [], listen="127.0.0.1:1")
+    await asyncio.to_thread(path.write_text, moved)
+    assert not await reload_config(p.app)  # listen needs a restart: refused as a whole
+    assert p.value("shadowproxy_config_reloads_total", result="failure") == 2
+    assert p.state.config is before
+    status, _, _ = await p.post(ROUTE, {"instances": [1]})
+    assert status == 200
+    await p.settled()
+    assert len(s1.received) == 1
+
+
+async def test_sighup_reloads_a_running_proxy(fake_model: FakeModelFactory, tmp_path: Path) -> None:
+    prod, s1, s2 = [await fake_model(echo) for _ in range(3)]
+    port = free_port()
+    path = tmp_path / "proxy.json"
+    listen = {"listen": f"127.0.0.1:{port}"}
+    path.write_text(config(prod.url, [{"name": "s1", "url": s1.url + ROUTE}], **listen))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run", "--config", str(path),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+
+    async def logged(msg: str) -> dict[str, Any]:
+        while True:
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)  # type: ignore[union-attr]
+            assert line, f"the proxy ended before logging {msg!r}"
+            doc: dict[str, Any] = orjson.loads(line)
+            if doc["msg"] == msg:
+                return doc
+
+    try:
+        await logged("listening")
+        await asyncio.to_thread(
+            path.write_text,
+            config(prod.url, [{"name": "s2", "url": s2.url + ROUTE}], **listen),
+        )
+        proc.send_signal(signal.SIGHUP)
+        reloaded = await logged("config reloaded")
+        assert reloaded["config"] == str(path)
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}{ROUTE}"
+            async with session.post(url, data=b'{"instances": [1]}') as resp:
+                assert resp.status == 200
+        await s2.wait_for(1)
+        assert s1.received == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
