@@ -18,7 +18,7 @@ from aiohttp import web
 
 from proxy.config import VerdictConfig
 from proxy.report_cli import format_table, report_from_prometheus
-from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
+from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, Script, v1
 
 ROUTE = "/v1/models/m:predict"
 N = 300
@@ -38,10 +38,16 @@ def candidate(r: Received) -> Any:
 
 
 async def labelled_traffic(
-    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+    fake_model: FakeModelFactory,
+    proxy: ProxyFactory,
+    tmp_path: Path,
+    models: tuple[Script, Script] = (production, candidate),
+    compare: str = "{kind: classification}",
 ) -> RunningProxy:
-    prod = await fake_model(production)
-    shadow = await fake_model(candidate)
+    """N single-instance requests i through production and the candidate, then label i for
+    each, all joined."""
+    prod = await fake_model(models[0])
+    shadow = await fake_model(models[1])
     p = await proxy(
         f"""
 store: {{path: '{tmp_path / "p.db"}', flush_interval: 1ms}}
@@ -50,6 +56,7 @@ routes:
   - match: {ROUTE}
     protocol: kserve-v1
     record: 100%
+    compare: {compare}
     production: {{name: prod, url: "{prod.url}{ROUTE}"}}
     shadows: [{{name: cand, url: "{shadow.url}{ROUTE}"}}]
 """
@@ -314,27 +321,10 @@ async def test_a_regression_route_reports_errors_and_a_paired_verdict(
     def closer(r: Received) -> Any:
         return v1([i + (0.25 if i % 2 == 0 else 0.75) for i in r.json()["instances"]])
 
-    prod = await fake_model(off_by_one)
-    shadow = await fake_model(closer)
-    p = await proxy(
-        f"""
-store: {{path: '{tmp_path / "r.db"}', flush_interval: 1ms}}
-verdict: {{max_latency_ratio: 1000}}
-routes:
-  - match: {ROUTE}
-    protocol: kserve-v1
-    record: 100%
-    compare: {{kind: regression, tolerance: 0.1}}
-    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
-    shadows: [{{name: cand, url: "{shadow.url}{ROUTE}"}}]
-"""
+    p = await labelled_traffic(
+        fake_model, proxy, tmp_path, (off_by_one, closer), "{kind: regression, tolerance: 0.1}"
     )
-    n = 200
-    for i in range(n):
-        await p.post(ROUTE, {"instances": [i]}, headers={"X-Request-ID": f"x{i}"})
-    await p.settled()
-    status, _, _ = await p.post("/labels", [{"request_id": f"x{i}", "label": i} for i in range(n)])
-    assert status == 200
+    n = N
     report = p.state.reporter.report()
     [route] = report["routes"]
     assert route["kind"] == "regression"
