@@ -4,6 +4,7 @@ and bound to its label values when the config is loaded, so the hot path never f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -65,6 +66,10 @@ DELAY_BUCKETS = (
 ERROR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0)
 
 
+def _counter(registry: CollectorRegistry, name: str, doc: str, labels: list[str]) -> Counter:
+    return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
+
+
 class Metrics:
     """The metric families of one proxy, on one registry.
 
@@ -75,6 +80,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._counter = partial(_counter, registry)
         self.upstream_duration = Histogram(
             f"{PREFIX}_upstream_request_duration_seconds",
             "Time from sending a request to an upstream to having its whole answer.",
@@ -82,37 +88,32 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.upstream_requests = Counter(
-            f"{PREFIX}_upstream_requests",
+        self.upstream_requests = self._counter(
+            "upstream_requests",
             "Requests sent to upstreams, by outcome: ok (status < 500), http_error (status >= 500),"
             " timeout, connect_error (could not connect, or the connection broke).",
             ["route", "target", "role", "outcome"],
-            registry=registry,
         )
-        self.requests = Counter(
-            f"{PREFIX}_requests",
+        self.requests = self._counter(
+            "requests",
             "Requests matched to a route.",
             ["route"],
-            registry=registry,
         )
-        self.rejected = Counter(
-            f"{PREFIX}_rejected_requests",
+        self.rejected = self._counter(
+            "rejected_requests",
             "Requests the proxy answered itself with an error, by reason.",
             ["reason"],
-            registry=registry,
         )
-        self.shadow_enqueued = Counter(
-            f"{PREFIX}_shadow_enqueued",
+        self.shadow_enqueued = self._counter(
+            "shadow_enqueued",
             "Requests put on a shadow's queue.",
             ["route", "shadow"],
-            registry=registry,
         )
-        self.shadow_skipped = Counter(
-            f"{PREFIX}_shadow_skipped",
+        self.shadow_skipped = self._counter(
+            "shadow_skipped",
             "Requests not sent to a shadow, by reason: sampled_out, queue_full, body_too_large,"
             " shutting_down.",
             ["route", "shadow", "reason"],
-            registry=registry,
         )
         # livesum: with --workers, the sum over the live worker processes.
         self.shadow_queue_depth = Gauge(
@@ -129,23 +130,20 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.comparisons = Counter(
-            f"{PREFIX}_comparisons",
+        self.comparisons = self._counter(
+            "comparisons",
             "Shadow answers compared with production's, by result.",
             ["route", "shadow", "result"],
-            registry=registry,
         )
-        self.compared_instances = Counter(
-            f"{PREFIX}_compared_instances",
+        self.compared_instances = self._counter(
+            "compared_instances",
             "Prediction instances compared between production and a shadow.",
             ["route", "shadow"],
-            registry=registry,
         )
-        self.disagreed_instances = Counter(
-            f"{PREFIX}_disagreed_instances",
+        self.disagreed_instances = self._counter(
+            "disagreed_instances",
             "Prediction instances on which a shadow disagrees with production.",
             ["route", "shadow"],
-            registry=registry,
         )
         self.probability_distance = Histogram(
             f"{PREFIX}_probability_distance",
@@ -156,11 +154,10 @@ class Metrics:
         )
         # A gauge, not an Info: Info has no multiprocess mode.
         self._declare_label_metrics(registry)
-        self.config_reloads = Counter(
-            f"{PREFIX}_config_reloads",
+        self.config_reloads = self._counter(
+            "config_reloads",
             "Config reloads (SIGHUP), by result: success, or failure (the old config serves on).",
             ["result"],
-            registry=registry,
         )
         self.route_info = Gauge(
             f"{PREFIX}_route_info",
@@ -208,17 +205,14 @@ class Metrics:
         )
 
     def _declare_label_metrics(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, doc: str, labels: list[str]) -> Counter:
-            return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
-
-        self.labels_received = counter("labels_received", "Labels received.", [])
-        self.labels = counter(
+        self.labels_received = self._counter("labels_received", "Labels received.", [])
+        self.labels = self._counter(
             "labels",
             "Labels by result: joined, unknown_id, expired, duplicate, invalid. They add up to"
             " labels_received_total.",
             ["result"],
         )
-        self.label_requests_rejected = counter(
+        self.label_requests_rejected = self._counter(
             "label_requests_rejected",
             "Label requests refused as a whole (their labels are not counted as received), by"
             " reason: unauthorized, forbidden, too_large, store_unavailable, disabled.",
@@ -232,15 +226,15 @@ class Metrics:
             registry=registry,
         )
         model = ["route", "model", "role"]
-        self.labelled_instances = counter(
+        self.labelled_instances = self._counter(
             "labelled_instances", "Instances scored against a label, per model.", model
         )
-        self.correct_instances = counter(
+        self.correct_instances = self._counter(
             "correct_instances",
             "Labelled instances a model got right (classification; probabilities: argmax).",
             model,
         )
-        self.unscorable_instances = counter(
+        self.unscorable_instances = self._counter(
             "unscorable_instances",
             "Labelled instances whose prediction could not be scored (not a number, a malformed"
             " probability vector, or a label that does not fit the model's answer).",
@@ -253,54 +247,54 @@ class Metrics:
             buckets=ERROR_BUCKETS,
             registry=registry,
         )
-        self.squared_error = counter(
+        self.squared_error = self._counter(
             "squared_error",
             "Regression: sum of squared errors; sqrt(this / labelled_instances) is the RMSE.",
             model,
         )
-        self.log_loss = counter(
+        self.log_loss = self._counter(
             "log_loss",
             "Probabilities: sum of -ln(p[label]); divided by labelled_instances, the log loss.",
             model,
         )
         pair = ["route", "shadow"]
-        self.paired_outcomes = counter(
+        self.paired_outcomes = self._counter(
             "paired_outcomes",
             "Labelled instances scored for both production and a shadow, by outcome:"
             " both_right, production_only, shadow_only, both_wrong (McNemar's table).",
             ["route", "shadow", "outcome"],
         )
-        self.paired_errors = counter(
+        self.paired_errors = self._counter(
             "paired_error_instances",
             "Regression: instances with both production's and the shadow's absolute error.",
             pair,
         )
-        self.paired_shadow_worse = counter(
+        self.paired_shadow_worse = self._counter(
             "paired_error_shadow_worse",
             "Regression: sum of d = |shadow error| - |production error| where d > 0.",
             pair,
         )
-        self.paired_shadow_better = counter(
+        self.paired_shadow_better = self._counter(
             "paired_error_shadow_better",
             "Regression: sum of -d where d < 0, so sum(d) = shadow_worse - shadow_better.",
             pair,
         )
-        self.paired_difference_squares = counter(
+        self.paired_difference_squares = self._counter(
             "paired_error_difference_squares", "Regression: sum of d squared.", pair
         )
-        self.recorded = counter(
+        self.recorded = self._counter(
             "recorded",
             "Writes that reached the prediction store, by kind: record (production's"
             " predictions for a request) or shadow (a shadow's predictions added to it).",
             ["route", "kind"],
         )
-        self.recording_dropped = counter(
+        self.recording_dropped = self._counter(
             "recording_dropped",
             "Writes that never reached the store, by kind and reason: queue_full,"
             " store_unavailable, no_predictions, orphan.",
             ["route", "kind", "reason"],
         )
-        self.store_removed = counter(
+        self.store_removed = self._counter(
             "store_removed",
             "Records removed from the store, by reason: expired (older than ttl +"
             " tombstone_ttl) or evicted (beyond max_records).",
