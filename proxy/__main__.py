@@ -18,7 +18,7 @@ import yaml
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import build_app, reload_config
+from proxy.app import ReloadResult, build_app, listeners, reload_config, reload_overrides
 from proxy.config import (
     Config,
     ConfigError,
@@ -44,22 +44,26 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
     SIGHUP reloads the config file.
     """
     app = build_app(config)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=logging.getLogger("proxy.access") if config.access_log else None,
-        shutdown_timeout=config.shutdown_timeout,
-    )
-    await runner.setup()
-    site = web.TCPSite(
-        runner, config.listen_host, config.listen_port, backlog=2048, reuse_port=reuse_port or None
-    )
-    await site.start()
+    runners = []
+    # The proxy's listener first: it is the one that drains in-flight requests at shutdown.
+    for listener in listeners(app):
+        runner = web.AppRunner(
+            listener.app,
+            handle_signals=False,
+            access_log=logging.getLogger("proxy.access") if config.access_log else None,
+            shutdown_timeout=config.shutdown_timeout,
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner, listener.host, listener.port, backlog=2048, reuse_port=reuse_port or None
+        )
+        await site.start()
+        runners.append((listener.name, runner))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[bool]] = set()
+    reloads: set[asyncio.Task[ReloadResult]] = set()
 
     def reload() -> None:
         task = asyncio.create_task(reload_config(app), name="reload")
@@ -67,10 +71,16 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    # --workers: another worker's admin API changed the shared overrides.
+    loop.add_signal_handler(signal.SIGUSR1, reload_overrides, app)
     log.info(
         "listening",
         extra={
-            "addresses": [f"{a[0]}:{a[1]}" for a in runner.addresses],
+            # The proxy's own; then every listener by name (metrics, admin when apart).
+            "addresses": [f"{a[0]}:{a[1]}" for a in runners[0][1].addresses],
+            "listeners": {
+                name: [f"{a[0]}:{a[1]}" for a in runner.addresses] for name, runner in runners
+            },
             "config": config.source,
             "config_hash": config_hash(config),
             "version": __version__,
@@ -80,7 +90,8 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
     await stop.wait()
     log.info("shutting down", extra={"shutdown_timeout": config.shutdown_timeout})
     await asyncio.gather(*reloads)
-    await runner.cleanup()
+    for _, runner in runners:
+        await runner.cleanup()
     log.info("stopped")
 
 
@@ -113,9 +124,14 @@ def _run(path: str, workers: int, reuse_port: bool) -> int:
     for warning in config_warnings(config):
         log.warning(warning)
     if workers > 1:
-        if config.listen_port == 0:
-            print(f"{path}: listen: --workers needs a fixed port, not 0", file=sys.stderr)
-            return 1
+        for key, port in (
+            ("listen", config.listen_port),
+            ("admin.listen", config.admin.listen and config.admin.listen[1]),
+            ("metrics.listen", config.metrics.listen and config.metrics.listen[1]),
+        ):
+            if port == 0:
+                print(f"{path}: {key}: --workers needs a fixed port, not 0", file=sys.stderr)
+                return 1
         return Supervisor(path, workers).run()
     uvloop.run(serve(config, reuse_port=reuse_port))
     return 0

@@ -8,6 +8,8 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,6 +18,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from proxy.admin import AdminAPI, moved
+from proxy.auth import BearerToken
 from proxy.config import Config, ConfigError, Route, StoreConfig, config_hash, load_config
 from proxy.handler import Generation, ProductionHandler, ProductionTarget, RouteRuntime
 from proxy.labels import LabelEndpoint, RouteScorer
@@ -23,6 +27,7 @@ from proxy.metrics import Metrics
 from proxy.recording import MeasuredStore, Recorder, RouteRecording
 from proxy.reporter import Reporter
 from proxy.routing import Router
+from proxy.runtime import RUNTIME_DIR_ENV, Key, Overrides, OverridesFile, apply_overrides
 from proxy.sampling import Sampler, WeightedSplit
 from proxy.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
 from proxy.store.base import PredictionStore
@@ -30,7 +35,9 @@ from proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-RESERVED_PATHS = ("/metrics", "/healthz", "/readyz", "/labels", "/report", "/report.html")
+RESERVED_PATHS = (
+    "/metrics", "/healthz", "/readyz", "/labels", "/report", "/report.html", "/admin", "/admin/*",
+)  # fmt: skip
 """The proxy's own endpoints; they take precedence over every route."""
 
 
@@ -49,10 +56,35 @@ class ProxyState:
     ready: bool = False
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retiring: set[asyncio.Task[None]] = field(default_factory=set)  # generations closing
+    admin_auth: BearerToken = field(default_factory=lambda: BearerToken(None))
+    overrides: Overrides = field(default_factory=Overrides)  # the admin API's, kept over reloads
+    shared: OverridesFile | None = None  # with --workers: the overrides every worker applies
 
     @property
     def production_upstreams(self) -> list[Upstream]:
         return [t.upstream for r in self.routes for t in r.production.targets]
+
+    def shadow_dispatchers(self) -> list[tuple[str, ShadowDispatcher]]:
+        """(route, dispatcher) for every shadow of the running config."""
+        return [(r.name, d) for r in self.routes for d in r.shadows.dispatchers]
+
+    def dispatcher(self, key: Key) -> ShadowDispatcher | None:
+        route, shadow = key
+        found = (d for r, d in self.shadow_dispatchers() if (r, d.name) == (route, shadow))
+        return next(found, None)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: true when the new config runs, else the errors naming file, key and
+    value."""
+
+    ok: bool
+    config_hash: str
+    errors: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 STATE = web.AppKey("state", ProxyState)
@@ -118,6 +150,10 @@ def _build_routes(
             ),
             route_metrics.production,
         )
+        kind, classes = route.comparator.kind, route.classes
+        production_classes = metrics.bind_classes(
+            route.name, prod.name, "production", kind, classes
+        )
         dispatchers, shadow_metrics = [], []
         for shadow in route.shadows:
             sm = metrics.bind_shadow(route.name, shadow.name)
@@ -139,6 +175,10 @@ def _build_routes(
                 comparator=route.comparator,
                 metrics=sm,
                 on_predictions=on_predictions,
+                production_classes=production_classes,
+                shadow_classes=metrics.bind_classes(
+                    route.name, shadow.name, "shadow", kind, classes
+                ),
             )
             dispatchers.append(dispatcher)
             shadow_metrics.append(sm)
@@ -189,21 +229,76 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         rejected=metrics.bind_rejections(),
     )
     state = ProxyState(
-        config, routes, exposition, reporter, metrics, handler, labels, recorder=recorder
+        config,
+        routes,
+        exposition,
+        reporter,
+        metrics,
+        handler,
+        labels,
+        recorder=recorder,
+        admin_auth=BearerToken(config.admin.token),
     )
+    runtime_dir = os.environ.get(RUNTIME_DIR_ENV)
+    if runtime_dir is not None:
+        state.shared = OverridesFile(Path(runtime_dir))
+        state.overrides = state.shared.read()  # a restarted worker picks up the others' table
+        apply_overrides(state.shadow_dispatchers(), state.overrides)
 
     # max_body caps proxied requests; /labels streams its body under labels.max_body.
     app = web.Application(client_max_size=config.max_body, handler_args={"max_field_size": 16384})
     app[STATE] = state
     app.cleanup_ctx.append(_lifecycle)
-    app.router.add_get("/metrics", _metrics)
+    if config.metrics.listen is None:
+        app.router.add_get("/metrics", _metrics)
+    else:
+        app.router.add_route("*", "/metrics", moved("/metrics", "metrics.listen"))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/labels", labels.handle)
     app.router.add_get("/report", reporter.handle_json)
     app.router.add_get("/report.html", reporter.handle_html)
+    admin = AdminAPI(state, partial(reload_config, app), partial(_validate_reload, state))
+    if config.admin.listen is None:
+        admin.add_routes(app.router)
+    else:
+        for path in ("/admin", "/admin/{tail:.*}"):
+            app.router.add_route("*", path, moved("the admin API", "admin.listen"))
+    app[ADMIN] = admin
     app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
+
+
+ADMIN = web.AppKey("admin", AdminAPI)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One address the proxy listens on, and the application served there."""
+
+    name: str  # proxy | metrics | admin
+    app: web.Application
+    host: str
+    port: int
+
+
+def listeners(app: web.Application) -> list[Listener]:
+    """The proxy's listener first, then /metrics and the admin API when they have their own."""
+    state = app[STATE]
+    config = state.config
+    found = [Listener("proxy", app, config.listen_host, config.listen_port)]
+    if config.metrics.listen is not None:
+        side = web.Application()
+        side[STATE] = state
+        side.router.add_get("/metrics", _metrics)
+        side.router.add_get("/healthz", _healthz)
+        found.append(Listener("metrics", side, *config.metrics.listen))
+    if config.admin.listen is not None:
+        side = web.Application(client_max_size=64 * 1024)
+        side[STATE] = state
+        app[ADMIN].add_routes(side.router)
+        found.append(Listener("admin", side, *config.admin.listen))
+    return found
 
 
 def _router(config: Config, routes: tuple[RouteRuntime, ...]) -> Router[RouteRuntime]:
@@ -240,7 +335,44 @@ def _needs_restart(running: Config, new: Config) -> list[str]:
         refuse("routes[].record", "on", "turning recording on needs a restart")
     if new.records and new.store != running.store:
         refuse("store", new.store.backend, "changing the store needs a restart")
+    for key, old_listen, new_listen in (
+        ("admin.listen", running.admin.listen, new.admin.listen),
+        ("metrics.listen", running.metrics.listen, new.metrics.listen),
+    ):
+        if old_listen != new_listen:
+            refuse(
+                key, new_listen and ":".join(map(str, new_listen)), "changing it needs a restart"
+            )
     return problems
+
+
+def _load_for_reload(state: ProxyState, path: str) -> Config:
+    """The config at `path`, if a reload can apply it; else ConfigError."""
+    new = load_config(path)
+    problems = _needs_restart(state.config, new)
+    if problems:
+        raise ConfigError(problems)
+    return new
+
+
+async def _validate_reload(state: ProxyState) -> list[str]:
+    """The errors a reload of the running config's file would meet (--workers: checked once
+    before every worker reloads); a failure is counted and logged as a reload's would be."""
+    path = state.config.source
+    try:
+        await asyncio.to_thread(_load_for_reload, state, path)
+    except ConfigError as exc:
+        _reload_failed(state, path, exc)
+        return list(exc.errors)
+    return []
+
+
+def _reload_failed(state: ProxyState, path: str, exc: ConfigError) -> None:
+    state.metrics.config_reloads.labels("failure").inc()
+    log.error(
+        "config reload failed; the running config serves on",
+        extra={"config": path, "errors": list(exc.errors)},
+    )
 
 
 async def _start(routes: tuple[RouteRuntime, ...]) -> None:
@@ -259,7 +391,7 @@ async def _retire(generation: Generation, routes: tuple[RouteRuntime, ...], grac
             await target.upstream.close()
 
 
-async def reload_config(app: web.Application, path: str | None = None) -> bool:
+async def reload_config(app: web.Application, path: str | None = None) -> ReloadResult:
     """Re-read and validate the config (SIGHUP). An invalid one changes nothing and is counted;
     a valid one swaps at once: requests in flight finish on the routes they started with, new
     shadows start, removed ones drain and stop, new sample rates and timeouts apply."""
@@ -268,17 +400,10 @@ async def reload_config(app: web.Application, path: str | None = None) -> bool:
     path = path or state.config.source
     async with state.reload_lock:
         try:
-            new = load_config(path)
-            problems = _needs_restart(state.config, new)
-            if problems:
-                raise ConfigError(problems)
+            new = _load_for_reload(state, path)
         except ConfigError as exc:
-            metrics.config_reloads.labels("failure").inc()
-            log.error(
-                "config reload failed; the running config serves on",
-                extra={"config": path, "errors": list(exc.errors)},
-            )
-            return False
+            _reload_failed(state, path, exc)
+            return ReloadResult(False, config_hash(state.config), exc.errors)
         scorers = {route.name: _scorer(route, metrics) for route in new.routes}
         recorder = state.recorder if new.records else None
         if recorder is not None:
@@ -289,6 +414,7 @@ async def reload_config(app: web.Application, path: str | None = None) -> bool:
                 }
             )
         routes = _build_routes(new, metrics, recorder)
+        _keep_overrides(state, routes)
         await _start(routes)
         old_generation, old_routes = state.handler.generation, state.routes
         # The swap: one assignment, between two requests.
@@ -297,6 +423,7 @@ async def reload_config(app: web.Application, path: str | None = None) -> bool:
         old_config = state.config
         state.routes, state.config = routes, new
         state.labels.update(new.labels, scorers)
+        state.admin_auth = BearerToken(new.admin.token)
         state.reporter.update(new.verdict, config_hash(new))
         _publish(metrics, old_config, 0.0)
         _publish(metrics, new)
@@ -307,7 +434,37 @@ async def reload_config(app: web.Application, path: str | None = None) -> bool:
         task.add_done_callback(state.retiring.discard)
         metrics.config_reloads.labels("success").inc()
         log.info("config reloaded", extra={"config": path, "config_hash": config_hash(new)})
-        return True
+        return ReloadResult(True, config_hash(new))
+
+
+def _keep_overrides(state: ProxyState, routes: tuple[RouteRuntime, ...]) -> None:
+    """The admin API's overrides carry over to the shadows a reload keeps (a paused shadow stays
+    paused); those of removed shadows are forgotten, and their gauges zeroed."""
+    if state.shared is not None:
+        state.overrides = state.shared.read()
+    new = [(r.name, d) for r in routes for d in r.shadows.dispatchers]
+    for route, shadow in state.overrides.retain((r, d.name) for r, d in new):
+        log.info(
+            "admin override dropped: the shadow is gone", extra={"route": route, "shadow": shadow}
+        )
+    kept = {(r, d.name) for r, d in new}
+    for route, dispatcher in state.shadow_dispatchers():
+        if (route, dispatcher.name) not in kept:
+            state.metrics.shadow_paused.labels(route, dispatcher.name).set(0)
+            state.metrics.shadow_sample_ratio.labels(route, dispatcher.name).set(0)
+    apply_overrides(new, state.overrides)
+
+
+def reload_overrides(app: web.Application) -> None:
+    """--workers, on SIGUSR1: apply the overrides another worker's admin API changed."""
+    state = app[STATE]
+    if state.shared is not None:
+        state.overrides = state.shared.read()
+        apply_overrides(state.shadow_dispatchers(), state.overrides)
+        log.info(
+            "admin overrides applied",
+            extra={"overrides": state.overrides.to_list(), "pid": os.getpid()},
+        )
 
 
 def _exposition(registry: CollectorRegistry) -> CollectorRegistry:

@@ -68,6 +68,10 @@ routes[].compare.tolerance             0.0                    absolute tolerance
 routes[].compare.relative_tolerance    0.0                    relative tolerance, >= 0; regression
 routes[].compare.distance              total_variation        total_variation | jensen_shannon;
                                                               probabilities
+routes[].compare.classes               none                   the classes named by the class-mix
+                                                              metric (probabilities: by index);
+                                                              others count as "other"; without,
+                                                              the first 20 seen; not regression
 =====================================  =====================  ======================================
 
 ``${VAR}`` in any string value is replaced by the environment variable VAR (an error if unset),
@@ -95,7 +99,15 @@ from urllib.parse import urlsplit
 import orjson
 import yaml
 
-from proxy.predictions import Comparator, CompareKind, Distance, Extractor, Protocol
+from proxy.predictions import (
+    OTHER_CLASS,
+    Comparator,
+    CompareKind,
+    Distance,
+    Extractor,
+    Protocol,
+    class_label,
+)
 
 __all__ = [
     "Config",
@@ -161,6 +173,7 @@ class Route:
     production: Target
     shadows: tuple[Shadow, ...]
     record: float = 0.0  # share of requests whose predictions are stored for labels
+    classes: tuple[str, ...] | None = None  # class labels of the class-mix metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +213,30 @@ class LabelsConfig:
     """The label endpoint, POST /labels."""
 
     token: str | None = None
+    token_file: str | None = None  # where `token` was read from, when it was
     max_body: int = 1024**2
     max_batch: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API (/admin/...): off without a token. `listen` None serves it on the main
+    listener; an address of its own (like 127.0.0.1:9901) keeps it off the proxied port."""
+
+    token: str | None = None
+    token_file: str | None = None
+    listen: tuple[str, int] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Where /metrics is served: None on the main listener, else on an address of its own."""
+
+    listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +263,8 @@ class Config:
     store: StoreConfig = StoreConfig()
     labels: LabelsConfig = LabelsConfig()
     verdict: VerdictConfig = VerdictConfig()
+    admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def records(self) -> bool:
@@ -400,6 +437,7 @@ _T = TypeVar("_T")
 _E = TypeVar("_E", bound=Enum)
 
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_BEARER_RE: Final = re.compile(r"[-._~+/0-9A-Za-z]+=*")  # RFC 6750 b64token
 _TARGET_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _LISTEN_RE: Final = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]/]+)):([0-9]{1,5})")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -600,6 +638,8 @@ _TOP_KEYS: Final = (
     "store",
     "labels",
     "verdict",
+    "admin",
+    "metrics",
 )
 _ROUTE_KEYS: Final = (
     "name",
@@ -623,10 +663,12 @@ _SHADOW_KEYS: Final = (
     "max_in_flight",
     "max_queue",
 )
-_COMPARE_KEYS: Final = ("kind", "tolerance", "relative_tolerance", "distance")
+_COMPARE_KEYS: Final = ("kind", "tolerance", "relative_tolerance", "distance", "classes")
 _STORE_KEYS: Final = tuple(StoreConfig.__dataclass_fields__)
 _LABELS_KEYS: Final = tuple(LabelsConfig.__dataclass_fields__)
 _VERDICT_KEYS: Final = tuple(VerdictConfig.__dataclass_fields__)
+_ADMIN_KEYS: Final = tuple(AdminConfig.__dataclass_fields__)
+_METRICS_KEYS: Final = tuple(MetricsConfig.__dataclass_fields__)
 _STORE_BACKENDS: Final = ("sqlite", "redis")
 _OUTPUT_PROTOCOLS: Final = (Protocol.OPEN_INFERENCE_V2, Protocol.MLFLOW, Protocol.TFSERVING)
 
@@ -922,6 +964,46 @@ def _comparator(c: _Checker, loc: _Loc | None) -> Comparator:
     return Comparator(kind, tolerance, relative, distance)
 
 
+def _class_name(value: object) -> str:
+    name = class_label(value)
+    if name is None:
+        raise ValueError(
+            "expected a class: a string (1-100 characters), a finite number or a boolean"
+        )
+    if name == OTHER_CLASS:
+        raise ValueError("'other' already names every class not listed; leave it out")
+    return name
+
+
+def _classes(c: _Checker, compare: _Loc | None, kind: CompareKind) -> tuple[str, ...] | None:
+    """``compare.classes``: distinct class labels (1 and 1.0 are one), in order."""
+    loc = None if compare is None else _value_loc(compare, "classes")
+    if loc is None or loc.value is None:
+        return None
+    if kind is CompareKind.REGRESSION:
+        message = (
+            "only applies to kinds 'classification' and 'probabilities' (kind is 'regression')"
+        )
+        c.bad(loc, message, loc.value)
+        return None
+    if loc.value == []:
+        c.bad(loc, "must not be empty; leave it out to name the first 20 classes seen", [])
+        return None
+    names: list[str] = []
+    first: dict[str, int] = {}
+    for index, item in enumerate(c.sequence(loc) or []):
+        before = c.mark()
+        name = c.convert(item, _class_name, "")
+        if c.mark() > before:
+            continue
+        if name in first:
+            c.bad(item, f"duplicate class {name!r} (also classes[{first[name]}])", item.value)
+            continue
+        first[name] = index
+        names.append(name)
+    return tuple(names)
+
+
 @dataclass(frozen=True, slots=True)
 class _SeenMatch:
     index: int
@@ -978,6 +1060,7 @@ class _RouteChecker:
         production = None if production_loc is None else _target(c, production_loc)
         shadows = self.shadows(items.get("shadows"), production)
         comparator = _comparator(c, items.get("compare"))
+        classes = _classes(c, items.get("compare"), comparator.kind)
         record = c.optional(items, "record", parse_fraction, 0.0)
         if c.mark() > start or production is None:
             return None
@@ -990,6 +1073,7 @@ class _RouteChecker:
             production=production,
             shadows=shadows,
             record=record,
+            classes=classes,
         )
 
     def methods(self, loc: _Loc | None) -> frozenset[str] | None:
@@ -1082,6 +1166,34 @@ def _token(value: object) -> str:
     return value
 
 
+def _secret(c: _Checker, items: Mapping[str, _Loc]) -> tuple[str | None, str | None]:
+    """(token, token_file) from `token` (often ``${VAR}``) or `token_file` (a mounted secret,
+    read now: a reload re-reads it, which is how a token is rotated)."""
+    token = c.optional(items, "token", _token, None)
+    file_loc = items.get("token_file")
+    if file_loc is None or file_loc.value is None:
+        # An empty token (an unset ${VAR:-}) means no token, not a token that is "".
+        return token or None, None
+    path = c.convert(file_loc, _text, "")
+    if not path:
+        return None, None
+    if token:
+        c.bad(file_loc, "set token or token_file, not both", path)
+        return None, None
+    # Relative to the config file, as Prometheus reads paths in its config.
+    where = Path(c.source).parent / path if c.source != "<string>" else Path(path)
+    try:
+        secret = where.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        c.bad(file_loc, f"cannot read the token file: {reason or exc}", path)
+        return None, None
+    if _BEARER_RE.fullmatch(secret) is None:
+        c.bad(file_loc, "the token file must hold one token (letters, digits, -._~+/)", path)
+        return None, None
+    return secret, path
+
+
 def _labels(c: _Checker, loc: _Loc | None) -> LabelsConfig:
     default = LabelsConfig()
     if loc is None or loc.value is None:
@@ -1089,13 +1201,34 @@ def _labels(c: _Checker, loc: _Loc | None) -> LabelsConfig:
     items = c.mapping(loc, _LABELS_KEYS)
     if items is None:
         return default
-    token = c.optional(items, "token", _token, None)
+    token, token_file = _secret(c, items)
     return LabelsConfig(
-        # An empty token (an unset ${VAR:-}) means no token, not a token that is "".
-        token=token or None,
+        token=token,
+        token_file=token_file,
         max_body=c.optional(items, "max_body", _body_cap, default.max_body),
         max_batch=c.optional(items, "max_batch", _count, default.max_batch),
     )
+
+
+def _admin(c: _Checker, loc: _Loc | None) -> AdminConfig:
+    if loc is None or loc.value is None:
+        return AdminConfig()
+    items = c.mapping(loc, _ADMIN_KEYS)
+    if items is None:
+        return AdminConfig()
+    token, token_file = _secret(c, items)
+    listen: tuple[str, int] | None = c.optional(items, "listen", _listen, None)
+    return AdminConfig(token=token, token_file=token_file, listen=listen)
+
+
+def _metrics(c: _Checker, loc: _Loc | None) -> MetricsConfig:
+    if loc is None or loc.value is None:
+        return MetricsConfig()
+    items = c.mapping(loc, _METRICS_KEYS)
+    if items is None:
+        return MetricsConfig()
+    listen: tuple[str, int] | None = c.optional(items, "listen", _listen, None)
+    return MetricsConfig(listen=listen)
 
 
 def _alpha(value: object) -> float:
@@ -1169,8 +1302,31 @@ def _config(c: _Checker, root: _Loc) -> Config | None:
         store=_store(c, items.get("store")),
         labels=_labels(c, items.get("labels")),
         verdict=_verdict(c, items.get("verdict")),
+        admin=_admin(c, items.get("admin")),
+        metrics=_metrics(c, items.get("metrics")),
     )
+    _check_listeners(c, items, config)
     return None if c.errors else config
+
+
+def _check_listeners(c: _Checker, items: Mapping[str, _Loc], config: Config) -> None:
+    """The admin and metrics listeners need addresses of their own (port 0 picks one)."""
+    taken = {(config.listen_host, config.listen_port): "listen"}
+    for key, listen in (("admin", config.admin.listen), ("metrics", config.metrics.listen)):
+        if listen is None or listen[1] == 0:
+            continue
+        clash = taken.get(listen) or next(
+            (k for (h, p), k in taken.items() if p == listen[1] and "0.0.0.0" in (h, listen[0])),
+            None,
+        )
+        if clash is not None:
+            loc = items[key]
+            c.add(
+                loc.line,
+                f"{key}.listen",
+                f"same address as {clash} (got {_show(_listen_text(*listen))})",
+            )
+        taken[listen] = f"{key}.listen"
 
 
 def _syntax_error(source: str, text: str, exc: yaml.YAMLError) -> ConfigError:
@@ -1247,7 +1403,8 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
     """The effective config as plain data, every default filled in, in the YAML's own units.
 
     ``parse_config(yaml.safe_dump(config_to_dict(c)))`` equals ``c`` but for ``source``.
-    With ``redact``, secrets (the label token) read "<redacted>": for printing, not parsing.
+    With ``redact``, secrets (the label and admin tokens) read "<redacted>": for printing, not
+    parsing. A token read from a file shows as its ``token_file``.
     """
     routes = []
     for route in config.routes:
@@ -1284,12 +1441,12 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                     "tolerance": route.comparator.tolerance,
                     "relative_tolerance": route.comparator.relative_tolerance,
                     "distance": route.comparator.distance.value,
+                    "classes": None if route.classes is None else list(route.classes),
                 },
                 "record": _format_fraction(route.record),
             }
         )
     store = config.store
-    token = config.labels.token
     result: dict[str, Any] = _escape(
         {
             "listen": _listen_text(config.listen_host, config.listen_port),
@@ -1329,13 +1486,28 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                 "history_points": config.verdict.history_points,
             },
             "labels": {
-                "token": REDACTED if redact and token else token,
+                **_secret_dict(config.labels.token, config.labels.token_file, redact),
                 "max_body": _format_size(config.labels.max_body),
                 "max_batch": config.labels.max_batch,
             },
+            "admin": {
+                **_secret_dict(config.admin.token, config.admin.token_file, redact),
+                "listen": _listen_or_none(config.admin.listen),
+            },
+            "metrics": {"listen": _listen_or_none(config.metrics.listen)},
         }
     )
     return result
+
+
+def _secret_dict(token: str | None, token_file: str | None, redact: bool) -> dict[str, Any]:
+    if token_file is not None:  # the file is the source: a reload re-reads it
+        return {"token_file": token_file}
+    return {"token": REDACTED if redact and token else token}
+
+
+def _listen_or_none(listen: tuple[str, int] | None) -> str | None:
+    return None if listen is None else _listen_text(*listen)
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -1347,6 +1519,12 @@ def config_warnings(config: Config) -> list[str]:
             f"{config.source}: labels.token: POST /labels is exposed on "
             f"{_listen_text(config.listen_host, config.listen_port)} without a token; anyone who "
             "can reach the proxy can post labels (set labels.token, e.g. to ${LABEL_TOKEN})"
+        )
+    if config.admin.listen is not None and not config.admin.enabled:
+        warnings.append(
+            f"{config.source}: admin.listen: the admin API is off without admin.token or "
+            "admin.token_file: it answers 404 on "
+            f"{_listen_text(*config.admin.listen)} until one is set"
         )
     return warnings
 

@@ -4,7 +4,6 @@ received ends as exactly one of joined, unknown_id, expired, duplicate or invali
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.auth import CHALLENGE, BearerToken
 from proxy.config import LabelsConfig
 from proxy.joining import InvalidLabel, Score, label_values, pair, score
 from proxy.metrics import LabelMetrics, ModelMetrics, PairMetrics, RecordingMetrics
@@ -154,30 +154,27 @@ class LabelEndpoint:
     ) -> None:
         self._store = store
         self._config = config
-        self._token = None if config.token is None else f"Bearer {config.token}".encode()
+        self._auth = BearerToken(config.token)
         self._scorers = scorers
         self._m = metrics
 
     def update(self, config: LabelsConfig, scorers: dict[str, RouteScorer]) -> None:
         """After a reload: a new token (rotation) and the new routes' scorers."""
         self._config = config
-        self._token = None if config.token is None else f"Bearer {config.token}".encode()
+        self._auth = BearerToken(config.token)
         self._scorers = {**self._scorers, **scorers}
 
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
         self._m.rejected[reason].inc()
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        headers = CHALLENGE if status == 401 else None
         return _json(status, {"error": message}, headers)
 
     async def handle(self, request: web.Request) -> web.Response:
         if self._store is None:
             return self._refuse(404, "disabled", "labels are off: no route sets 'record'")
-        if self._token is not None:
-            given = request.headers.get("Authorization")
-            if given is None:
-                return self._refuse(401, "unauthorized", "a bearer token is required")
-            if not hmac.compare_digest(given.encode(), self._token):
-                return self._refuse(403, "forbidden", "the bearer token is wrong")
+        refusal = self._auth.refusal(request)
+        if refusal is not None:
+            return self._refuse(*refusal)
         body = await self._read(request)
         if body is None:
             limit = self._config.max_body

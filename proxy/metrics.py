@@ -3,12 +3,15 @@ and bound to its label values when the config is loaded, so the hot path never f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy import __version__
+from proxy.predictions import OTHER_CLASS, ClassLabels, CompareKind
 
 PREFIX = "shadowproxy"
 
@@ -23,8 +26,8 @@ OUTCOMES = ("ok", "http_error", "timeout", "connect_error")
 """Upstream outcomes: an answer below 500, an answer of 500 or above, no answer in time,
 and a connection that could not be made or broke."""
 
-SKIP_REASONS = ("sampled_out", "queue_full", "body_too_large", "shutting_down")
-"""Why a request was not sent to a shadow."""
+SKIP_REASONS = ("sampled_out", "paused", "queue_full", "body_too_large", "shutting_down")
+"""Why a request was not sent to a shadow (paused: by the admin API, of those sampled in)."""
 
 COMPARISON_RESULTS = (
     "agree",  # every instance agrees
@@ -111,8 +114,8 @@ class Metrics:
         )
         self.shadow_skipped = self._counter(
             "shadow_skipped",
-            "Requests not sent to a shadow, by reason: sampled_out, queue_full, body_too_large,"
-            " shutting_down.",
+            "Requests not sent to a shadow, by reason: sampled_out, paused (sampled in while the"
+            " shadow was paused), queue_full, body_too_large, shutting_down.",
             ["route", "shadow", "reason"],
         )
         # livesum: with --workers, the sum over the live worker processes.
@@ -123,12 +126,32 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.shadow_paused = Gauge(
+            f"{PREFIX}_shadow_paused",
+            "1 while a shadow is paused through the admin API, else 0.",
+            ["route", "shadow"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.shadow_sample_ratio = Gauge(
+            f"{PREFIX}_shadow_sample_ratio",
+            "The share of requests a shadow is sent: the config's, or the admin API's override.",
+            ["route", "shadow"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.shadow_in_flight = Gauge(
             f"{PREFIX}_shadow_in_flight",
             "Requests being sent to or compared for a shadow.",
             ["route", "shadow"],
             registry=registry,
             multiprocess_mode="livesum",
+        )
+        self.admin_requests = self._counter(
+            "admin_requests",
+            "Admin API requests, by action (config, shadows, pause, resume, sample, reload,"
+            " unknown) and result (ok, unauthorized, forbidden, off, not_found, invalid, failure).",
+            ["action", "result"],
         )
         self.comparisons = self._counter(
             "comparisons",
@@ -152,6 +175,15 @@ class Metrics:
             buckets=DISTANCE_BUCKETS,
             registry=registry,
         )
+        self.predicted_instances = self._counter(
+            "predicted_instances",
+            "Predicted instances per class (classification; probabilities: the argmax), on teed"
+            " requests: production's once per request, a shadow's once per answer. class is one"
+            " of compare.classes or other; without classes, one of the first 20 classes a process"
+            " sees, or other.",
+            ["route", "model", "role", "class"],
+        )
+        self._class_counters: dict[tuple[Any, ...], ClassCounter] = {}
         # A gauge, not an Info: Info has no multiprocess mode.
         self._declare_label_metrics(registry)
         self.config_reloads = self._counter(
@@ -387,7 +419,31 @@ class Metrics:
             distance=self.probability_distance.labels(route, shadow),
             queue_depth=self.shadow_queue_depth.labels(route, shadow),
             in_flight=self.shadow_in_flight.labels(route, shadow),
+            paused=self.shadow_paused.labels(route, shadow),
+            sample=self.shadow_sample_ratio.labels(route, shadow),
         )
+
+    def bind_classes(
+        self,
+        route: str,
+        model: str,
+        role: str,
+        kind: CompareKind,
+        classes: tuple[str, ...] | None,
+    ) -> ClassCounter | None:
+        """The predicted-class counter of one model of a route; None for regression, which has
+        no classes. The same arguments give the same counter, so a reload keeps the classes a
+        process has already named and the bound on them holds for the life of the process."""
+        if kind is CompareKind.REGRESSION:
+            return None
+        key = (route, model, role, kind, classes)
+        counter = self._class_counters.get(key)
+        if counter is None:
+            counter = ClassCounter(
+                self.predicted_instances, (route, model, role), ClassLabels(kind, classes)
+            )
+            self._class_counters[key] = counter
+        return counter
 
     def bind_rejections(self) -> dict[str, Counter]:
         return {r: self.rejected.labels(r) for r in REJECT_REASONS}
@@ -417,6 +473,8 @@ class ShadowMetrics:
     distance: Histogram
     queue_depth: Gauge
     in_flight: Gauge
+    paused: Gauge
+    sample: Gauge
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,3 +508,42 @@ class RecordingMetrics:
     written: dict[str, Counter]
     dropped: dict[tuple[str, str], Counter]
     delay: Histogram
+
+
+class ClassCounter:
+    """Counts one model's predicted instances per class. ClassLabels bounds the class labels;
+    each label's child is bound once, on first use (configured classes and "other" at once, so
+    that their series exist, at 0, before any prediction).
+
+    >>> counter = metrics.bind_classes("iris", "iris-lr", "production", kind, ("setosa",))
+    >>> counter.count(["setosa", "virginica", "setosa"])  # setosa += 2, other += 1
+    """
+
+    __slots__ = ("_children", "_family", "_labels", "_values")
+
+    def __init__(self, family: Counter, values: tuple[str, str, str], labels: ClassLabels) -> None:
+        self._family = family
+        self._values = values
+        self._labels = labels
+        self._children: dict[str, Counter] = {}
+        for name in (*sorted(labels.named), OTHER_CLASS):
+            self._child(name)
+
+    def _child(self, name: str) -> Counter:
+        child = self._children.get(name)
+        if child is None:
+            child = self._children[name] = self._family.labels(*self._values, name)
+        return child
+
+    def count(self, predictions: Sequence[Any]) -> None:
+        """Count each instance of one answer under its class."""
+        label = self._labels.label
+        if len(predictions) == 1:
+            self._child(label(predictions[0])).inc()
+            return
+        tally: dict[str, int] = {}
+        for prediction in predictions:
+            name = label(prediction)
+            tally[name] = tally.get(name, 0) + 1
+        for name, n in tally.items():
+            self._child(name).inc(n)

@@ -1,8 +1,9 @@
 """Predictions: extract them from model-server answers per protocol, and compare two models' sets.
 
 Owns the wire layout of each supported protocol's *answer* (KServe v1, Open Inference v2, MLflow,
-TF Serving, a custom JSON path) and the rules that decide when production and a shadow disagree.
-Pure: no I/O, no asyncio, no metrics. Callers turn the results into metrics and store rows.
+TF Serving, a custom JSON path), the rules that decide when production and a shadow disagree, and
+which bounded class label names a prediction. Pure: no I/O, no asyncio, no metrics. Callers turn
+the results into metrics and store rows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import orjson
 from scipy.spatial.distance import jensenshannon
 
 __all__ = [
+    "MAX_CLASSES",
+    "OTHER_CLASS",
+    "ClassLabels",
     "Comparator",
     "CompareKind",
     "Comparison",
@@ -27,6 +31,7 @@ __all__ = [
     "Extractor",
     "Protocol",
     "ShapeMismatch",
+    "class_label",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -34,6 +39,16 @@ FloatArray = npt.NDArray[np.float64]
 # Up to this many numbers per batch, plain Python beats numpy's fixed cost per call (array
 # creation, ufunc dispatch: tens of µs); the proxy's typical batch holds 1 to 3 instances.
 _SMALL = 32
+
+OTHER_CLASS = "other"
+"""The class label of every prediction outside the configured classes, or beyond MAX_CLASSES."""
+
+MAX_CLASSES = 20
+"""Without configured classes, how many distinct classes a process names before the rest are
+"other": the first ones it sees, so that a model answering free text cannot flood the metrics."""
+
+# A longer class name is taken for free text rather than a class: it counts as "other".
+_MAX_CLASS_NAME = 100
 
 
 class Protocol(enum.Enum):
@@ -335,6 +350,91 @@ class Comparator:
         else:
             distances = _jensen_shannon(np.array(prod_rows), np.array(shad_rows)).tolist()
         return Comparison(len(prod_rows), disagreements, tuple(distances))
+
+
+def class_label(value: Any) -> str | None:
+    """The label naming the class ``value``, or None when ``value`` cannot name a class.
+
+    A whole number reads the same whether it came as an integer or a float, and booleans read as
+    in JSON. An empty or long (over 100 characters) text, a non-finite number, null, a list or
+    an object is no class.
+
+        >>> [class_label(v) for v in ("setosa", 2, 2.0, 0.5, True, "", None)]
+        ['setosa', '2', '2', '0.5', 'true', None, None]
+    """
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        # Checked first: str() of an integer of thousands of digits raises.
+        text = str(value) if value.bit_length() <= 4 * _MAX_CLASS_NAME else ""
+    elif isinstance(value, float) and math.isfinite(value):
+        text = str(int(value)) if value.is_integer() else repr(value)
+    else:
+        return None
+    return text if 0 < len(text) <= _MAX_CLASS_NAME else None
+
+
+class ClassLabels:
+    """Names the predicted class of each instance from a bounded set of labels, for the metric
+    of the predicted-class mix.
+
+    The class is the predicted value (classification; a one-element list stands for its item),
+    or the argmax of the probability vector (probabilities: its index, or ``classes[index]``).
+    With ``classes``, any other class, and any prediction that names no class, is "other".
+    Without, the first ``limit`` classes seen are named and the rest are "other".
+
+        >>> labels = ClassLabels(CompareKind.CLASSIFICATION, ("cat", "dog"))
+        >>> [labels.label(p) for p in ("cat", ["dog"], "bird", None)]
+        ['cat', 'dog', 'other', 'other']
+        >>> labels = ClassLabels(CompareKind.PROBABILITIES, limit=2)
+        >>> [labels.label(p) for p in ([0.9, 0.1], 0.8, [0.1, 0.1, 0.8], [0.6, 0.4])]
+        ['0', '1', 'other', '0']
+    """
+
+    __slots__ = ("_classes", "_limit", "_named", "_probabilities")
+
+    def __init__(
+        self, kind: CompareKind, classes: Sequence[str] | None = None, limit: int = MAX_CLASSES
+    ) -> None:
+        if kind is CompareKind.REGRESSION:
+            raise ValueError("regression predictions have no classes")
+        self._probabilities = kind is CompareKind.PROBABILITIES
+        self._classes = None if classes is None else tuple(classes)
+        self._named: set[str] = set() if classes is None else set(classes)
+        self._limit = limit
+
+    @property
+    def named(self) -> frozenset[str]:
+        """The labels other than "other" given so far (configured: every class)."""
+        return frozenset(self._named)
+
+    def label(self, prediction: Any) -> str:
+        """The label of one instance's class."""
+        if self._probabilities:
+            try:
+                index = _argmax(_probability_vector(prediction))
+            except ShapeMismatch:
+                return OTHER_CLASS
+            if self._classes is not None:
+                return self._classes[index] if index < len(self._classes) else OTHER_CLASS
+            name: str | None = str(index)
+        else:
+            if isinstance(prediction, list) and len(prediction) == 1:
+                prediction = prediction[0]
+            name = class_label(prediction)
+        if name in self._named:
+            return name
+        if (
+            name is None
+            or name == OTHER_CLASS  # a model's own "other" takes no place among the named
+            or self._classes is not None
+            or len(self._named) >= self._limit
+        ):
+            return OTHER_CLASS
+        self._named.add(name)
+        return name
 
 
 class _NotNumeric(Exception):

@@ -5,6 +5,7 @@ A full queue drops and counts; nothing here can hold up or fail a production res
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from proxy.metrics import ShadowMetrics
+from proxy.metrics import ClassCounter, ShadowMetrics
 from proxy.predictions import Comparator, ExtractionError, Extractor, ShapeMismatch
 from proxy.sampling import Sampler
 from proxy.upstream import Upstream, UpstreamError, UpstreamResponse
@@ -33,7 +34,8 @@ class Tee:
     """One production exchange, shared by every shadow it is teed to (the body is not copied).
 
     `production` is None when production gave no answer. Production's predictions are parsed at
-    most once, by the first shadow worker that needs them, never on the hot path.
+    most once, by the first shadow worker that needs them, never on the hot path; their classes
+    are counted once, by the first worker that asks with a ClassCounter.
     """
 
     method: str
@@ -45,9 +47,13 @@ class Tee:
     created: float = 0.0  # unix seconds when production answered (for label delays)
     recorded: bool = False  # queued for the prediction store: shadows add their predictions
     _predictions: Any = field(default=_NOT_PARSED)
+    _classes_counted: bool = False
 
-    def production_predictions(self, extractor: Extractor) -> list[Any]:
-        """Production's predictions; raises ExtractionError when its answer holds none."""
+    def production_predictions(
+        self, extractor: Extractor, classes: ClassCounter | None = None
+    ) -> list[Any]:
+        """Production's predictions; raises ExtractionError when its answer holds none. With
+        `classes`, they are counted by class, the first time only (the recorder asks without)."""
         if self._predictions is _NOT_PARSED:
             assert self.production is not None
             try:
@@ -57,6 +63,9 @@ class Tee:
         if isinstance(self._predictions, ExtractionError):
             raise self._predictions
         result: list[Any] = self._predictions
+        if classes is not None and not self._classes_counted:
+            self._classes_counted = True
+            classes.count(result)
         return result
 
 
@@ -95,11 +104,18 @@ class ShadowDispatcher:
         comparator: Comparator,
         metrics: ShadowMetrics,
         on_predictions: PredictionsCallback | None = None,
+        production_classes: ClassCounter | None = None,
+        shadow_classes: ClassCounter | None = None,
     ) -> None:
         self.name = name
         self._on_predictions = on_predictions
-        self.sampler = Sampler(sample)
-        self.threshold = self.sampler.threshold
+        # Class mix (None for regression): production's is shared by the route's dispatchers.
+        self._production_classes = production_classes
+        self._shadow_classes = shadow_classes
+        self.configured_sample = sample
+        self.sample = sample  # what applies now: the config's, or the admin API's override
+        self.threshold = Sampler(sample).threshold
+        self.paused = False  # by the admin API: copies are skipped (counted as paused)
         self.upstream = upstream
         self._extractor = extractor
         self._comparator = comparator
@@ -115,6 +131,17 @@ class ShadowDispatcher:
         self._shutting_down = m.skipped["shutting_down"]
         self._queue_depth = m.queue_depth
         self._in_flight = m.in_flight
+        m.paused.set(0)
+        m.sample.set(sample)
+
+    def control(self, *, paused: bool, sample: float | None) -> None:
+        """Pause or resume, and set the sample rate (None: back to the config's); applies to
+        the next request offered."""
+        self.paused = paused
+        self.sample = self.configured_sample if sample is None else sample
+        self.threshold = Sampler(self.sample).threshold
+        self._m.paused.set(1 if paused else 0)
+        self._m.sample.set(self.sample)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -195,6 +222,7 @@ class ShadowDispatcher:
         return headers
 
     async def _shadow(self, tee: Tee) -> None:
+        self._count_production(tee)
         m = self._m.upstream
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -207,6 +235,20 @@ class ShadowDispatcher:
         m.duration.observe(loop.time() - started)
         m.outcomes["ok" if answer.status < 500 else "http_error"].inc()
         self._compare(tee, answer)
+
+    def _count_production(self, tee: Tee) -> None:
+        """Count production's classes whatever the shadow answers, so that a failing shadow
+        cannot skew production's mix."""
+        production = tee.production
+        if (
+            self._production_classes is None
+            or production is None
+            or not 200 <= production.status < 300
+        ):
+            return
+        # An answer without predictions is counted as production_unparseable when compared.
+        with contextlib.suppress(ExtractionError):
+            tee.production_predictions(self._extractor, self._production_classes)
 
     def _compare(self, tee: Tee, shadow: UpstreamResponse) -> None:
         results = self._m.results
@@ -230,6 +272,8 @@ class ShadowDispatcher:
         except ExtractionError:
             results["shadow_unparseable"].inc()
             return
+        if self._shadow_classes is not None:
+            self._shadow_classes.count(got)
         if tee.recorded and self._on_predictions is not None:
             self._on_predictions(tee, self.name, got)
         try:
@@ -264,9 +308,10 @@ class ShadowSet:
         max_body: int,
     ) -> None:
         self.dispatchers = tuple(dispatchers)
+        skipped = [m.skipped for m in metrics]
         self._entries = tuple(
-            (d, d.threshold, m.skipped["sampled_out"], m.skipped["body_too_large"])
-            for d, m in zip(dispatchers, metrics, strict=True)
+            (d, s["sampled_out"], s["paused"], s["body_too_large"])
+            for d, s in zip(dispatchers, skipped, strict=True)
         )
         self._max_body = max_body
 
@@ -279,9 +324,12 @@ class ShadowSet:
         too_big = len(tee.body) > self._max_body or (
             production is not None and len(production.body) > self._max_body
         )
-        for dispatcher, threshold, sampled_out, body_too_large in self._entries:
-            if b >= threshold:
+        # The threshold and pause are read per request: the admin API changes them at runtime.
+        for dispatcher, sampled_out, paused, body_too_large in self._entries:
+            if b >= dispatcher.threshold:
                 sampled_out.inc()
+            elif dispatcher.paused:
+                paused.inc()
             elif too_big:
                 body_too_large.inc()
             else:

@@ -4,6 +4,7 @@ Process concerns only: spawning, signals, restarts, the metrics directory."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -17,6 +18,8 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from proxy.runtime import RUNTIME_DIR_ENV
+
 log = logging.getLogger("proxy.supervisor")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -26,10 +29,21 @@ WORKER_ENV = "SHADOW_PROXY_WORKER"
 _MIN_UPTIME = 5.0
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the supervisor dies, even by SIGKILL, so
+    that no worker is left serving on its own."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class Supervisor:
-    """Starts `workers` copies of `shadow-proxy run --reuse-port`, restarts one that dies, passes
-    SIGHUP on (reload), and on SIGTERM or SIGINT passes the signal on and waits for every
-    worker's graceful shutdown.
+    """Starts `workers` copies of `shadow-proxy run --reuse-port` and restarts one that dies.
+    Passes SIGHUP (reload) and SIGUSR1 (admin overrides changed) on; on SIGTERM or SIGINT passes
+    the signal on and waits for every worker's graceful shutdown.
 
     >>> Supervisor("/etc/shadow-proxy/config.yaml", workers=2).run()
     0
@@ -45,6 +59,7 @@ class Supervisor:
         proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "run", "--config", self.config_path, "--reuse-port"],
             env={**env, WORKER_ENV: str(index)},
+            preexec_fn=_stop_with_parent,
         )
         self._children[proc.pid] = (index, proc, time.monotonic())
         log.info("worker started", extra={"worker": index, "pid": proc.pid})
@@ -55,10 +70,10 @@ class Supervisor:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
-    def _reload(self, signum: int, frame: FrameType | None) -> None:
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
         for _, proc, _ in self._children.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGHUP)
+                proc.send_signal(signum)
 
     def run(self) -> int:
         metrics_dir = os.environ.get(MULTIPROC_ENV)
@@ -69,10 +84,12 @@ class Supervisor:
             # Files left by an earlier run would be summed in as if they were live.
             for stale in Path(metrics_dir).glob("*.db"):
                 stale.unlink()
-        env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+        runtime_dir = tempfile.mkdtemp(prefix="shadow-proxy-runtime-")
+        env = {**os.environ, MULTIPROC_ENV: metrics_dir, RUNTIME_DIR_ENV: runtime_dir}
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
-        signal.signal(signal.SIGHUP, self._reload)  # each worker re-reads the file
+        signal.signal(signal.SIGHUP, self._forward)  # each worker re-reads the file
+        signal.signal(signal.SIGUSR1, self._forward)  # each worker re-reads the admin overrides
         status = 0
         try:
             for index in range(self.workers):
@@ -95,6 +112,7 @@ class Supervisor:
                     continue
                 self._spawn(index, env)
         finally:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
             if owned:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
         return status

@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from proxy.app import STATE, ProxyState, build_app
+from proxy.app import STATE, ProxyState, build_app, listeners
 from proxy.config import load_config, parse_config
 
 
@@ -127,12 +127,22 @@ class RunningProxy:
     app: web.Application
     registry: CollectorRegistry
     session: aiohttp.ClientSession
-    runner: web.AppRunner
+    runners: list[web.AppRunner]
+    urls: dict[str, str]  # per listener: proxy, and metrics and admin when configured apart
 
     async def stop(self) -> None:
         """Shut down gracefully, as on SIGTERM (idempotent)."""
         await self.session.close()
-        await self.runner.cleanup()
+        for runner in self.runners:
+            await runner.cleanup()
+
+    @property
+    def admin_url(self) -> str:
+        return self.urls.get("admin", self.url)
+
+    @property
+    def metrics_url(self) -> str:
+        return self.urls.get("metrics", self.url)
 
     @property
     def state(self) -> ProxyState:
@@ -175,12 +185,22 @@ async def proxy() -> AsyncIterator[ProxyFactory]:
             config = load_config(path, env={})
         registry = CollectorRegistry()
         app = build_app(config, registry)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
+        runners, urls = [], {}
+        for listener in listeners(app):
+            runner = web.AppRunner(
+                listener.app, access_log=None, shutdown_timeout=config.shutdown_timeout
+            )
+            await runner.setup()
+            # The proxy's own listener on a free port; the others where the config puts them.
+            host = "127.0.0.1" if listener.name == "proxy" else listener.host
+            await web.TCPSite(
+                runner, host, 0 if listener.name == "proxy" else listener.port
+            ).start()
+            host, port = runner.addresses[0][:2]
+            runners.append(runner)
+            urls[listener.name] = f"http://{host}:{port}"
         session = aiohttp.ClientSession(auto_decompress=False)
-        started.append(RunningProxy(f"http://{host}:{port}", app, registry, session, runner))
+        started.append(RunningProxy(urls["proxy"], app, registry, session, runners, urls))
         return started[-1]
 
     yield factory

@@ -249,6 +249,66 @@ def test_custom_protocol_and_comparators() -> None:
     assert b.comparator == Comparator(CompareKind.PROBABILITIES, distance=Distance.JENSEN_SHANNON)
 
 
+def test_compare_classes_become_distinct_string_labels() -> None:
+    config = parse_config(
+        MINIMAL
+        + "    compare: {classes: [setosa, 1, 2.0, true, '3']}\n"
+        + "  - match: /b\n    protocol: kserve-v1\n    production: {name: b, url: 'http://b'}\n"
+        + "    compare: {kind: probabilities, classes: [neg, pos]}\n",
+        env={},
+    )
+    assert {r.match: r.classes for r in config.routes} == {
+        "/predict": ("setosa", "1", "2", "true", "3"),
+        "/b": ("neg", "pos"),
+    }
+    assert config_to_dict(config)["routes"][0]["compare"]["classes"] == [
+        "setosa", "1", "2", "true", "3",
+    ]  # fmt: skip
+    assert round_trip(config) == config
+    assert parse_config(MINIMAL, env={}).routes[0].classes is None
+
+
+def test_bad_compare_classes() -> None:
+    assert errors_of(
+        """\
+        routes:
+          - match: /a
+            protocol: kserve-v1
+            production: {name: a, url: "http://a"}
+            compare:
+              classes: [cat, dog, cat, 1, 1.0, other, "", null, [x], .nan]
+          - match: /b
+            protocol: kserve-v1
+            production: {name: b, url: "http://b"}
+            compare: {kind: regression, classes: [a, b]}
+          - match: /c
+            protocol: kserve-v1
+            production: {name: c, url: "http://c"}
+            compare: {classes: []}
+          - match: /d
+            protocol: kserve-v1
+            production: {name: d, url: "http://d"}
+            compare: {kind: probabilities, classes: neg}
+        """
+    ) == [
+        "c.yaml:6: routes[0].compare.classes[2]: duplicate class 'cat' (also classes[0]) "
+        "(got 'cat')",
+        "c.yaml:6: routes[0].compare.classes[4]: duplicate class '1' (also classes[3]) (got 1.0)",
+        "c.yaml:6: routes[0].compare.classes[5]: 'other' already names every class not listed; "
+        "leave it out (got 'other')",
+        *(
+            f"c.yaml:6: routes[0].compare.classes[{index}]: expected a class: a string (1-100 "
+            f"characters), a finite number or a boolean (got {shown})"
+            for index, shown in ((6, "''"), (7, "None"), (8, "['x']"), (9, "nan"))
+        ),
+        "c.yaml:10: routes[1].compare.classes: only applies to kinds 'classification' and "
+        "'probabilities' (kind is 'regression') (got ['a', 'b'])",
+        "c.yaml:14: routes[2].compare.classes: must not be empty; leave it out to name the first "
+        "20 classes seen (got [])",
+        "c.yaml:18: routes[3].compare.classes: expected a list, not a string (got 'neg')",
+    ]
+
+
 def test_url_origin_and_path() -> None:
     text = MINIMAL.replace("http://prod:8080", "HTTPS://Prod.example/a/b/")
     target = parse_config(text, env={}).routes[0].production
@@ -390,8 +450,8 @@ def test_unknown_keys_at_every_level() -> None:
     ) == [
         "c.yaml:1: lsten: unknown key 'lsten' (did you mean 'listen'?); allowed: listen, "
         "request_id_header, max_body, shadow_max_body, shadow_strip_headers, shutdown_timeout, "
-        "shadow_drain_timeout, access_log, log_level, routes, store, labels, "
-        "verdict",
+        "shadow_drain_timeout, access_log, log_level, routes, store, labels, verdict, admin, "
+        "metrics",
         "c.yaml:3: routes[0].protocol: required key missing",
         "c.yaml:4: routes[0].protocl: unknown key 'protocl' (did you mean 'protocol'?); "
         "allowed: name, match, methods, protocol, output, prediction_path, production, "
@@ -402,9 +462,9 @@ def test_unknown_keys_at_every_level() -> None:
         "c.yaml:6: routes[0].shadows[0].sampel: unknown key 'sampel' (did you mean 'sample'?); "
         "allowed: name, url, sample, timeout, connect_timeout, max_in_flight, max_queue",
         "c.yaml:7: routes[0].compare.knd: unknown key 'knd' (did you mean 'kind'?); "
-        "allowed: kind, tolerance, relative_tolerance, distance",
+        "allowed: kind, tolerance, relative_tolerance, distance, classes",
         "c.yaml:7: routes[0].compare.zzz: unknown key 'zzz'; "
-        "allowed: kind, tolerance, relative_tolerance, distance",
+        "allowed: kind, tolerance, relative_tolerance, distance, classes",
     ]
 
 
@@ -891,6 +951,7 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
                     "tolerance": 0.0,
                     "relative_tolerance": 0.0,
                     "distance": "total_variation",
+                    "classes": None,
                 },
                 "record": "0%",
             }
@@ -920,6 +981,8 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
             "history_points": 1440,
         },
         "labels": {"token": None, "max_body": "1MiB", "max_batch": 1000},
+        "admin": {"token": None, "listen": None},
+        "metrics": {"listen": None},
     }
 
 

@@ -11,6 +11,9 @@ import orjson
 import pytest
 
 from proxy.predictions import (
+    MAX_CLASSES,
+    OTHER_CLASS,
+    ClassLabels,
     Comparator,
     CompareKind,
     Comparison,
@@ -19,6 +22,7 @@ from proxy.predictions import (
     Extractor,
     Protocol,
     ShapeMismatch,
+    class_label,
 )
 
 SAMPLES = Path(__file__).resolve().parent / "protocol-samples"  # captured from MLServer 1.7.1
@@ -656,3 +660,88 @@ def test_jensen_shannon_matches_scipy(copies: int) -> None:
         distance.jensenshannon(p, q, base=2) for p, q in zip(production, shadow, strict=True)
     ]
     assert result.distances == pytest.approx(expected, abs=1e-12)
+
+
+# --- class labels of the predicted-class mix -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [
+        ("setosa", "setosa"),
+        ("1", "1"),
+        ("x" * 100, "x" * 100),
+        (0, "0"),
+        (-3, "-3"),
+        (2.0, "2"),
+        (-0.0, "0"),
+        (0.25, "0.25"),
+        (1e20, "100000000000000000000"),
+        (10**99, "1" + "0" * 99),
+        (True, "true"),
+        (False, "false"),
+    ],
+)
+def test_class_label(value: Any, label: str) -> None:
+    assert class_label(value) == label
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "x" * 101,
+        10**100,
+        pytest.param(10**5000, id="10**5000"),
+        1e200,
+        None,
+        math.nan,
+        math.inf,
+        -math.inf,
+        [1],
+        {"a": 1},
+    ],
+)
+def test_values_that_name_no_class(value: Any) -> None:
+    assert class_label(value) is None
+
+
+def test_configured_classes_name_their_own_and_everything_else_is_other() -> None:
+    labels = ClassLabels(CompareKind.CLASSIFICATION, ("cat", "1", "true"))
+    predictions = ["cat", "dog", 1, 1.0, "1", True, ["cat"], ["cat", "dog"], None, {}, "other"]
+    assert [labels.label(p) for p in predictions] == [
+        "cat", "other", "1", "1", "1", "true", "cat", "other", "other", "other", "other",
+    ]  # fmt: skip
+    assert labels.named == {"cat", "1", "true"}
+
+
+def test_without_classes_the_first_ones_seen_are_named_then_other() -> None:
+    labels = ClassLabels(CompareKind.CLASSIFICATION)
+    seen = [labels.label(i) for i in range(MAX_CLASSES + 5)]
+    assert seen == [str(i) for i in range(MAX_CLASSES)] + [OTHER_CLASS] * 5
+    # Named classes stay named; nothing else ever is.
+    later = [labels.label(v) for v in (7, 7.0, "19", "new", None)]
+    assert later == ["7", "7", "19", "other", "other"]
+    assert labels.named == {str(i) for i in range(MAX_CLASSES)}
+
+
+def test_a_models_own_other_takes_no_place_among_the_named() -> None:
+    labels = ClassLabels(CompareKind.CLASSIFICATION, limit=1)
+    assert [labels.label(v) for v in ("other", None, "a", "b")] == ["other", "other", "a", "other"]
+
+
+def test_probabilities_are_named_by_their_argmax() -> None:
+    rows = [[0.1, 0.9], [0.5, 0.5], 0.75, 0.25, [0, 0, 3], [[0.2, 0.8]], [], [0.0, 0.0], "x", -1]
+    named = ClassLabels(CompareKind.PROBABILITIES, ("neg", "pos"))
+    assert [named.label(r) for r in rows] == [
+        "pos", "neg", "pos", "neg", "other", "other", "other", "other", "other", "other",
+    ]  # fmt: skip
+    indexes = ClassLabels(CompareKind.PROBABILITIES, limit=2)
+    assert [indexes.label(r) for r in rows] == [
+        "1", "0", "1", "0", "other", "other", "other", "other", "other", "other",
+    ]  # fmt: skip
+
+
+def test_regression_has_no_class_labels() -> None:
+    with pytest.raises(ValueError, match="regression predictions have no classes"):
+        ClassLabels(CompareKind.REGRESSION)

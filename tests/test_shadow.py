@@ -8,9 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
 
+from proxy.metrics import Metrics
+from proxy.predictions import CompareKind, Extractor, Protocol
 from proxy.sampling import Sampler, bucket
-from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, v1
+from proxy.shadow import Tee
+from proxy.upstream import UpstreamResponse
+from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
 
 ROUTE = "/v1/models/m:predict"
 SAMPLES = Path(__file__).resolve().parent / "protocol-samples"  # captured from MLServer 1.7.1
@@ -296,3 +302,145 @@ routes:
     assert p.value("shadowproxy_probability_distance_count", **labels) == 3
     tv = [0.4891310180578101, 0.0960110508055856, 0.5272855420703331]
     assert abs(p.value("shadowproxy_probability_distance_sum", **labels) - sum(tv)) < 1e-12
+
+
+# -- the predicted-class mix ---------------------------------------------------------------------
+
+MIX = "shadowproxy_predicted_instances"
+
+
+def class_mix(p: RunningProxy, model: str, route: str = ROUTE) -> dict[str, float]:
+    """Every class series of one model: {class: count}."""
+    return {
+        sample.labels["class"]: sample.value
+        for family in p.registry.collect()
+        if family.name == MIX
+        for sample in family.samples
+        if sample.name == f"{MIX}_total"
+        and (sample.labels["route"], sample.labels["model"]) == (route, model)
+    }
+
+
+def roles(p: RunningProxy) -> dict[str, str]:
+    """{model: role} of every class series."""
+    return {
+        sample.labels["model"]: sample.labels["role"]
+        for family in p.registry.collect()
+        if family.name == MIX
+        for sample in family.samples
+    }
+
+
+async def test_class_mix_counts_configured_classes_and_other_once_per_request(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod, same = await fake_model(echo), await fake_model(echo)
+    dogs = await fake_model(lambda r: v1(["dog" for _ in r.json()["instances"]]))
+    failing = await fake_model(lambda r: Answer(status=500, body=b'{"error":"boom"}'))
+    p = await proxy(
+        config(
+            prod.url,
+            shadow("same", same.url),
+            shadow("dogs", dogs.url),
+            shadow("failing", failing.url),
+            compare="compare: {classes: [cat, dog]}",
+        )
+    )
+    for instances in (["cat", "dog"], ["cat", "fish"], [["bird"]], [{"not": "a class"}]):
+        await p.post(ROUTE, {"instances": instances})
+    await p.settled()
+    # Production's answer is counted once per request, not once per shadow.
+    assert class_mix(p, "prod") == {"cat": 2, "dog": 1, "other": 3}
+    assert class_mix(p, "same") == {"cat": 2, "dog": 1, "other": 3}
+    assert class_mix(p, "dogs") == {"cat": 0, "dog": 6, "other": 0}
+    # A shadow that never answers with predictions counts nothing; its series exist at 0.
+    assert class_mix(p, "failing") == {"cat": 0, "dog": 0, "other": 0}
+    assert roles(p) == {
+        "prod": "production",
+        "same": "shadow",
+        "dogs": "shadow",
+        "failing": "shadow",
+    }
+
+
+async def test_class_mix_names_the_first_20_classes_seen_then_other(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(echo)
+    # Production's mix does not depend on the shadow answering.
+    dead = await fake_model(lambda r: Answer(hang=True))
+    p = await proxy(config(prod.url, shadow("dead", dead.url, timeout="100ms")))
+    await p.post(ROUTE, {"instances": [*range(25), 3, 24]})
+    # A whole number is one class whatever its JSON type; a 21st class is still other.
+    await p.post(ROUTE, {"instances": ["1", 1.0, True, "new"]})
+    await p.settled()
+    expected = {str(i): 1.0 for i in range(20)} | {"3": 2.0, "1": 3.0, "other": 8.0}
+    assert class_mix(p, "prod") == expected
+    assert class_mix(p, "dead") == {"other": 0}
+    assert (
+        p.value("shadowproxy_comparisons_total", route=ROUTE, shadow="dead", result="shadow_failed")
+        == 2
+    )
+
+
+async def test_class_mix_of_probabilities_is_the_argmax(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    rows = [[0.9, 0.1], [0.2, 0.8], 0.7, [0.1, 0.1, 0.8], [0.5, 0.5], "bad"]
+    prod = await fake_model(lambda r: v1(rows))
+    s = await fake_model(lambda r: v1([[0.3, 0.7]] * len(rows)))
+    p = await proxy(
+        f"""
+routes:
+  - name: named
+    match: /named
+    protocol: kserve-v1
+    production: {{name: prod, url: "{prod.url}"}}
+    shadows: [{{name: s, url: "{s.url}"}}]
+    compare: {{kind: probabilities, classes: [neg, pos]}}
+  - name: indexes
+    match: /indexes
+    protocol: kserve-v1
+    production: {{name: prod, url: "{prod.url}"}}
+    shadows: [{{name: s, url: "{s.url}"}}]
+    compare: {{kind: probabilities}}
+"""
+    )
+    for path in ("/named", "/indexes"):
+        await p.post(path, {"instances": [0] * len(rows)})
+    await p.settled()
+    # A tie takes the first class; index 2 is beyond the classes, "bad" names none.
+    assert class_mix(p, "prod", "named") == {"neg": 2, "pos": 2, "other": 2}
+    assert class_mix(p, "prod", "indexes") == {"0": 2, "1": 2, "2": 1, "other": 1}
+    assert class_mix(p, "s", "named") == {"neg": 0, "pos": 6, "other": 0}
+    assert class_mix(p, "s", "indexes") == {"1": 6, "other": 0}
+
+
+async def test_regression_routes_have_no_class_mix(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod, s = await fake_model(echo), await fake_model(echo)
+    p = await proxy(config(prod.url, shadow("s", s.url), compare="compare: {kind: regression}"))
+    await p.post(ROUTE, {"instances": [1.5, 2.5]})
+    await p.settled()
+    assert p.value("shadowproxy_compared_instances_total", route=ROUTE, shadow="s") == 2
+    assert roles(p) == {}
+
+
+def test_production_classes_are_counted_once_whoever_parses_first() -> None:
+    registry = CollectorRegistry()
+    counter = Metrics(registry).bind_classes(
+        "r", "prod", "production", CompareKind.CLASSIFICATION, None
+    )
+    assert counter is not None
+    answer = UpstreamResponse(
+        200, "OK", CIMultiDictProxy(CIMultiDict()), b'{"predictions": ["a", "b"]}'
+    )
+    tee = Tee("POST", "", CIMultiDict(), b"{}", "rid", answer)
+    extractor = Extractor(Protocol.KSERVE_V1)
+    assert tee.production_predictions(extractor) == ["a", "b"]  # the recorder: no counting
+    for _ in range(3):  # every shadow worker
+        assert tee.production_predictions(extractor, counter) == ["a", "b"]
+    labels = {"route": "r", "model": "prod", "role": "production"}
+    assert registry.get_sample_value(f"{MIX}_total", {**labels, "class": "a"}) == 1
+    assert registry.get_sample_value(f"{MIX}_total", {**labels, "class": "b"}) == 1

@@ -100,3 +100,117 @@ async def test_two_workers_share_the_port_and_their_metrics(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _until(stream: asyncio.StreamReader, msg: str, count: int) -> list[dict[str, object]]:
+    """Read the JSON log until `count` lines say `msg`; returns them."""
+    found = []
+    while len(found) < count:
+        line = await asyncio.wait_for(stream.readline(), 20)
+        assert line, f"the supervisor ended before {count} x {msg!r}"
+        doc = orjson.loads(line)
+        if doc["msg"] == msg:
+            found.append(doc)
+    return found
+
+
+async def test_admin_actions_and_reload_reach_every_worker(
+    fake_model: FakeModelFactory, tmp_path: Path
+) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    shadow = await fake_model(lambda r: v1([1]))
+    port, admin_port = _free_port(), _free_port()
+    cfg = tmp_path / "proxy.yaml"
+    doc = {
+        "listen": f"127.0.0.1:{port}",
+        "admin": {"token": "t0k", "listen": f"127.0.0.1:{admin_port}"},
+        "routes": [
+            {
+                "name": "r",
+                "match": "/predict",
+                "protocol": "kserve-v1",
+                "production": {"name": "prod", "url": prod.url + "/predict"},
+                "shadows": [{"name": "s", "url": shadow.url + "/predict"}],
+            }
+        ],
+    }
+    cfg.write_text(json.dumps(doc))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run", "--config", str(cfg), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    url, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    auth = {"Authorization": "Bearer t0k"}
+    try:
+        await _until(proc.stderr, "listening", 2)
+        connector = aiohttp.TCPConnector(force_close=True)  # spread over both workers
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def traffic(count: int) -> float:
+                for _ in range(count):
+                    async with session.post(url + "/predict", data=b'{"instances": [1]}') as r:
+                        assert r.status == 200
+                async with session.get(url + "/metrics") as r:
+                    text = await r.text()
+                return _sample(text, "shadowproxy_shadow_skipped_total", reason="paused")
+
+            async with session.post(admin_url + "/admin/shadows/r/s/pause", headers=auth) as r:
+                assert (r.status, (await r.json())["paused"]) == (200, True)
+            applied = await _until(proc.stderr, "admin overrides applied", 2)
+            assert len({line["pid"] for line in applied}) == 2  # each worker, once
+            assert await traffic(20) == 20
+
+            # A reload through the admin API reloads every worker; the pause holds.
+            doc["routes"][0]["shadows"][0]["timeout"] = "3s"  # type: ignore[index]
+            cfg.write_text(json.dumps(doc))
+            async with session.post(admin_url + "/admin/reload", headers=auth) as r:
+                assert r.status == 202
+            await _until(proc.stderr, "config reloaded", 2)
+            assert await traffic(10) == 30
+            assert shadow.received == []
+
+            async with session.post(admin_url + "/admin/shadows/r/s/resume", headers=auth) as r:
+                assert r.status == 200
+            await _until(proc.stderr, "admin overrides applied", 2)
+            assert await traffic(10) == 30
+            await shadow.wait_for(10)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(
+    fake_model: FakeModelFactory, tmp_path: Path
+) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    cfg = tmp_path / "proxy.yaml"
+    route = {"match": "/p", "protocol": "kserve-v1", "production": {"name": "a", "url": prod.url}}
+    cfg.write_text(json.dumps({"listen": f"127.0.0.1:{_free_port()}", "routes": [route]}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run", "--config", str(cfg), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        pids = [int(str(line["pid"])) for line in await _until(proc.stderr, "listening", 2)]
+        # A pidfd becomes readable when its process ends: an event to wait on, not a poll.
+        pidfds = [os.pidfd_open(pid) for pid in pids]
+        proc.kill()  # SIGKILL: the supervisor cannot pass anything on
+        await proc.wait()
+        loop = asyncio.get_running_loop()
+        for fd in pidfds:
+            ended = loop.create_future()
+            loop.add_reader(fd, ended.set_result, None)
+            try:
+                await asyncio.wait_for(ended, 20)
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
