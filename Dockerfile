@@ -38,6 +38,7 @@ RUN mkdir -p /var/lib/shadow-proxy && chown 10001:10001 /var/lib/shadow-proxy
 WORKDIR /var/lib/shadow-proxy
 VOLUME /var/lib/shadow-proxy
 USER 10001:10001
+# 8080: the proxy; 9464 and 9901 when the config puts metrics.listen and admin.listen there.
 EXPOSE 8080
 # python is in the image already; curl is not.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

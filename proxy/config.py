@@ -1161,6 +1161,8 @@ def _store(c: _Checker, loc: _Loc | None) -> StoreConfig:
 
 
 def _token(value: object) -> str:
+    if value is None:  # the whole value was an unset ${VAR:-}: no token
+        return ""
     if not isinstance(value, str):
         raise ValueError(f"expected a string, not {_kind(value)}")
     return value

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.config import ConfigError, config_hash, load_config, parse_config
+from proxy.config import ConfigError, config_hash, config_warnings, load_config, parse_config
 from proxy.sampling import Sampler, bucket
 from tests.conftest import FakeModel, FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
 
@@ -333,3 +333,15 @@ def test_admin_listen_and_metrics_listen_need_a_restart() -> None:
     assert config.admin.listen == ("127.0.0.1", 9901)
     assert config.admin.enabled
     assert parse_config(text, env={}).admin.enabled is False
+
+
+def test_an_unset_token_variable_leaves_the_admin_api_off() -> None:
+    text = "routes: [{match: /p, protocol: kserve-v1, production: {name: a, url: 'http://a'}}]"
+    top = "admin: {listen: '127.0.0.1:9901', token: '${ADMIN_TOKEN:-}'}"
+    config = parse_config(f"{top}\n{text}", "c.yaml", env={})
+    assert config.admin.enabled is False
+    assert config_warnings(config) == [
+        "c.yaml: admin.listen: the admin API is off without admin.token or admin.token_file: it "
+        "answers 404 on 127.0.0.1:9901 until one is set"
+    ]
+    assert parse_config(f"{top}\n{text}", env={"ADMIN_TOKEN": "t"}).admin.token == "t"
