@@ -1139,9 +1139,7 @@ def _store_backend(value: object) -> str:
 
 def _store(c: _Checker, loc: _Loc | None) -> StoreConfig:
     default = StoreConfig()
-    if loc is None or loc.value is None:
-        return default
-    items = c.mapping(loc, _STORE_KEYS)
+    items = _section(c, loc, _STORE_KEYS)
     if items is None:
         return default
     return StoreConfig(
@@ -1166,6 +1164,13 @@ def _token(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, not {_kind(value)}")
     return value
+
+
+def _section(c: _Checker, loc: _Loc | None, keys: Sequence[str]) -> dict[str, _Loc] | None:
+    """A top-level section's items; None when it is absent, null, or not a mapping (recorded)."""
+    if loc is None or loc.value is None:
+        return None
+    return c.mapping(loc, keys)
 
 
 def _secret(c: _Checker, items: Mapping[str, _Loc]) -> tuple[str | None, str | None]:
@@ -1198,9 +1203,7 @@ def _secret(c: _Checker, items: Mapping[str, _Loc]) -> tuple[str | None, str | N
 
 def _labels(c: _Checker, loc: _Loc | None) -> LabelsConfig:
     default = LabelsConfig()
-    if loc is None or loc.value is None:
-        return default
-    items = c.mapping(loc, _LABELS_KEYS)
+    items = _section(c, loc, _LABELS_KEYS)
     if items is None:
         return default
     token, token_file = _secret(c, items)
@@ -1213,9 +1216,7 @@ def _labels(c: _Checker, loc: _Loc | None) -> LabelsConfig:
 
 
 def _admin(c: _Checker, loc: _Loc | None) -> AdminConfig:
-    if loc is None or loc.value is None:
-        return AdminConfig()
-    items = c.mapping(loc, _ADMIN_KEYS)
+    items = _section(c, loc, _ADMIN_KEYS)
     if items is None:
         return AdminConfig()
     token, token_file = _secret(c, items)
@@ -1224,9 +1225,7 @@ def _admin(c: _Checker, loc: _Loc | None) -> AdminConfig:
 
 
 def _metrics(c: _Checker, loc: _Loc | None) -> MetricsConfig:
-    if loc is None or loc.value is None:
-        return MetricsConfig()
-    items = c.mapping(loc, _METRICS_KEYS)
+    items = _section(c, loc, _METRICS_KEYS)
     if items is None:
         return MetricsConfig()
     listen: tuple[str, int] | None = c.optional(items, "listen", _listen, None)
@@ -1249,9 +1248,7 @@ def _ratio(value: object) -> float:
 
 def _verdict(c: _Checker, loc: _Loc | None) -> VerdictConfig:
     default = VerdictConfig()
-    if loc is None or loc.value is None:
-        return default
-    items = c.mapping(loc, _VERDICT_KEYS)
+    items = _section(c, loc, _VERDICT_KEYS)
     if items is None:
         return default
     return VerdictConfig(

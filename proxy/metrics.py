@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -73,6 +73,18 @@ def _counter(registry: CollectorRegistry, name: str, doc: str, labels: list[str]
     return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
 
 
+def _gauge(
+    registry: CollectorRegistry,
+    name: str,
+    doc: str,
+    labels: list[str],
+    mode: Literal["livesum", "livemax", "mostrecent"],
+) -> Gauge:
+    """With --workers, `mode` says how the workers' values combine: livesum (queues), livemax
+    (state every worker shares), mostrecent (values computed from the merged counters)."""
+    return Gauge(f"{PREFIX}_{name}", doc, labels, registry=registry, multiprocess_mode=mode)
+
+
 class Metrics:
     """The metric families of one proxy, on one registry.
 
@@ -84,6 +96,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._counter = partial(_counter, registry)
+        self._gauge = partial(_gauge, registry)
         self.upstream_duration = Histogram(
             f"{PREFIX}_upstream_request_duration_seconds",
             "Time from sending a request to an upstream to having its whole answer.",
@@ -119,33 +132,29 @@ class Metrics:
             ["route", "shadow", "reason"],
         )
         # livesum: with --workers, the sum over the live worker processes.
-        self.shadow_queue_depth = Gauge(
-            f"{PREFIX}_shadow_queue_depth",
+        self.shadow_queue_depth = self._gauge(
+            "shadow_queue_depth",
             "Requests waiting in a shadow's queue.",
             ["route", "shadow"],
-            registry=registry,
-            multiprocess_mode="livesum",
+            "livesum",
         )
-        self.shadow_paused = Gauge(
-            f"{PREFIX}_shadow_paused",
+        self.shadow_paused = self._gauge(
+            "shadow_paused",
             "1 while a shadow is paused through the admin API, else 0.",
             ["route", "shadow"],
-            registry=registry,
-            multiprocess_mode="livemax",
+            "livemax",
         )
-        self.shadow_sample_ratio = Gauge(
-            f"{PREFIX}_shadow_sample_ratio",
+        self.shadow_sample_ratio = self._gauge(
+            "shadow_sample_ratio",
             "The share of requests a shadow is sent: the config's, or the admin API's override.",
             ["route", "shadow"],
-            registry=registry,
-            multiprocess_mode="livemax",
+            "livemax",
         )
-        self.shadow_in_flight = Gauge(
-            f"{PREFIX}_shadow_in_flight",
+        self.shadow_in_flight = self._gauge(
+            "shadow_in_flight",
             "Requests being sent to or compared for a shadow.",
             ["route", "shadow"],
-            registry=registry,
-            multiprocess_mode="livesum",
+            "livesum",
         )
         self.admin_requests = self._counter(
             "admin_requests",
@@ -191,25 +200,18 @@ class Metrics:
             "Config reloads (SIGHUP), by result: success, or failure (the old config serves on).",
             ["result"],
         )
-        self.route_info = Gauge(
-            f"{PREFIX}_route_info",
+        self.route_info = self._gauge(
+            "route_info",
             "One series per route: its comparison kind and production target; 1 for the running"
             " config, 0 for routes a reload removed.",
             ["route", "kind", "production"],
-            registry=registry,
-            multiprocess_mode="livemax",
+            "livemax",
         )
 
         # The verdict, for alerts and for promotion gates (Flagger, Argo Rollouts); with
         # --workers, the value of the worker that computed it last (every one computes the same).
         def verdict_gauge(name: str, doc: str) -> Gauge:
-            return Gauge(
-                f"{PREFIX}_{name}",
-                doc,
-                ["route", "shadow"],
-                registry=registry,
-                multiprocess_mode="mostrecent",
-            )
+            return self._gauge(name, doc, ["route", "shadow"], "mostrecent")
 
         self.verdict = verdict_gauge(
             "verdict",
@@ -227,13 +229,12 @@ class Metrics:
         self.verdict_high = verdict_gauge(
             "verdict_difference_upper", "Upper bound of the same interval."
         )
-        self.config_info = Gauge(
-            f"{PREFIX}_config_info",
+        self.config_info = self._gauge(
+            "config_info",
             "The configuration: its hash, source file and version; 1 for the running one, 0 for"
             " those reloads replaced.",
             ["hash", "source", "version", "routes", "shadows"],
-            registry=registry,
-            multiprocess_mode="livemax",
+            "livemax",
         )
 
     def _declare_label_metrics(self, registry: CollectorRegistry) -> None:
@@ -332,17 +333,17 @@ class Metrics:
             " tombstone_ttl) or evicted (beyond max_records).",
             ["reason"],
         )
-        self.store_records = Gauge(
-            f"{PREFIX}_store_records",
+        self.store_records = self._gauge(
+            "store_records",
             "Records in the prediction store, as of the last sweep.",
-            registry=registry,
-            multiprocess_mode="livemax",
+            [],
+            "livemax",
         )
-        self.recording_queue_depth = Gauge(
-            f"{PREFIX}_recording_queue_depth",
+        self.recording_queue_depth = self._gauge(
+            "recording_queue_depth",
             "Writes waiting for the prediction store.",
-            registry=registry,
-            multiprocess_mode="livesum",
+            [],
+            "livesum",
         )
         self.store_duration = Histogram(
             f"{PREFIX}_store_operation_duration_seconds",
