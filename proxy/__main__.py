@@ -71,8 +71,10 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    # --workers: another worker's admin API changed the shared overrides.
+    # --workers: another worker's admin API changed the shared overrides. Read them again now:
+    # a change made while this worker started was signalled before it could listen.
     loop.add_signal_handler(signal.SIGUSR1, reload_overrides, app)
+    reload_overrides(app)
     log.info(
         "listening",
         extra={

@@ -29,9 +29,13 @@ WORKER_ENV = "SHADOW_PROXY_WORKER"
 _MIN_UPTIME = 5.0
 
 
-def _stop_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the supervisor dies, even by SIGKILL, so
-    that no worker is left serving on its own."""
+def _prepare_worker() -> None:
+    """In the child before exec. SIGHUP and SIGUSR1 are ignored until the worker's loop handles
+    them (an ignored signal stays ignored across exec): one passed on while a worker starts must
+    not kill it. On Linux, SIGTERM comes when the supervisor dies, even by SIGKILL, so that no
+    worker is left serving on its own."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -59,7 +63,7 @@ class Supervisor:
         proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "run", "--config", self.config_path, "--reuse-port"],
             env={**env, WORKER_ENV: str(index)},
-            preexec_fn=_stop_with_parent,
+            preexec_fn=_prepare_worker,
         )
         self._children[proc.pid] = (index, proc, time.monotonic())
         log.info("worker started", extra={"worker": index, "pid": proc.pid})
