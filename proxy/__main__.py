@@ -10,15 +10,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from typing import Any
 
 import uvloop
 import yaml
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import ReloadResult, build_app, listeners, reload_config, reload_overrides
+from proxy.app import build_app, listeners, reload_config, reload_overrides
 from proxy.config import (
     Config,
     ConfigError,
@@ -63,18 +64,18 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[ReloadResult]] = set()
+    reloads: set[asyncio.Task[object]] = set()
 
-    def reload() -> None:
-        task = asyncio.create_task(reload_config(app), name="reload")
+    def run(job: Callable[[web.Application], Coroutine[Any, Any, object]]) -> None:
+        task = asyncio.create_task(job(app), name=job.__name__)
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    # --workers: another worker's admin API changed the shared overrides. Read them again now:
-    # a change made while this worker started was signalled before it could listen.
-    loop.add_signal_handler(signal.SIGUSR1, reload_overrides, app)
-    reload_overrides(app)
+    loop.add_signal_handler(signal.SIGHUP, run, reload_config)
+    # --workers: another worker's admin API changed the shared overrides.
+    loop.add_signal_handler(signal.SIGUSR1, run, reload_overrides)
+    # A worker starts with them blocked (supervisor.py): what came meanwhile is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGUSR1})
     log.info(
         "listening",
         extra={

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import signal
 from collections.abc import Awaitable, Callable
@@ -17,11 +16,13 @@ from aiohttp import web
 
 from proxy.auth import CHALLENGE
 from proxy.config import config_hash, config_to_dict, parse_fraction
-from proxy.runtime import Key, ShadowOverride, apply_overrides
+from proxy.runtime import Key, ShadowOverride, apply_overrides, signal_supervisor
 from proxy.shadow import ShadowDispatcher
 
 if TYPE_CHECKING:
     from proxy.app import ProxyState, ReloadResult
+
+SHUTTING_DOWN = "the proxy is shutting down; nothing was reloaded"
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class AdminAPI:
                     overrides.set(key, change(overrides.get(key)))
 
                 state.overrides = await asyncio.to_thread(shared.change, edit)
-                os.kill(os.getppid(), signal.SIGUSR1)  # the supervisor tells every worker
+                signal_supervisor(signal.SIGUSR1)  # which tells every worker
             apply_overrides(state.shadow_dispatchers(), state.overrides)
         doc = _describe(key[0], dispatcher)
         return self._done(
@@ -185,10 +186,13 @@ class AdminAPI:
             if errors:
                 doc = {"result": "failure", "errors": errors}
                 return self._done(request, "reload", "failure", 422, doc, errors=errors)
-            os.kill(os.getppid(), signal.SIGHUP)
+            signal_supervisor(signal.SIGHUP)
             doc = {"result": "accepted", "detail": "every worker reloads the config file"}
             return self._done(request, "reload", "ok", 202, doc)
         result = await self._reload()
+        if result.errors == (SHUTTING_DOWN,):
+            doc = {"result": "failure", "errors": list(result.errors)}
+            return self._done(request, "reload", "failure", 503, doc)
         if not result.ok:
             doc = {"result": "failure", "errors": list(result.errors)}
             return self._done(request, "reload", "failure", 422, doc, errors=list(result.errors))

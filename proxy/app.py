@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from proxy.admin import AdminAPI, moved
+from proxy.admin import SHUTTING_DOWN, AdminAPI, moved
 from proxy.auth import BearerToken
 from proxy.config import Config, ConfigError, Route, StoreConfig, config_hash, load_config
 from proxy.handler import Generation, ProductionHandler, ProductionTarget, RouteRuntime
@@ -34,11 +34,6 @@ from proxy.store.base import PredictionStore
 from proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
-
-RESERVED_PATHS = (
-    "/metrics", "/healthz", "/readyz", "/labels", "/report", "/report.html", "/admin", "/admin/*",
-)  # fmt: skip
-"""The proxy's own endpoints; they take precedence over every route."""
 
 
 @dataclass(slots=True)
@@ -399,6 +394,8 @@ async def reload_config(app: web.Application, path: str | None = None) -> Reload
     metrics = state.metrics
     path = path or state.config.source
     async with state.reload_lock:
+        if not state.ready:  # shutting down: routes started now would never be drained
+            return ReloadResult(False, config_hash(state.config), (SHUTTING_DOWN,))
         try:
             new = _load_for_reload(state, path)
         except ConfigError as exc:
@@ -414,7 +411,7 @@ async def reload_config(app: web.Application, path: str | None = None) -> Reload
                 }
             )
         routes = _build_routes(new, metrics, recorder)
-        _keep_overrides(state, routes)
+        await _keep_overrides(state, routes)
         await _start(routes)
         old_generation, old_routes = state.handler.generation, state.routes
         # The swap: one assignment, between two requests.
@@ -437,17 +434,23 @@ async def reload_config(app: web.Application, path: str | None = None) -> Reload
         return ReloadResult(True, config_hash(new))
 
 
-def _keep_overrides(state: ProxyState, routes: tuple[RouteRuntime, ...]) -> None:
+async def _keep_overrides(state: ProxyState, routes: tuple[RouteRuntime, ...]) -> None:
     """The admin API's overrides carry over to the shadows a reload keeps (a paused shadow stays
     paused); those of removed shadows are forgotten, and their gauges zeroed."""
-    if state.shared is not None:
-        state.overrides = state.shared.read()
     new = [(r.name, d) for r in routes for d in r.shadows.dispatchers]
-    for route, shadow in state.overrides.retain((r, d.name) for r, d in new):
+    kept = {(r, d.name) for r, d in new}
+    gone: list[Key] = []
+    if state.shared is None:
+        gone = state.overrides.retain(kept)
+    else:  # every worker reloads, and each forgets them in the shared file too (idempotent)
+        shared = state.shared
+        state.overrides = await asyncio.to_thread(
+            shared.change, lambda overrides: gone.extend(overrides.retain(kept))
+        )
+    for route, shadow in gone:
         log.info(
             "admin override dropped: the shadow is gone", extra={"route": route, "shadow": shadow}
         )
-    kept = {(r, d.name) for r, d in new}
     for route, dispatcher in state.shadow_dispatchers():
         if (route, dispatcher.name) not in kept:
             state.metrics.shadow_paused.labels(route, dispatcher.name).set(0)
@@ -455,11 +458,14 @@ def _keep_overrides(state: ProxyState, routes: tuple[RouteRuntime, ...]) -> None
     apply_overrides(new, state.overrides)
 
 
-def reload_overrides(app: web.Application) -> None:
-    """--workers, on SIGUSR1: apply the overrides another worker's admin API changed."""
+async def reload_overrides(app: web.Application) -> None:
+    """--workers, on SIGUSR1: apply the overrides another worker's admin API changed (after any
+    reload in progress, which would otherwise apply the table it read before)."""
     state = app[STATE]
-    if state.shared is not None:
-        state.overrides = state.shared.read()
+    if state.shared is None:
+        return
+    async with state.reload_lock:
+        state.overrides = await asyncio.to_thread(state.shared.read)
         apply_overrides(state.shadow_dispatchers(), state.overrides)
         log.info(
             "admin overrides applied",

@@ -39,7 +39,8 @@ class BearerToken:
         if given is None:
             return _MISSING
         # compare_digest's time depends on the lengths only, never on where the bytes differ.
-        if not hmac.compare_digest(given.encode(), self._expected):
+        # surrogateescape: aiohttp keeps bytes that are not UTF-8 that way; they are just wrong.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._expected):
             return _WRONG
         return None
 

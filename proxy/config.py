@@ -94,7 +94,7 @@ from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import yaml
@@ -1158,14 +1158,6 @@ def _store(c: _Checker, loc: _Loc | None) -> StoreConfig:
     )
 
 
-def _token(value: object) -> str:
-    if value is None:  # the whole value was an unset ${VAR:-}: no token
-        return ""
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, not {_kind(value)}")
-    return value
-
-
 def _section(c: _Checker, loc: _Loc | None, keys: Sequence[str]) -> dict[str, _Loc] | None:
     """A top-level section's items; None when it is absent, null, or not a mapping (recorded)."""
     if loc is None or loc.value is None:
@@ -1173,10 +1165,28 @@ def _section(c: _Checker, loc: _Loc | None, keys: Sequence[str]) -> dict[str, _L
     return c.mapping(loc, keys)
 
 
+def _inline_token(c: _Checker, loc: _Loc | None) -> str | None:
+    """`token`, checked without ever showing its value in an error: errors reach logs."""
+    if loc is None or loc.value is None:
+        return None
+    value = c.substitute(loc)
+    if isinstance(value, _Invalid) or value is None:  # None: the whole value was ${VAR:-}
+        return None
+    if not isinstance(value, str):
+        c.add(loc.line, loc.path, f"expected a string, not {_kind(value)} (value not shown)")
+        return None
+    value = value.strip()  # a token from an env var often ends in a newline
+    if value and _BEARER_RE.fullmatch(value) is None:
+        message = "must be one bearer token: letters, digits and -._~+/ (value not shown)"
+        c.add(loc.line, loc.path, message)
+        return None
+    return value
+
+
 def _secret(c: _Checker, items: Mapping[str, _Loc]) -> tuple[str | None, str | None]:
     """(token, token_file) from `token` (often ``${VAR}``) or `token_file` (a mounted secret,
     read now: a reload re-reads it, which is how a token is rotated)."""
-    token = c.optional(items, "token", _token, None)
+    token = _inline_token(c, items.get("token"))
     file_loc = items.get("token_file")
     if file_loc is None or file_loc.value is None:
         # An empty token (an unset ${VAR:-}) means no token, not a token that is "".
@@ -1308,6 +1318,9 @@ def _config(c: _Checker, root: _Loc) -> Config | None:
     return None if c.errors else config
 
 
+_WILDCARDS: Final = {"0.0.0.0", "::", ""}  # addresses that take a port on every interface
+
+
 def _check_listeners(c: _Checker, items: Mapping[str, _Loc], config: Config) -> None:
     """The admin and metrics listeners need addresses of their own (port 0 picks one)."""
     taken = {(config.listen_host, config.listen_port): "listen"}
@@ -1315,7 +1328,7 @@ def _check_listeners(c: _Checker, items: Mapping[str, _Loc], config: Config) -> 
         if listen is None or listen[1] == 0:
             continue
         clash = taken.get(listen) or next(
-            (k for (h, p), k in taken.items() if p == listen[1] and "0.0.0.0" in (h, listen[0])),
+            (k for (h, p), k in taken.items() if p == listen[1] and _WILDCARDS & {h, listen[0]}),
             None,
         )
         if clash is not None:
@@ -1397,6 +1410,11 @@ def _listen_text(host: str, port: int) -> str:
 
 REDACTED: Final = "<redacted>"
 
+RESERVED_PATHS: Final = (
+    "/metrics", "/healthz", "/readyz", "/labels", "/report", "/report.html", "/admin",
+)  # fmt: skip
+"""The proxy's own endpoints (and everything under /admin/); they take precedence over routes."""
+
 
 def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
     """The effective config as plain data, every default filled in, in the YAML's own units.
@@ -1461,7 +1479,7 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
             "store": {
                 "backend": store.backend,
                 "path": store.path,
-                "url": store.url,
+                "url": _redact_url(store.url) if redact else store.url,
                 "prefix": store.prefix,
                 "ttl": _format_duration(store.ttl),
                 "tombstone_ttl": _format_duration(store.tombstone_ttl),
@@ -1499,6 +1517,22 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
     return result
 
 
+def _redact_url(url: str) -> str:
+    """A store URL with its password (user:password@, or ?password=) shown as <redacted>."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        netloc = f"{user}:{REDACTED}@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        f"{key}={REDACTED}" if key.lower() == "password" else pair
+        for pair in parts.query.split("&")
+        if pair
+        for key in [pair.partition("=")[0]]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def _secret_dict(token: str | None, token_file: str | None, redact: bool) -> dict[str, Any]:
     if token_file is not None:  # the file is the source: a reload re-reads it
         return {"token_file": token_file}
@@ -1519,6 +1553,18 @@ def config_warnings(config: Config) -> list[str]:
             f"{_listen_text(config.listen_host, config.listen_port)} without a token; anyone who "
             "can reach the proxy can post labels (set labels.token, e.g. to ${LABEL_TOKEN})"
         )
+    if config.admin.enabled and config.admin.listen is None and not loopback:
+        warnings.append(
+            f"{config.source}: admin.listen: the admin API is served on the proxied port "
+            f"{_listen_text(config.listen_host, config.listen_port)}; give it a listener of its "
+            "own on loopback or a management network, e.g. admin.listen: 127.0.0.1:9901"
+        )
+    for route in config.routes:
+        if route.match in RESERVED_PATHS or route.match.startswith("/admin/"):
+            warnings.append(
+                f"{config.source}: routes[].match: {route.match} (route {route.name!r}) is the "
+                "proxy's own endpoint; requests to it never reach the route"
+            )
     if config.admin.listen is not None and not config.admin.enabled:
         warnings.append(
             f"{config.source}: admin.listen: the admin API is off without admin.token or "
@@ -1529,6 +1575,7 @@ def config_warnings(config: Config) -> list[str]:
 
 
 def config_hash(config: Config) -> str:
-    """12 hex digits identifying the effective config (not its file name), for metrics and logs."""
-    canonical = orjson.dumps(config_to_dict(config), option=orjson.OPT_SORT_KEYS)
+    """12 hex digits identifying the effective config (not its file name), for metrics and logs.
+    Secrets are left out: the hash is public, and must not let anyone test guesses at a token."""
+    canonical = orjson.dumps(config_to_dict(config, redact=True), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()[:12]

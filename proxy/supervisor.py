@@ -4,6 +4,7 @@ Process concerns only: spawning, signals, restarts, the metrics directory."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -18,7 +19,7 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from proxy.runtime import RUNTIME_DIR_ENV
+from proxy.runtime import RUNTIME_DIR_ENV, SUPERVISOR_ENV
 
 log = logging.getLogger("proxy.supervisor")
 
@@ -29,13 +30,16 @@ WORKER_ENV = "SHADOW_PROXY_WORKER"
 _MIN_UPTIME = 5.0
 
 
+WORKER_SIGNALS = {signal.SIGHUP, signal.SIGUSR1}
+"""Passed on to every worker: reload, and admin overrides changed."""
+
+
 def _prepare_worker() -> None:
-    """In the child before exec. SIGHUP and SIGUSR1 are ignored until the worker's loop handles
-    them (an ignored signal stays ignored across exec): one passed on while a worker starts must
-    not kill it. On Linux, SIGTERM comes when the supervisor dies, even by SIGKILL, so that no
-    worker is left serving on its own."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    """In the child before exec. SIGHUP and SIGUSR1 stay blocked until the worker's loop handles
+    them (the mask survives exec), so that one passed on while a worker starts is delivered
+    then, instead of killing it or being lost. On Linux, SIGTERM comes when the supervisor dies,
+    even by SIGKILL, so that no worker is left serving on its own."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -70,14 +74,14 @@ class Supervisor:
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
-        for _, proc, _ in self._children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        self._forward(signal.SIGTERM, frame)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
-        for _, proc, _ in self._children.values():
-            if proc.poll() is None:
-                proc.send_signal(signum)
+        # os.kill, not Popen.send_signal: that polls, and would reap a worker that just died
+        # before os.wait() in run() sees it. Until os.wait() reaps it, its pid is still ours.
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def run(self) -> int:
         metrics_dir = os.environ.get(MULTIPROC_ENV)
@@ -88,8 +92,14 @@ class Supervisor:
             # Files left by an earlier run would be summed in as if they were live.
             for stale in Path(metrics_dir).glob("*.db"):
                 stale.unlink()
-        runtime_dir = tempfile.mkdtemp(prefix="shadow-proxy-runtime-")
-        env = {**os.environ, MULTIPROC_ENV: metrics_dir, RUNTIME_DIR_ENV: runtime_dir}
+        # Beside the metrics files (a volume, on a read-only root): the admin API's overrides.
+        runtime_dir = tempfile.mkdtemp(prefix="runtime-", dir=metrics_dir)
+        env = {
+            **os.environ,
+            MULTIPROC_ENV: metrics_dir,
+            RUNTIME_DIR_ENV: runtime_dir,
+            SUPERVISOR_ENV: str(os.getpid()),
+        }
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
         signal.signal(signal.SIGHUP, self._forward)  # each worker re-reads the file
@@ -99,7 +109,10 @@ class Supervisor:
             for index in range(self.workers):
                 self._spawn(index, env)
             while self._children:
-                pid, code = os.wait()
+                try:
+                    pid, code = os.wait()
+                except ChildProcessError:  # no child left to wait for
+                    break
                 if pid not in self._children:
                     continue
                 index, _, started = self._children.pop(pid)

@@ -4,6 +4,7 @@ the very next request; reload; and /metrics and /admin on listeners of their own
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,14 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.config import ConfigError, config_hash, config_warnings, load_config, parse_config
+from proxy.config import (
+    ConfigError,
+    config_hash,
+    config_to_dict,
+    config_warnings,
+    load_config,
+    parse_config,
+)
 from proxy.sampling import Sampler, bucket
 from tests.conftest import FakeModel, FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
 
@@ -31,6 +39,7 @@ def config(prod: str, shadows: list[dict[str, Any]], **top: Any) -> str:
         "protocol": "kserve-v1",
         "production": {"name": "prod", "url": prod + ROUTE},
         "shadows": shadows,
+        "record": 1 if top.pop("routes_record", False) else 0,
     }
     top.setdefault("admin", {"token": TOKEN})
     return json.dumps({**top, "routes": [route]})
@@ -345,3 +354,94 @@ def test_an_unset_token_variable_leaves_the_admin_api_off() -> None:
         "answers 404 on 127.0.0.1:9901 until one is set"
     ]
     assert parse_config(f"{top}\n{text}", env={"ADMIN_TOKEN": "t"}).admin.token == "t"
+
+
+async def test_a_header_that_is_not_utf8_is_refused_not_an_error(
+    models: tuple[FakeModel, FakeModel], proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, _ = models
+    store = {"path": str(tmp_path / "predictions.db")}
+    p = await proxy(config(prod.url, [], labels={"token": "l"}, store=store, routes_record=True))
+    host, port = p.url.removeprefix("http://").split(":")
+    for method, path in [("GET", "/admin/config"), ("POST", "/labels")]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n".encode()
+            + b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+        )
+        assert await reader.readline() == b"HTTP/1.1 403 Forbidden\r\n", path
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_reload_is_refused_while_shutting_down_and_for_a_new_admin_listen(
+    models: tuple[FakeModel, FakeModel], proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, _ = models
+    path = tmp_path / "proxy.json"
+    p = await proxy(config(prod.url, []), path)
+    path.write_text(config(prod.url, [], admin={"token": TOKEN, "listen": "127.0.0.1:9901"}))
+    status, doc, _ = await admin(p, "POST", "/admin/reload")
+    assert (status, doc["errors"]) == (
+        422,
+        [f"{path}: admin.listen: changing it needs a restart (got '127.0.0.1:9901')"],
+    )
+    p.state.ready = False  # as the lifecycle sets it once shutdown has begun
+    status, doc, _ = await admin(p, "POST", "/admin/reload")
+    assert (status, doc["errors"]) == (503, ["the proxy is shutting down; nothing was reloaded"])
+    assert p.value("shadowproxy_config_reloads_total", result="success") == 0
+
+
+def test_tokens_are_checked_without_showing_them_and_never_hashed() -> None:
+    route = "routes: [{match: /p, protocol: kserve-v1, production: {name: a, url: 'http://a'}}]"
+    errors = {
+        "admin: {token: 12345678}": "admin.token: expected a string, not an integer (value not "
+        "shown)",
+        "labels: {token: 'two words'}": "labels.token: must be one bearer token: letters, digits "
+        "and -._~+/ (value not shown)",
+    }
+    for top, error in errors.items():
+        with pytest.raises(ConfigError) as caught:
+            parse_config(f"{top}\n{route}", "c.yaml", env={})
+        assert caught.value.errors == (f"c.yaml:1: {error}",)
+    padded = parse_config(f"admin: {{token: '${{T}}'}}\n{route}", env={"T": "abc\n"})
+    assert padded.admin.token == "abc"
+    # The hash is public (config_info, /report, logs): it must not depend on a token.
+    other = parse_config(f"admin: {{token: xyz}}\n{route}", env={})
+    assert config_hash(padded) == config_hash(other)
+
+
+def test_store_credentials_are_redacted() -> None:
+    route = "routes: [{match: /p, protocol: kserve-v1, production: {name: a, url: 'http://a'}, "
+    text = (
+        "store: {backend: redis, url: 'redis://user:pw@redis:6379/0?password=pw2&db=1'}\n"
+        f"{route}record: 1}}]"
+    )
+    config = parse_config(text, env={})
+    assert config_to_dict(config, redact=True)["store"]["url"] == (
+        "redis://user:<redacted>@redis:6379/0?password=<redacted>&db=1"
+    )
+    assert config_to_dict(config)["store"]["url"] == config.store.url
+
+
+def test_warnings_for_an_exposed_admin_api_and_routes_under_reserved_paths() -> None:
+    text = (
+        "listen: 0.0.0.0:8080\nadmin: {token: t}\nmetrics: {listen: '[::]:9464'}\n"
+        "routes: [{match: /metrics, protocol: kserve-v1, production: {name: a, url: 'http://a'}}]"
+    )
+    assert config_warnings(parse_config(text, "c.yaml", env={})) == [
+        "c.yaml: admin.listen: the admin API is served on the proxied port 0.0.0.0:8080; give "
+        "it a listener of its own on loopback or a management network, e.g. admin.listen: "
+        "127.0.0.1:9901",
+        "c.yaml: routes[].match: /metrics (route '/metrics') is the proxy's own endpoint; "
+        "requests to it never reach the route",
+    ]
+    clash = (
+        "listen: '[::]:8080'\nadmin: {token: t, listen: '127.0.0.1:8080'}\n"
+        + text.split("\n", 3)[3]
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(clash, "c.yaml", env={})
+    assert caught.value.errors == (
+        "c.yaml:2: admin.listen: same address as listen (got '127.0.0.1:8080')",
+    )

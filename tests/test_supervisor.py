@@ -170,11 +170,19 @@ async def test_admin_actions_and_reload_reach_every_worker(
             assert await traffic(10) == 30
             assert shadow.received == []
 
-            async with session.post(admin_url + "/admin/shadows/r/s/resume", headers=auth) as r:
-                assert r.status == 200
-            await _until(proc.stderr, "admin overrides applied", 2)
+            # Removed by a reload, its override is forgotten in the shared file too: added back,
+            # the shadow runs.
+            shadows = doc["routes"][0]["shadows"]  # type: ignore[index]
+            for listed in ([], shadows):
+                doc["routes"][0]["shadows"] = listed  # type: ignore[index]
+                cfg.write_text(json.dumps(doc))
+                async with session.post(admin_url + "/admin/reload", headers=auth) as r:
+                    assert r.status == 202
+                await _until(proc.stderr, "config reloaded", 2)
             assert await traffic(10) == 30
             await shadow.wait_for(10)
+            async with session.get(admin_url + "/admin/config", headers=auth) as r:
+                assert (await r.json())["overrides"] == []
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
