@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -445,3 +446,25 @@ def test_warnings_for_an_exposed_admin_api_and_routes_under_reserved_paths() -> 
     assert caught.value.errors == (
         "c.yaml:2: admin.listen: same address as listen (got '127.0.0.1:8080')",
     )
+
+
+async def test_every_admin_action_is_logged(
+    models: tuple[FakeModel, FakeModel], proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    prod, shadow = models
+    p = await proxy(config(prod.url, [{"name": "s", "url": shadow.url + ROUTE}]))
+    caplog.set_level(logging.INFO, logger="proxy.admin")
+    await admin(p, "POST", "/admin/shadows/r/s/sample", {"sample": "10%"})
+    await admin(p, "GET", "/admin/config", headers=None)
+    await admin(p, "POST", "/admin/reload")  # from a string: no file to read
+    logged = [
+        (r.levelname, r.action, r.result, r.status, getattr(r, "sample", None))  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.msg == "admin action"
+    ]
+    assert logged == [
+        ("INFO", "sample", "ok", 200, 0.1),
+        ("WARNING", "config", "unauthorized", 401, None),
+        ("WARNING", "reload", "failure", 422, None),
+    ]
+    assert all(TOKEN not in r.getMessage() + str(r.__dict__) for r in caplog.records)
