@@ -27,7 +27,14 @@ from proxy.metrics import Metrics
 from proxy.recording import MeasuredStore, Recorder, RouteRecording
 from proxy.reporter import Reporter
 from proxy.routing import Router
-from proxy.runtime import RUNTIME_DIR_ENV, Key, Overrides, OverridesFile, apply_overrides
+from proxy.runtime import (
+    RUNTIME_DIR_ENV,
+    SUPERVISOR_ENV,
+    Key,
+    Overrides,
+    OverridesFile,
+    apply_overrides,
+)
 from proxy.sampling import Sampler, WeightedSplit
 from proxy.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
 from proxy.store.base import PredictionStore
@@ -235,7 +242,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         admin_auth=BearerToken(config.admin.token),
     )
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV)
-    if runtime_dir is not None:
+    if runtime_dir is not None and SUPERVISOR_ENV in os.environ:  # a worker of a supervisor
         state.shared = OverridesFile(Path(runtime_dir))
         state.overrides = state.shared.read()  # a restarted worker picks up the others' table
         apply_overrides(state.shadow_dispatchers(), state.overrides)
