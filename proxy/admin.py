@@ -14,15 +14,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from proxy.auth import CHALLENGE
+from proxy.auth import CHALLENGE, BearerToken
 from proxy.config import config_hash, config_to_dict, parse_fraction
 from proxy.runtime import Key, ShadowOverride, apply_overrides, signal_supervisor
 from proxy.shadow import ShadowDispatcher
 
 if TYPE_CHECKING:
     from proxy.app import ProxyState, ReloadResult
-
-SHUTTING_DOWN = "the proxy is shutting down; nothing was reloaded"
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +77,7 @@ class AdminAPI:
         if not state.config.admin.enabled:
             message = "the admin API is off: set admin.token or admin.token_file"
             return self._done(request, action, "off", 404, {"error": message})
-        refusal = state.admin_auth.refusal(request)
+        refusal = BearerToken(state.config.admin.token).refusal(request)
         if refusal is None:
             return None
         return self._done(
@@ -190,7 +188,7 @@ class AdminAPI:
             doc = {"result": "accepted", "detail": "every worker reloads the config file"}
             return self._done(request, "reload", "ok", 202, doc)
         result = await self._reload()
-        if result.errors == (SHUTTING_DOWN,):
+        if result.shutting_down:
             doc = {"result": "failure", "errors": list(result.errors)}
             return self._done(request, "reload", "failure", 503, doc)
         if not result.ok:

@@ -18,9 +18,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from proxy.admin import SHUTTING_DOWN, AdminAPI, moved
-from proxy.auth import BearerToken
-from proxy.config import Config, ConfigError, Route, StoreConfig, config_hash, load_config
+from proxy.admin import AdminAPI, moved
+from proxy.config import (
+    Config,
+    ConfigError,
+    Route,
+    StoreConfig,
+    config_hash,
+    listen_text,
+    load_config,
+)
 from proxy.handler import Generation, ProductionHandler, ProductionTarget, RouteRuntime
 from proxy.labels import LabelEndpoint, RouteScorer
 from proxy.metrics import Metrics
@@ -58,7 +65,6 @@ class ProxyState:
     ready: bool = False
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retiring: set[asyncio.Task[None]] = field(default_factory=set)  # generations closing
-    admin_auth: BearerToken = field(default_factory=lambda: BearerToken(None))
     overrides: Overrides = field(default_factory=Overrides)  # the admin API's, kept over reloads
     shared: OverridesFile | None = None  # with --workers: the overrides every worker applies
 
@@ -84,6 +90,7 @@ class ReloadResult:
     ok: bool
     config_hash: str
     errors: tuple[str, ...] = ()
+    shutting_down: bool = False  # refused because the proxy is stopping, not for the file
 
     def __bool__(self) -> bool:
         return self.ok
@@ -239,7 +246,6 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         handler,
         labels,
         recorder=recorder,
-        admin_auth=BearerToken(config.admin.token),
     )
     runtime_dir = os.environ.get(RUNTIME_DIR_ENV)
     if runtime_dir is not None and SUPERVISOR_ENV in os.environ:  # a worker of a supervisor
@@ -342,9 +348,7 @@ def _needs_restart(running: Config, new: Config) -> list[str]:
         ("metrics.listen", running.metrics.listen, new.metrics.listen),
     ):
         if old_listen != new_listen:
-            refuse(
-                key, new_listen and ":".join(map(str, new_listen)), "changing it needs a restart"
-            )
+            refuse(key, listen_text(new_listen), "changing it needs a restart")
     return problems
 
 
@@ -402,7 +406,8 @@ async def reload_config(app: web.Application, path: str | None = None) -> Reload
     path = path or state.config.source
     async with state.reload_lock:
         if not state.ready:  # shutting down: routes started now would never be drained
-            return ReloadResult(False, config_hash(state.config), (SHUTTING_DOWN,))
+            errors = ("the proxy is shutting down; nothing was reloaded",)
+            return ReloadResult(False, config_hash(state.config), errors, shutting_down=True)
         try:
             new = _load_for_reload(state, path)
         except ConfigError as exc:
@@ -427,7 +432,6 @@ async def reload_config(app: web.Application, path: str | None = None) -> Reload
         old_config = state.config
         state.routes, state.config = routes, new
         state.labels.update(new.labels, scorers)
-        state.admin_auth = BearerToken(new.admin.token)
         state.reporter.update(new.verdict, config_hash(new))
         _publish(metrics, old_config, 0.0)
         _publish(metrics, new)

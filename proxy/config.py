@@ -1509,9 +1509,9 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
             },
             "admin": {
                 **_secret_dict(config.admin.token, config.admin.token_file, redact),
-                "listen": _listen_or_none(config.admin.listen),
+                "listen": listen_text(config.admin.listen),
             },
-            "metrics": {"listen": _listen_or_none(config.metrics.listen)},
+            "metrics": {"listen": listen_text(config.metrics.listen)},
         }
     )
     return result
@@ -1539,7 +1539,8 @@ def _secret_dict(token: str | None, token_file: str | None, redact: bool) -> dic
     return {"token": REDACTED if redact and token else token}
 
 
-def _listen_or_none(listen: tuple[str, int] | None) -> str | None:
+def listen_text(listen: tuple[str, int] | None) -> str | None:
+    """An address as the config writes it: host:port, [v6]:port; None stays None."""
     return None if listen is None else _listen_text(*listen)
 
 

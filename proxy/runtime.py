@@ -73,11 +73,6 @@ class Overrides:
             del self._table[key]
         return gone
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Overrides) and self._table == other._table
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
     def to_list(self) -> list[dict[str, Any]]:
         return [
             {"route": route, "shadow": shadow, "paused": o.paused, "sample": o.sample}

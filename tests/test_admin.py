@@ -337,7 +337,7 @@ def test_token_file_errors_name_the_file_key_and_value(tmp_path: Path) -> None:
         assert caught.value.errors == (f"{path}:1: {error}",)
 
 
-def test_admin_listen_and_metrics_listen_need_a_restart() -> None:
+def test_admin_listen_parses_and_a_token_turns_the_api_on() -> None:
     text = "routes: [{match: /p, protocol: kserve-v1, production: {name: a, url: 'http://a'}}]"
     config = parse_config(f"admin: {{token: t, listen: '127.0.0.1:9901'}}\n{text}", env={})
     assert config.admin.listen == ("127.0.0.1", 9901)
