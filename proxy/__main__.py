@@ -19,7 +19,6 @@ import yaml
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import build_app, listeners, reload_config, reload_overrides
 from proxy.config import (
     Config,
     ConfigError,
@@ -30,7 +29,8 @@ from proxy.config import (
     load_config,
 )
 from proxy.logs import configure_logging
-from proxy.report_cli import fetch_report, format_table, report_from_prometheus
+from proxy.report.cli import fetch_report, format_table, report_from_prometheus
+from proxy.server.app import build_app, listeners, reload_config, reload_overrides
 from proxy.supervisor import Supervisor
 
 log = logging.getLogger("proxy")

@@ -19,7 +19,7 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from proxy.runtime import RUNTIME_DIR_ENV, SUPERVISOR_ENV
+from proxy.server.overrides import RUNTIME_DIR_ENV, SUPERVISOR_ENV
 
 log = logging.getLogger("proxy.supervisor")
 

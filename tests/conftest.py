@@ -21,8 +21,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from proxy.app import STATE, ProxyState, build_app, listeners
 from proxy.config import load_config, parse_config
+from proxy.server.app import STATE, ProxyState, build_app, listeners
 
 
 @dataclass

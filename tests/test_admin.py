@@ -21,7 +21,7 @@ from proxy.config import (
     load_config,
     parse_config,
 )
-from proxy.sampling import Sampler, bucket
+from proxy.core.sampling import Sampler, bucket
 from tests.conftest import FakeModel, FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
 
 ROUTE = "/v1/models/m:predict"
@@ -453,7 +453,7 @@ async def test_every_admin_action_is_logged(
 ) -> None:
     prod, shadow = models
     p = await proxy(config(prod.url, [{"name": "s", "url": shadow.url + ROUTE}]))
-    caplog.set_level(logging.INFO, logger="proxy.admin")
+    caplog.set_level(logging.INFO, logger="proxy.server.admin")
     await admin(p, "POST", "/admin/shadows/r/s/sample", {"sample": "10%"})
     await admin(p, "GET", "/admin/config", headers=None)
     await admin(p, "POST", "/admin/reload")  # from a string: no file to read

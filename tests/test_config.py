@@ -28,7 +28,7 @@ from proxy.config import (
     parse_fraction,
     parse_size,
 )
-from proxy.predictions import Comparator, CompareKind, Distance, Extractor, Protocol
+from proxy.core.predictions import Comparator, CompareKind, Distance, Extractor, Protocol
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

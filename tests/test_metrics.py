@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from proxy.core.predictions import MAX_CLASSES, CompareKind
 from proxy.metrics import Metrics
-from proxy.predictions import MAX_CLASSES, CompareKind
 
 NAME = "shadowproxy_predicted_instances_total"
 LABELS = {"route": "r", "model": "m", "role": "shadow"}

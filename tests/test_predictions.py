@@ -1,4 +1,4 @@
-"""Tests for proxy.predictions: extraction per protocol and production-vs-shadow comparison."""
+"""Tests for proxy.core.predictions: extraction per protocol and production-vs-shadow comparison."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.predictions import (
+from proxy.core.predictions import (
     MAX_CLASSES,
     OTHER_CLASS,
     ClassLabels,

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.report_cli import report_from_prometheus
+from proxy.report.cli import report_from_prometheus
 from tests.conftest import FakeModelFactory, ProxyFactory, RunningProxy, free_port
 from tests.test_report import NO_LATENCY_GUARDRAIL, ROUTE, labelled_traffic
 

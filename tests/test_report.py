@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from proxy.config import VerdictConfig
-from proxy.report_cli import format_table, report_from_prometheus
+from proxy.report.cli import format_table, report_from_prometheus
 from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, Script, v1
 
 ROUTE = "/v1/models/m:predict"
@@ -248,7 +248,7 @@ NO_LABELS = {"n": 0}
 
 
 def _decide(**overrides: Any) -> tuple[str, str]:
-    from proxy.report import decide
+    from proxy.report.build import decide
 
     args: dict[str, Any] = {
         "kind": "classification",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from proxy.report_html import (
+from proxy.report.html import (
     DASH,
     fmt_count,
     fmt_interval,

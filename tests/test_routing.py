@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from proxy.routing import Router
+from proxy.core.routing import Router
 
 
 def test_longest_prefix_wins_whatever_the_order() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.sampling import BUCKETS, Sampler, WeightedSplit, bucket
+from proxy.core.sampling import BUCKETS, Sampler, WeightedSplit, bucket
 
 
 def test_bucket_is_stable_across_processes() -> None:

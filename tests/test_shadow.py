@@ -11,11 +11,11 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
+from proxy.core.predictions import CompareKind, Extractor, Protocol
+from proxy.core.sampling import Sampler, bucket
 from proxy.metrics import Metrics
-from proxy.predictions import CompareKind, Extractor, Protocol
-from proxy.sampling import Sampler, bucket
-from proxy.shadow import Tee
-from proxy.upstream import UpstreamResponse
+from proxy.server.shadow import Tee
+from proxy.server.upstream import UpstreamResponse
 from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
 
 ROUTE = "/v1/models/m:predict"

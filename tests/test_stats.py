@@ -11,7 +11,7 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from proxy.stats import (
+from proxy.core.stats import (
     DEFAULT_BETA_PRIOR,
     DEFAULT_MIN_N,
     Estimate,

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from proxy.config import VerdictConfig
-from proxy.stats import (
+from proxy.core.stats import (
     histogram_quantile,
     mcnemar_p,
     paired_accuracy_difference,

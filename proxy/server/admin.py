@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from proxy.auth import CHALLENGE, BearerToken
 from proxy.config import config_hash, config_to_dict, parse_fraction
-from proxy.runtime import Key, ShadowOverride, apply_overrides, signal_supervisor
-from proxy.shadow import ShadowDispatcher
+from proxy.server.auth import CHALLENGE, BearerToken
+from proxy.server.overrides import Key, ShadowOverride, apply_overrides, signal_supervisor
+from proxy.server.shadow import ShadowDispatcher
 
 if TYPE_CHECKING:
-    from proxy.app import ProxyState, ReloadResult
+    from proxy.server.app import ProxyState, ReloadResult
 
 log = logging.getLogger(__name__)
 

@@ -99,7 +99,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import yaml
 
-from proxy.predictions import (
+from proxy.core.predictions import (
     OTHER_CLASS,
     Comparator,
     CompareKind,

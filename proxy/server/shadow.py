@@ -14,10 +14,10 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from proxy.core.predictions import Comparator, ExtractionError, Extractor, ShapeMismatch
+from proxy.core.sampling import Sampler
 from proxy.metrics import ClassCounter, ShadowMetrics
-from proxy.predictions import Comparator, ExtractionError, Extractor, ShapeMismatch
-from proxy.sampling import Sampler
-from proxy.upstream import Upstream, UpstreamError, UpstreamResponse
+from proxy.server.upstream import Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 from prometheus_client import Gauge, Histogram
 
 from proxy.config import StoreConfig
-from proxy.labels import RouteScorer
+from proxy.core.predictions import ExtractionError, Extractor
 from proxy.metrics import STORE_OPERATIONS, Metrics
-from proxy.predictions import ExtractionError, Extractor
-from proxy.shadow import Tee
+from proxy.server.labels import RouteScorer
+from proxy.server.shadow import Tee
 from proxy.store.base import (
     LabelResult,
     PredictionStore,

@@ -16,8 +16,14 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import VerdictConfig
 from proxy.metrics import Metrics
-from proxy.report import VERDICT_VALUE, advantage_interval, build_report, history_point, samples_of
-from proxy.report_html import render_html
+from proxy.report.build import (
+    VERDICT_VALUE,
+    advantage_interval,
+    build_report,
+    history_point,
+    samples_of,
+)
+from proxy.report.html import render_html
 
 log = logging.getLogger(__name__)
 

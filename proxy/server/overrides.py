@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from proxy.shadow import ShadowDispatcher
+from proxy.server.shadow import ShadowDispatcher
 
 RUNTIME_DIR_ENV = "SHADOW_PROXY_RUNTIME_DIR"
 """Set by the supervisor for its workers: the directory their shared overrides live in."""

@@ -14,12 +14,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
+from proxy.core.routing import Router
+from proxy.core.sampling import WeightedSplit, bucket
 from proxy.metrics import RouteMetrics, UpstreamMetrics
-from proxy.recording import Recorder
-from proxy.routing import Router
-from proxy.sampling import WeightedSplit, bucket
-from proxy.shadow import ShadowSet, Tee
-from proxy.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
+from proxy.server.recording import Recorder
+from proxy.server.shadow import ShadowSet, Tee
+from proxy.server.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 

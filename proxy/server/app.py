@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from proxy.admin import AdminAPI, moved
 from proxy.config import (
     Config,
     ConfigError,
@@ -28,13 +27,13 @@ from proxy.config import (
     listen_text,
     load_config,
 )
-from proxy.handler import Generation, ProductionHandler, ProductionTarget, RouteRuntime
-from proxy.labels import LabelEndpoint, RouteScorer
+from proxy.core.routing import Router
+from proxy.core.sampling import Sampler, WeightedSplit
 from proxy.metrics import Metrics
-from proxy.recording import MeasuredStore, Recorder, RouteRecording
-from proxy.reporter import Reporter
-from proxy.routing import Router
-from proxy.runtime import (
+from proxy.server.admin import AdminAPI, moved
+from proxy.server.handler import Generation, ProductionHandler, ProductionTarget, RouteRuntime
+from proxy.server.labels import LabelEndpoint, RouteScorer
+from proxy.server.overrides import (
     RUNTIME_DIR_ENV,
     SUPERVISOR_ENV,
     Key,
@@ -42,10 +41,11 @@ from proxy.runtime import (
     OverridesFile,
     apply_overrides,
 )
-from proxy.sampling import Sampler, WeightedSplit
-from proxy.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
+from proxy.server.recording import MeasuredStore, Recorder, RouteRecording
+from proxy.server.reporter import Reporter
+from proxy.server.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
+from proxy.server.upstream import Upstream
 from proxy.store.base import PredictionStore
-from proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.auth import CHALLENGE, BearerToken
 from proxy.config import LabelsConfig
-from proxy.joining import InvalidLabel, Score, label_values, pair, score
+from proxy.core.joining import InvalidLabel, Score, label_values, pair, score
+from proxy.core.predictions import CompareKind, ShapeMismatch
 from proxy.metrics import LabelMetrics, ModelMetrics, PairMetrics, RecordingMetrics
-from proxy.predictions import CompareKind, ShapeMismatch
+from proxy.server.auth import CHALLENGE, BearerToken
 from proxy.store.base import LabelStatus, PredictionStore, Record, StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import urllib.request
 from typing import Any
 
 from proxy.config import VerdictConfig
-from proxy.report import Samples, build_report
+from proxy.report.build import Samples, build_report
 
 # What the report reads, and the labels it reads them by; summed over everything else
 # (instance, pod, worker), so that replicas add up.
