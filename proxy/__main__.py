@@ -16,7 +16,6 @@ from typing import Any
 
 import uvloop
 import yaml
-from aiohttp import web
 
 from proxy import __version__
 from proxy.config import (
@@ -30,7 +29,9 @@ from proxy.config import (
 )
 from proxy.logs import configure_logging
 from proxy.report.cli import fetch_report, format_table, report_from_prometheus
-from proxy.server.app import build_app, listeners, reload_config, reload_overrides
+from proxy.server.app import build_app, start_listeners
+from proxy.server.reload import reload_config, reload_overrides
+from proxy.server.state import STATE, ProxyState
 from proxy.supervisor import Supervisor
 
 log = logging.getLogger("proxy")
@@ -45,29 +46,16 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
     SIGHUP reloads the config file.
     """
     app = build_app(config)
-    runners = []
-    # The proxy's listener first: it is the one that drains in-flight requests at shutdown.
-    for listener in listeners(app):
-        runner = web.AppRunner(
-            listener.app,
-            handle_signals=False,
-            access_log=logging.getLogger("proxy.access") if config.access_log else None,
-            shutdown_timeout=config.shutdown_timeout,
-        )
-        await runner.setup()
-        site = web.TCPSite(
-            runner, listener.host, listener.port, backlog=2048, reuse_port=reuse_port or None
-        )
-        await site.start()
-        runners.append((listener.name, runner))
+    serving = await start_listeners(app, reuse_port=reuse_port)
+    state = app[STATE]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[object]] = set()
 
-    def run(job: Callable[[web.Application], Coroutine[Any, Any, object]]) -> None:
-        task = asyncio.create_task(job(app), name=job.__name__)
+    def run(job: Callable[[ProxyState], Coroutine[Any, Any, object]]) -> None:
+        task = asyncio.create_task(job(state), name=job.__name__)
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -80,10 +68,8 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
         "listening",
         extra={
             # The proxy's own; then every listener by name (metrics, admin when apart).
-            "addresses": [f"{a[0]}:{a[1]}" for a in runners[0][1].addresses],
-            "listeners": {
-                name: [f"{a[0]}:{a[1]}" for a in runner.addresses] for name, runner in runners
-            },
+            "addresses": serving.addresses["proxy"],
+            "listeners": serving.addresses,
             "config": config.source,
             "config_hash": config_hash(config),
             "version": __version__,
@@ -93,8 +79,7 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
     await stop.wait()
     log.info("shutting down", extra={"shutdown_timeout": config.shutdown_timeout})
     await asyncio.gather(*reloads)
-    for _, runner in runners:
-        await runner.cleanup()
+    await serving.stop()
     log.info("stopped")
 
 

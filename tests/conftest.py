@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.config import load_config, parse_config
-from proxy.server.app import STATE, ProxyState, build_app, listeners
+from proxy.server.app import Serving, build_app, start_listeners
+from proxy.server.state import STATE, ProxyState
 
 
 @dataclass
@@ -127,14 +128,13 @@ class RunningProxy:
     app: web.Application
     registry: CollectorRegistry
     session: aiohttp.ClientSession
-    runners: list[web.AppRunner]
+    serving: Serving
     urls: dict[str, str]  # per listener: proxy, and metrics and admin when configured apart
 
     async def stop(self) -> None:
         """Shut down gracefully, as on SIGTERM (idempotent)."""
         await self.session.close()
-        for runner in self.runners:
-            await runner.cleanup()
+        await self.serving.stop()
 
     @property
     def admin_url(self) -> str:
@@ -185,22 +185,10 @@ async def proxy() -> AsyncIterator[ProxyFactory]:
             config = load_config(path, env={})
         registry = CollectorRegistry()
         app = build_app(config, registry)
-        runners, urls = [], {}
-        for listener in listeners(app):
-            runner = web.AppRunner(
-                listener.app, access_log=None, shutdown_timeout=config.shutdown_timeout
-            )
-            await runner.setup()
-            # The proxy's own listener on a free port; the others where the config puts them.
-            host = "127.0.0.1" if listener.name == "proxy" else listener.host
-            await web.TCPSite(
-                runner, host, 0 if listener.name == "proxy" else listener.port
-            ).start()
-            host, port = runner.addresses[0][:2]
-            runners.append(runner)
-            urls[listener.name] = f"http://{host}:{port}"
+        serving = await start_listeners(app, proxy_at=("127.0.0.1", 0))
         session = aiohttp.ClientSession(auto_decompress=False)
-        started.append(RunningProxy(urls["proxy"], app, registry, session, runners, urls))
+        urls = serving.urls
+        started.append(RunningProxy(urls["proxy"], app, registry, session, serving, urls))
         return started[-1]
 
     yield factory

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from proxy.config import config_hash, load_config
-from proxy.server.app import reload_config
+from proxy.server.reload import reload_config
 from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, free_port, v1
 
 ROUTE = "/v1/models/m:predict"
@@ -83,7 +83,7 @@ async def test_ten_reloads_under_load_fail_no_request_and_count_each_once(
     await traffic.more(20)
     for i in range(10):
         await asyncio.to_thread(path.write_text, b if i % 2 == 0 else a)
-        assert await reload_config(p.app)
+        assert await reload_config(p.state)
         await traffic.more(20)
     await traffic.stop()
     await asyncio.gather(*p.state.retiring)
@@ -128,10 +128,10 @@ async def test_an_invalid_reload_keeps_the_running_config(
     await asyncio.to_thread(
         path.write_text, '{"routes": [{"match": "/x", "protocl": "kserve-v1"}]}'
     )
-    assert not await reload_config(p.app)
+    assert not await reload_config(p.state)
     moved = config(prod.url, [], listen="127.0.0.1:1")
     await asyncio.to_thread(path.write_text, moved)
-    assert not await reload_config(p.app)  # listen needs a restart: refused as a whole
+    assert not await reload_config(p.state)  # listen needs a restart: refused as a whole
     assert p.value("shadowproxy_config_reloads_total", result="failure") == 2
     assert p.state.config is before
     status, _, _ = await p.post(ROUTE, {"instances": [1]})

@@ -4,23 +4,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from proxy.config import config_hash, config_to_dict, parse_fraction
 from proxy.server.auth import CHALLENGE, BearerToken
-from proxy.server.overrides import Key, ShadowOverride, apply_overrides, signal_supervisor
+from proxy.server.overrides import Key, Overrides, ShadowOverride, signal_supervisor
+from proxy.server.reload import ReloadResult
+from proxy.server.responses import json_response
 from proxy.server.shadow import ShadowDispatcher
-
-if TYPE_CHECKING:
-    from proxy.server.app import ProxyState, ReloadResult
+from proxy.server.state import ProxyState
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +27,8 @@ PREFIX = "/admin"
 ACTIONS = ("config", "shadows", "pause", "resume", "sample", "reload", "unknown")
 RESULTS = ("ok", "unauthorized", "forbidden", "off", "not_found", "invalid", "failure")
 
-Reload = Callable[[], Awaitable["ReloadResult"]]
+Reload = Callable[[], Awaitable[ReloadResult]]
 Validate = Callable[[], Awaitable[list[str]]]
-
-
-def _json(status: int, doc: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(doc), content_type="application/json", headers=headers
-    )
 
 
 class AdminAPI:
@@ -70,7 +63,7 @@ class AdminAPI:
         level = logging.INFO if result == "ok" else logging.WARNING
         fields = {"action": action, "result": result, "status": status, **extra}
         log.log(level, "admin action", extra={**fields, "remote": request.remote})
-        return _json(status, doc, CHALLENGE if status == 401 else None)
+        return json_response(status, doc, CHALLENGE if status == 401 else None)
 
     def _refused(self, request: web.Request, action: str) -> web.Response | None:
         state = self._state
@@ -94,7 +87,7 @@ class AdminAPI:
             "source": config.source,
             "config_hash": config_hash(config),
             "config": config_to_dict(config, redact=True),
-            "overrides": self._state.overrides.to_list(),
+            "overrides": self._state.overrides.overrides.to_list(),
         }
         return self._done(request, "config", "ok", 200, doc)
 
@@ -149,17 +142,14 @@ class AdminAPI:
             if dispatcher is None:
                 message = f"no shadow {key[1]!r} on route {key[0]!r}"
                 return self._done(request, action, "not_found", 404, {"error": message})
-            if state.shared is None:
-                state.overrides.set(key, change(state.overrides.get(key)))
-            else:
-                shared = state.shared
 
-                def edit(overrides: Any) -> None:
-                    overrides.set(key, change(overrides.get(key)))
+            def edit(overrides: Overrides) -> None:
+                overrides.set(key, change(overrides.get(key)))
 
-                state.overrides = await asyncio.to_thread(shared.change, edit)
+            await state.overrides.change(edit)
+            if state.overrides.shared is not None:
                 signal_supervisor(signal.SIGUSR1)  # which tells every worker
-            apply_overrides(state.shadow_dispatchers(), state.overrides)
+            state.overrides.apply(state.shadow_dispatchers())
         doc = _describe(key[0], dispatcher)
         return self._done(
             request,
@@ -178,7 +168,7 @@ class AdminAPI:
     async def _reload_handler(self, request: web.Request) -> web.Response:
         if (refused := self._refused(request, "reload")) is not None:
             return refused
-        if self._state.shared is not None:
+        if self._state.overrides.shared is not None:
             # --workers: every worker must reload, so the supervisor passes SIGHUP on to all.
             errors = await self._validate()
             if errors:
@@ -229,12 +219,3 @@ def _describe(route: str, dispatcher: ShadowDispatcher) -> dict[str, Any]:
         "sample": dispatcher.sample,
         "configured_sample": dispatcher.configured_sample,
     }
-
-
-def moved(where: str, key: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """A reserved path's handler on the main listener when it is served on a listener of its own."""
-
-    async def handler(request: web.Request) -> web.Response:
-        return _json(404, {"error": f"{where} is served on its own listener ({key})"})
-
-    return handler

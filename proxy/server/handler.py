@@ -8,16 +8,17 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
 from proxy.core.routing import Router
-from proxy.core.sampling import WeightedSplit, bucket
+from proxy.core.sampling import Sampler, WeightedSplit, bucket
 from proxy.metrics import RouteMetrics, UpstreamMetrics
 from proxy.server.recording import Recorder
+from proxy.server.responses import json_response
 from proxy.server.shadow import ShadowSet, Tee
 from proxy.server.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 
@@ -52,13 +53,28 @@ class RouteRuntime:
     production: WeightedSplit[ProductionTarget]
     shadows: ShadowSet
     metrics: RouteMetrics
+    record: Sampler  # which requests are recorded (none without a recorder)
     recorder: Recorder | None = None  # set when the route records predictions for labels
-    record_threshold: int = 0  # buckets below this are recorded
 
     @property
     def tees(self) -> bool:
         """Whether requests on this route are copied anywhere (shadows or the store)."""
         return bool(self.shadows) or self.recorder is not None
+
+
+def _error(status: int, message: str, request_id: str, id_header: str) -> web.Response:
+    doc = {"error": message, "request_id": request_id}
+    return json_response(status, doc, {id_header: request_id})
+
+
+class _Forwarded(NamedTuple):
+    """The request as it went to production, the leading fields of its Tee."""
+
+    method: str
+    suffix: str
+    headers: CIMultiDict[str]
+    body: bytes
+    request_id: str
 
 
 def _strip(headers: CIMultiDictProxy[str], drop: tuple[str, ...]) -> CIMultiDict[str]:
@@ -74,15 +90,16 @@ def _strip(headers: CIMultiDictProxy[str], drop: tuple[str, ...]) -> CIMultiDict
 
 
 class Generation:
-    """The routes of one config, and the requests still running on them: a reload retires a
-    generation, which closes its pools once its last request is done.
+    """The routes of one config and its request id header, and the requests still running on
+    them: a reload retires a generation, which closes its pools once its last request is done.
 
-    >>> generation = Generation(router)
+    >>> generation = Generation(router, "X-Request-ID")
     >>> await generation.retire()   # returns once no request uses it any more
     """
 
-    def __init__(self, router: Router[RouteRuntime]) -> None:
+    def __init__(self, router: Router[RouteRuntime], request_id_header: str) -> None:
         self.router = router
+        self.request_id_header = request_id_header
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._retired = False
@@ -105,72 +122,81 @@ class Generation:
 class ProductionHandler:
     """The aiohttp handler for every proxied path.
 
-    >>> handler = ProductionHandler(router, request_id_header="X-Request-ID", max_body=1 << 20,
+    >>> handler = ProductionHandler(Generation(router, "X-Request-ID"), max_body=1 << 20,
     ...                             rejected=metrics.bind_rejections())
     >>> app.router.add_route("*", "/{tail:.*}", handler.handle)
     """
 
     def __init__(
         self,
-        router: Router[RouteRuntime],
+        generation: Generation,
         *,
-        request_id_header: str,
         max_body: int,
         rejected: dict[str, Counter],
     ) -> None:
-        self.generation = Generation(router)  # replaced as a whole by a reload
+        self.generation = generation  # replaced as a whole by a reload
         self._max_body = max_body
-        self.request_id_header = request_id_header
         self._no_route = rejected["no_route"]
         self._too_large = rejected["body_too_large"]
 
-    def _error(self, status: int, message: str, request_id: str) -> web.Response:
-        return web.Response(
-            status=status,
-            body=orjson.dumps({"error": message, "request_id": request_id}),
-            content_type="application/json",
-            headers={self.request_id_header: request_id},
-        )
-
     @staticmethod
-    def _tee(route: RouteRuntime, tee: Tee) -> None:
+    def _tee(
+        route: RouteRuntime,
+        request: _Forwarded,
+        production: UpstreamResponse | None,
+        created: float = 0.0,
+    ) -> None:
         """Hand the exchange to the store and the shadows; queues only, never awaits."""
-        b = bucket(tee.request_id)
+        b = bucket(request.request_id)
         recorder = route.recorder
-        if recorder is not None and b < route.record_threshold and tee.production is not None:
-            tee.recorded = recorder.record(route.name, tee)
+        recorded = (
+            recorder is not None
+            and production is not None
+            and route.record.admits(b)
+            and recorder.has_room(route.name)  # a full queue is counted there
+        )
+        tee = Tee(*request, production, created, recorded)
+        if recorded:
+            assert recorder is not None
+            recorder.record(route.name, tee)
         route.shadows.offer(tee, b)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        # The request runs to its end on the routes it started with, whatever a reload does.
+        # The request runs to its end on the routes and the request id header it started with,
+        # whatever a reload does.
         generation = self.generation
         generation.enter()
         try:
-            return await self._handle(request, generation.router)
+            return await self._handle(request, generation)
         finally:
             generation.leave()
 
-    async def _handle(
-        self, request: web.Request, router: Router[RouteRuntime]
-    ) -> web.StreamResponse:
-        request_id = request.headers.get(self.request_id_header) or str(uuid.uuid4())
+    async def _handle(self, request: web.Request, generation: Generation) -> web.StreamResponse:
+        router = generation.router
+        id_header = generation.request_id_header
+        request_id = request.headers.get(id_header) or str(uuid.uuid4())
         raw_path = request.raw_path
         found = router.match(raw_path, request.method)
         if found is None:
             self._no_route.inc()
-            return self._error(404, f"no route matches {request.method} {request.path}", request_id)
+            return _error(
+                404, f"no route matches {request.method} {request.path}", request_id, id_header
+            )
         prefix, route = found
         route.metrics.requests.inc()
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             self._too_large.inc()
-            return self._error(
-                413, f"request body is larger than max_body ({self._max_body} bytes)", request_id
+            return _error(
+                413,
+                f"request body is larger than max_body ({self._max_body} bytes)",
+                request_id,
+                id_header,
             )
 
         headers = _strip(request.headers, _DROP_FROM_REQUEST)
-        headers[self.request_id_header] = request_id
+        headers[id_header] = request_id
         forwarded_for = request.headers.get("X-Forwarded-For")
         remote = request.remote or ""
         headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
@@ -179,8 +205,9 @@ class ProductionHandler:
         if "X-Forwarded-Host" not in headers and request.host:
             headers["X-Forwarded-Host"] = request.host
 
-        target = route.production.single or route.production.pick(bucket(request_id))
         suffix = raw_path[len(prefix) :]
+        forwarded = _Forwarded(request.method, suffix, headers, body, request_id)
+        target = route.production.single or route.production.pick(bucket(request_id))
         m = target.metrics
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -190,18 +217,21 @@ class ProductionHandler:
         except UpstreamError as exc:
             m.outcomes[exc.outcome].inc()
             if route.tees:
-                self._tee(route, Tee(request.method, suffix, headers, body, request_id, None))
+                self._tee(route, forwarded, None)
             if isinstance(exc, UpstreamTimeout):
-                return self._error(504, f"production target {target.name} timed out", request_id)
-            return self._error(502, f"production target {target.name} is unreachable", request_id)
+                return _error(
+                    504, f"production target {target.name} timed out", request_id, id_header
+                )
+            return _error(
+                502, f"production target {target.name} is unreachable", request_id, id_header
+            )
         m.duration.observe(loop.time() - started)
         m.outcomes["ok" if answer.status < 500 else "http_error"].inc()
         if route.tees:
-            tee = Tee(request.method, suffix, headers, body, request_id, answer, time.time())
-            self._tee(route, tee)
+            self._tee(route, forwarded, answer, time.time())
 
         out_headers = _strip(answer.headers, _DROP_FROM_RESPONSE)
-        out_headers[self.request_id_header] = request_id
+        out_headers[id_header] = request_id
         return web.Response(
             status=answer.status, reason=answer.reason, headers=out_headers, body=answer.body
         )

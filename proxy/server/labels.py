@@ -14,81 +14,17 @@ import orjson
 from aiohttp import web
 
 from proxy.config import LabelsConfig
-from proxy.core.joining import InvalidLabel, Score, label_values, pair, score
-from proxy.core.predictions import CompareKind, ShapeMismatch
-from proxy.metrics import LabelMetrics, ModelMetrics, PairMetrics, RecordingMetrics
+from proxy.core.joining import InvalidLabel, Score
+from proxy.metrics import LabelMetrics
 from proxy.server.auth import CHALLENGE, BearerToken
-from proxy.store.base import LabelStatus, PredictionStore, Record, StoreUnavailable
+from proxy.server.responses import json_response
+from proxy.server.scoring import RouteScorer
+from proxy.store.base import LabelStatus, PredictionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_ID = 256
 _ITEM_KEYS = ("request_id", "label")
-
-
-@dataclass(frozen=True, slots=True)
-class RouteScorer:
-    """Scores one route's records against their labels and counts the results.
-
-    >>> scorer = RouteScorer(CompareKind.CLASSIFICATION, production, shadows, pairs, recording)
-    >>> scorer.join(record)                   # production and the shadows present
-    >>> scorer.join_shadow(record, "iris-rf")  # a shadow that answered after the label
-    """
-
-    kind: CompareKind
-    production: ModelMetrics
-    shadows: dict[str, ModelMetrics]
-    pairs: dict[str, PairMetrics]
-    recording: RecordingMetrics
-
-    def labels_for(self, record: Record, label: Any) -> tuple[list[Any], Score]:
-        """The label per instance, and production's score; InvalidLabel if the label does not
-        fit what production predicted."""
-        labels = label_values(label, len(record.predictions))
-        return labels, score(self.kind, record.predictions, labels)
-
-    def join(self, record: Record, now: float, production_score: Score | None = None) -> None:
-        labels, computed = self.labels_for(record, record.label)
-        _count(self.production, production_score or computed)
-        self.recording.delay.observe(max(0.0, now - record.created))
-        for shadow in record.shadows:
-            self._join_shadow(record, shadow, labels)
-
-    def join_shadow(self, record: Record, shadow: str) -> None:
-        labels = label_values(record.label, len(record.predictions))
-        self._join_shadow(record, shadow, labels)
-
-    def _join_shadow(self, record: Record, shadow: str, labels: list[Any]) -> None:
-        metrics = self.shadows.get(shadow)
-        if metrics is None:  # a shadow that a config reload removed
-            return
-        predictions = record.shadows[shadow]
-        try:
-            _count(metrics, score(self.kind, predictions, labels))
-            paired = pair(self.kind, record.predictions, predictions, labels)
-        except (InvalidLabel, ShapeMismatch):
-            # The shadow answered with another number of instances than production did.
-            metrics.unscorable.inc(len(labels))
-            return
-        p = self.pairs[shadow]
-        for outcome in p.outcomes:
-            p.outcomes[outcome].inc(getattr(paired, outcome))
-        if paired.n:
-            p.n.inc(paired.n)
-            p.difference_squares.inc(paired.d_squared_sum)
-            # Counters only go up: the sum of d is kept as its positive and negative parts.
-            p.shadow_worse.inc(paired.d_positive_sum)
-            p.shadow_better.inc(paired.d_positive_sum - paired.d_sum)
-
-
-def _count(metrics: ModelMetrics, s: Score) -> None:
-    metrics.labelled.inc(s.instances)
-    metrics.correct.inc(s.correct)
-    metrics.unscorable.inc(s.unscorable)
-    for error in s.absolute_errors:
-        metrics.absolute_error.observe(error)
-    metrics.squared_error.inc(s.squared_error)
-    metrics.log_loss.inc(s.log_loss)
 
 
 @dataclass(slots=True)
@@ -99,7 +35,7 @@ class _Item:
     label: Any
     result: str = ""
     error: str = ""
-    production_score: Score | None = None
+    scored: tuple[list[Any], Score] | None = None  # per-instance labels, production's score
 
     def answer(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"request_id": self.request_id, "result": self.result}
@@ -167,7 +103,7 @@ class LabelEndpoint:
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
         self._m.rejected[reason].inc()
         headers = CHALLENGE if status == 401 else None
-        return _json(status, {"error": message}, headers)
+        return json_response(status, {"error": message}, headers)
 
     async def handle(self, request: web.Request) -> web.Response:
         if self._store is None:
@@ -190,7 +126,7 @@ class LabelEndpoint:
             items, single = [_parse_item(doc)], True
         elif isinstance(doc, list):
             if not doc:
-                return _json(400, {"error": "the batch is empty"})
+                return json_response(400, {"error": "the batch is empty"})
             if len(doc) > self._config.max_batch:
                 return self._malformed(
                     f"the batch has {len(doc)} labels; labels.max_batch is "
@@ -212,11 +148,11 @@ class LabelEndpoint:
         for item in items:
             self._m.results[item.result].inc()
         if single:
-            return _json(_STATUS[items[0].result], items[0].answer())
+            return json_response(_STATUS[items[0].result], items[0].answer())
         counts = {result: 0 for result in _STATUS}
         for item in items:
             counts[item.result] += 1
-        return _json(200, {"results": [item.answer() for item in items], "counts": counts})
+        return json_response(200, {"results": [item.answer() for item in items], "counts": counts})
 
     async def _read(self, request: web.Request) -> bytes | None:
         """The body, or None when it is over labels.max_body (read no further than that)."""
@@ -235,7 +171,7 @@ class LabelEndpoint:
         # A body we cannot read is still labels received: counted, as invalid.
         self._m.received.inc(count)
         self._m.results["invalid"].inc(count)
-        return _json(400, {"error": message})
+        return json_response(400, {"error": message})
 
     async def _apply(self, items: Sequence[_Item]) -> None:
         """Validate the labels against their records, set them, and join what was joined."""
@@ -250,7 +186,7 @@ class LabelEndpoint:
             scorer = None if record is None else self._scorers.get(record.route)
             if record is not None and scorer is not None:
                 try:
-                    _, item.production_score = scorer.labels_for(record, item.label)
+                    item.scored = scorer.labels_for(record, item.label)
                 except InvalidLabel as exc:
                     item.result, item.error = "invalid", str(exc)
                     continue
@@ -265,10 +201,4 @@ class LabelEndpoint:
             if result.status is LabelStatus.JOINED and result.record is not None:
                 scorer = self._scorers.get(result.record.route)
                 if scorer is not None:
-                    scorer.join(result.record, now, item.production_score)
-
-
-def _json(status: int, doc: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(doc), content_type="application/json", headers=headers
-    )
+                    scorer.join(result.record, now, item.scored)

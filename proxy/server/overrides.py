@@ -1,9 +1,11 @@
-"""Runtime overrides of the YAML, set through the admin API: per shadow, paused and a sample rate.
-The table is plain data; `apply_overrides` sets it on running dispatchers; with --workers,
-`OverridesFile` keeps it where every worker process re-reads it (on SIGUSR1)."""
+"""The admin API's overrides of the YAML, per shadow: paused, and a sample rate. `Overrides` is
+the plain table; `OverridesFile` keeps it where every worker of a supervisor re-reads it (on
+SIGUSR1); `OverrideTable` is the one in force, local or shared, and sets it on the dispatchers.
+Nothing here serves HTTP or reloads a config."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from collections.abc import Callable, Iterable
@@ -93,13 +95,6 @@ class Overrides:
         )
 
 
-def apply_overrides(shadows: Iterable[tuple[str, ShadowDispatcher]], overrides: Overrides) -> None:
-    """Set every (route, dispatcher)'s pause and sample rate from the table."""
-    for route, dispatcher in shadows:
-        override = overrides.get((route, dispatcher.name))
-        dispatcher.control(paused=override.paused, sample=override.sample)
-
-
 class OverridesFile:
     """The overrides shared by the workers of one supervisor: a JSON file changed under an
     exclusive lock (read, change, write, rename), so that concurrent changes in two workers
@@ -128,3 +123,44 @@ class OverridesFile:
             temporary.write_bytes(overrides.to_json())
             os.replace(temporary, self.path)
             return overrides
+
+
+class OverrideTable:
+    """The overrides in force: this process's own table, or with --workers the table every
+    worker shares through an `OverridesFile`. The one place that knows which.
+
+    >>> table = OverrideTable.for_process()
+    >>> await table.change(lambda overrides: overrides.set(key, ShadowOverride(paused=True)))
+    >>> table.apply(state.shadow_dispatchers())
+    """
+
+    def __init__(self, shared: OverridesFile | None = None) -> None:
+        self.shared = shared
+        # A restarted worker picks up the table the others changed meanwhile.
+        self.overrides = shared.read() if shared is not None else Overrides()
+
+    @classmethod
+    def for_process(cls) -> OverrideTable:
+        """Shared when this process is a worker of a supervisor (both variables set)."""
+        runtime_dir = os.environ.get(RUNTIME_DIR_ENV)
+        if runtime_dir is not None and SUPERVISOR_ENV in os.environ:
+            return cls(OverridesFile(Path(runtime_dir)))
+        return cls()
+
+    async def change(self, edit: Callable[[Overrides], object]) -> None:
+        """Edit the table: in place, or in the shared file under its lock (in a thread)."""
+        if self.shared is None:
+            edit(self.overrides)
+        else:
+            self.overrides = await asyncio.to_thread(self.shared.change, edit)
+
+    async def reread(self) -> None:
+        """--workers: take the table another worker changed."""
+        if self.shared is not None:
+            self.overrides = await asyncio.to_thread(self.shared.read)
+
+    def apply(self, shadows: Iterable[tuple[str, ShadowDispatcher]]) -> None:
+        """Set every (route, dispatcher)'s pause and sample rate from the table."""
+        for route, dispatcher in shadows:
+            override = self.overrides.get((route, dispatcher.name))
+            dispatcher.control(paused=override.paused, sample=override.sample)

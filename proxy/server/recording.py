@@ -16,7 +16,7 @@ from prometheus_client import Gauge, Histogram
 from proxy.config import StoreConfig
 from proxy.core.predictions import ExtractionError, Extractor
 from proxy.metrics import STORE_OPERATIONS, Metrics
-from proxy.server.labels import RouteScorer
+from proxy.server.scoring import RouteScorer
 from proxy.server.shadow import Tee
 from proxy.store.base import (
     LabelResult,
@@ -142,6 +142,14 @@ class Recorder:
             self._recording[item.route].dropped[(kind, "queue_full")].inc()
             return False
         self._depth.inc()
+        return True
+
+    def has_room(self, route: str) -> bool:
+        """Whether `record` can queue a record now; when not, the record is counted as dropped
+        (queue full). The hot path asks first, so that a Tee knows from birth if it is recorded."""
+        if self._queue.full():
+            self._recording[route].dropped[("record", "queue_full")].inc()
+            return False
         return True
 
     def record(self, route: str, tee: Tee) -> bool:

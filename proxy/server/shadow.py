@@ -85,7 +85,11 @@ def decoded_body(response: UpstreamResponse) -> bytes:
 class ShadowDispatcher:
     """A bounded queue and `max_in_flight` workers for one shadow of one route.
 
-    >>> dispatcher = ShadowDispatcher(shadow_cfg, upstream, extractor, comparator, metrics_for)
+    >>> dispatcher = ShadowDispatcher(
+    ...     "iris-rf", sample=0.1, max_in_flight=4, max_queue=1000, strip_headers=(),
+    ...     upstream=Upstream("http://iris-rf:8080", "/predict", timeout=2.0),
+    ...     extractor=route.extractor, comparator=route.comparator,
+    ...     metrics=metrics.bind_shadow("iris", "iris-rf"))
     >>> await dispatcher.start()
     >>> dispatcher.submit(tee)        # never blocks; counts queue_full or shutting_down
     >>> await dispatcher.drain(5.0)   # on shutdown
@@ -114,7 +118,7 @@ class ShadowDispatcher:
         self._shadow_classes = shadow_classes
         self.configured_sample = sample
         self.sample = sample  # what applies now: the config's, or the admin API's override
-        self.threshold = Sampler(sample).threshold
+        self.sampler = Sampler(sample)
         self.paused = False  # by the admin API: copies are skipped (counted as paused)
         self.upstream = upstream
         self._extractor = extractor
@@ -139,7 +143,7 @@ class ShadowDispatcher:
         the next request offered."""
         self.paused = paused
         self.sample = self.configured_sample if sample is None else sample
-        self.threshold = Sampler(self.sample).threshold
+        self.sampler = Sampler(self.sample)
         self._m.paused.set(1 if paused else 0)
         self._m.sample.set(self.sample)
 
@@ -326,7 +330,7 @@ class ShadowSet:
         )
         # The threshold and pause are read per request: the admin API changes them at runtime.
         for dispatcher, sampled_out, paused, body_too_large in self._entries:
-            if b >= dispatcher.threshold:
+            if not dispatcher.sampler.admits(b):
                 sampled_out.inc()
             elif dispatcher.paused:
                 paused.inc()

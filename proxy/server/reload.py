@@ -1,0 +1,160 @@
+"""Reloads of a running proxy: re-read and validate the config file (SIGHUP or the admin API),
+refuse what needs a restart, and swap to the new routes between two requests while the old ones
+drain; and, with --workers, re-read the overrides another worker changed (SIGUSR1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+from proxy.config import Config, ConfigError, config_hash, listen_text, load_config
+from proxy.server import routes as wiring
+from proxy.server.handler import RouteRuntime
+from proxy.server.overrides import Key
+from proxy.server.state import ProxyState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: true when the new config runs, else the errors naming file, key and
+    value."""
+
+    ok: bool
+    config_hash: str
+    errors: tuple[str, ...] = ()
+    shutting_down: bool = False  # refused because the proxy is stopping, not for the file
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _needs_restart(running: Config, new: Config) -> list[str]:
+    """What a reload cannot change in a running process, as errors naming file, key and value."""
+    problems = []
+
+    def refuse(key: str, value: object, why: str) -> None:
+        problems.append(f"{new.source}: {key}: {why} (got {value!r})")
+
+    if (new.listen_host, new.listen_port) != (running.listen_host, running.listen_port):
+        refuse("listen", f"{new.listen_host}:{new.listen_port}", "changing it needs a restart")
+    if new.max_body != running.max_body:
+        refuse("max_body", new.max_body, "changing it needs a restart")
+    if new.records and not running.records:
+        refuse("routes[].record", "on", "turning recording on needs a restart")
+    if new.records and new.store != running.store:
+        refuse("store", new.store.backend, "changing the store needs a restart")
+    for key, old_listen, new_listen in (
+        ("admin.listen", running.admin.listen, new.admin.listen),
+        ("metrics.listen", running.metrics.listen, new.metrics.listen),
+    ):
+        if old_listen != new_listen:
+            refuse(key, listen_text(new_listen), "changing it needs a restart")
+    return problems
+
+
+def _load_for_reload(running: Config, path: str) -> Config:
+    """The config at `path`, if a reload can apply it; else ConfigError."""
+    new = load_config(path)
+    problems = _needs_restart(running, new)
+    if problems:
+        raise ConfigError(problems)
+    return new
+
+
+async def validate_reload(state: ProxyState) -> list[str]:
+    """The errors a reload of the running config's file would meet (--workers: checked once
+    before every worker reloads); a failure is counted and logged as a reload's would be."""
+    path = state.config.source
+    try:
+        await asyncio.to_thread(_load_for_reload, state.config, path)
+    except ConfigError as exc:
+        _reload_failed(state, path, exc)
+        return list(exc.errors)
+    return []
+
+
+def _reload_failed(state: ProxyState, path: str, exc: ConfigError) -> None:
+    state.metrics.config_reloads.labels("failure").inc()
+    log.error(
+        "config reload failed; the running config serves on",
+        extra={"config": path, "errors": list(exc.errors)},
+    )
+
+
+async def reload_config(state: ProxyState, path: str | None = None) -> ReloadResult:
+    """Re-read and validate the config (SIGHUP). An invalid one changes nothing and is counted;
+    a valid one swaps at once: requests in flight finish on the routes they started with, new
+    shadows start, removed ones drain and stop, new sample rates and timeouts apply."""
+    metrics = state.metrics
+    path = path or state.config.source
+    async with state.reload_lock:
+        if not state.ready:  # shutting down: routes started now would never be drained
+            errors = ("the proxy is shutting down; nothing was reloaded",)
+            return ReloadResult(False, config_hash(state.config), errors, shutting_down=True)
+        try:
+            new = _load_for_reload(state.config, path)
+        except ConfigError as exc:
+            _reload_failed(state, path, exc)
+            return ReloadResult(False, config_hash(state.config), exc.errors)
+        scorers = wiring.scorers(new, metrics)
+        recorder = state.recorder if new.records else None
+        if recorder is not None:
+            recorder.update_routes(wiring.recordings(new, scorers))
+        routes = wiring.build_routes(new, metrics, recorder)
+        await _keep_overrides(state, routes)
+        await wiring.start(routes)
+        old_generation, old_routes = state.handler.generation, state.routes
+        # The swap: one assignment, between two requests.
+        state.handler.generation = wiring.generation(new, routes)
+        old_config = state.config
+        state.routes, state.config = routes, new
+        state.labels.update(new.labels, scorers)
+        state.reporter.update(new.verdict, config_hash(new))
+        wiring.publish(metrics, old_config, 0.0)
+        wiring.publish(metrics, new)
+        task = asyncio.create_task(
+            wiring.retire(old_generation, old_routes, new.shadow_drain_timeout),
+            name="retire-config",
+        )
+        state.retiring.add(task)
+        task.add_done_callback(state.retiring.discard)
+        metrics.config_reloads.labels("success").inc()
+        log.info("config reloaded", extra={"config": path, "config_hash": config_hash(new)})
+        return ReloadResult(True, config_hash(new))
+
+
+async def _keep_overrides(state: ProxyState, routes: tuple[RouteRuntime, ...]) -> None:
+    """The admin API's overrides carry over to the shadows a reload keeps (a paused shadow stays
+    paused); those of removed shadows are forgotten, and their gauges zeroed. With --workers
+    every worker reloads, and each forgets them in the shared file too (idempotent)."""
+    new = [(r.name, d) for r in routes for d in r.shadows.dispatchers]
+    kept = {(r, d.name) for r, d in new}
+    gone: list[Key] = []
+    await state.overrides.change(lambda overrides: gone.extend(overrides.retain(kept)))
+    for route, shadow in gone:
+        log.info(
+            "admin override dropped: the shadow is gone", extra={"route": route, "shadow": shadow}
+        )
+    for route, dispatcher in state.shadow_dispatchers():
+        if (route, dispatcher.name) not in kept:
+            state.metrics.shadow_paused.labels(route, dispatcher.name).set(0)
+            state.metrics.shadow_sample_ratio.labels(route, dispatcher.name).set(0)
+    state.overrides.apply(new)
+
+
+async def reload_overrides(state: ProxyState) -> None:
+    """--workers, on SIGUSR1: apply the overrides another worker's admin API changed (after any
+    reload in progress, which would otherwise apply the table it read before)."""
+    if state.overrides.shared is None:
+        return
+    async with state.reload_lock:
+        await state.overrides.reread()
+        state.overrides.apply(state.shadow_dispatchers())
+        log.info(
+            "admin overrides applied",
+            extra={"overrides": state.overrides.overrides.to_list(), "pid": os.getpid()},
+        )

@@ -1,0 +1,160 @@
+"""One config's routes as the hot path runs them: production pools, shadow dispatchers, scorers
+and recordings, bound to their metrics; started, published and retired as one generation. Used
+by the wiring at start-up and by a reload; serves nothing itself."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from proxy.config import Config, Route, config_hash
+from proxy.core.routing import Router
+from proxy.core.sampling import Sampler, WeightedSplit
+from proxy.metrics import Metrics
+from proxy.server.handler import Generation, ProductionTarget, RouteRuntime
+from proxy.server.recording import Recorder, RouteRecording
+from proxy.server.scoring import RouteScorer
+from proxy.server.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
+from proxy.server.upstream import Upstream
+
+
+def scorers(config: Config, metrics: Metrics) -> dict[str, RouteScorer]:
+    """Per route name: how its labels are scored and counted."""
+    return {route.name: _scorer(route, metrics) for route in config.routes}
+
+
+def _scorer(route: Route, metrics: Metrics) -> RouteScorer:
+    return RouteScorer(
+        kind=route.comparator.kind,
+        production=metrics.bind_model(route.name, route.production.name, "production"),
+        shadows={s.name: metrics.bind_model(route.name, s.name, "shadow") for s in route.shadows},
+        pairs={s.name: metrics.bind_pair(route.name, s.name) for s in route.shadows},
+        recording=metrics.bind_recording(route.name),
+    )
+
+
+def recordings(config: Config, scored: dict[str, RouteScorer]) -> dict[str, RouteRecording]:
+    """Per route name: what the recorder needs to store and join its predictions."""
+    return {
+        r.name: RouteRecording(r.production.name, r.extractor, scored[r.name])
+        for r in config.routes
+    }
+
+
+def build_routes(
+    config: Config, metrics: Metrics, recorder: Recorder | None
+) -> tuple[RouteRuntime, ...]:
+    """Every route of `config`, its pools and dispatchers built but not started."""
+    runtimes = []
+    for route in config.routes:
+        records = recorder is not None and route.record > 0
+        on_predictions = _shadow_writer(recorder, route.name) if records else None
+        prod = route.production
+        route_metrics = metrics.bind_route(route.name, prod.name)
+        target = ProductionTarget(
+            prod.name,
+            Upstream(
+                prod.origin,
+                # A URL without a path forwards the request's own path.
+                prod.path or route.match,
+                timeout=prod.timeout,
+                connect_timeout=prod.connect_timeout,
+                max_connections=prod.max_connections,
+            ),
+            route_metrics.production,
+        )
+        kind, classes = route.comparator.kind, route.classes
+        production_classes = metrics.bind_classes(
+            route.name, prod.name, "production", kind, classes
+        )
+        dispatchers, shadow_metrics = [], []
+        for shadow in route.shadows:
+            sm = metrics.bind_shadow(route.name, shadow.name)
+            dispatcher = ShadowDispatcher(
+                shadow.name,
+                sample=shadow.sample,
+                max_in_flight=shadow.max_in_flight,
+                max_queue=shadow.max_queue,
+                strip_headers=config.shadow_strip_headers,
+                upstream=Upstream(
+                    shadow.origin,
+                    shadow.path or route.match,
+                    timeout=shadow.timeout,
+                    connect_timeout=shadow.connect_timeout,
+                    # One connection per worker: a shadow can never open more than it uses.
+                    max_connections=shadow.max_in_flight,
+                ),
+                extractor=route.extractor,
+                comparator=route.comparator,
+                metrics=sm,
+                on_predictions=on_predictions,
+                production_classes=production_classes,
+                shadow_classes=metrics.bind_classes(
+                    route.name, shadow.name, "shadow", kind, classes
+                ),
+            )
+            dispatchers.append(dispatcher)
+            shadow_metrics.append(sm)
+        runtimes.append(
+            RouteRuntime(
+                name=route.name,
+                production=WeightedSplit.of([(1.0, target)]),
+                shadows=ShadowSet(dispatchers, shadow_metrics, config.shadow_max_body),
+                metrics=route_metrics,
+                recorder=recorder if records else None,
+                record=Sampler(route.record if records else 0.0),
+            )
+        )
+    return tuple(runtimes)
+
+
+def _shadow_writer(recorder: Recorder | None, route: str) -> PredictionsCallback:
+    """Adds a recorded request's shadow predictions to its record."""
+    assert recorder is not None
+
+    def write(tee: Tee, shadow: str, predictions: list[Any]) -> None:
+        recorder.shadow(route, tee.request_id, shadow, predictions)
+
+    return write
+
+
+def generation(config: Config, routes: tuple[RouteRuntime, ...]) -> Generation:
+    """What the hot path reads per request: the router over `routes`, and the request id header."""
+    router = Router((r.match, r.methods, rt) for r, rt in zip(config.routes, routes, strict=True))
+    return Generation(router, config.request_id_header)
+
+
+def publish(metrics: Metrics, config: Config, value: float = 1.0) -> None:
+    """The info series of `config` set to `value`: 1 for the running config, 0 for the one a
+    reload replaced (prometheus-client cannot remove series in multiprocess mode)."""
+    for route in config.routes:
+        kind = route.comparator.kind.value
+        metrics.route_info.labels(route.name, kind, route.production.name).set(value)
+    metrics.set_config_info(
+        config_hash(config),
+        config.source,
+        routes=len(config.routes),
+        shadows=sum(len(r.shadows) for r in config.routes),
+        value=value,
+    )
+
+
+async def start(routes: tuple[RouteRuntime, ...]) -> None:
+    """Open every production pool and start every shadow's workers."""
+    for route in routes:
+        for target in route.production.targets:
+            await target.upstream.start()
+        await route.shadows.start()
+
+
+async def retire(generation: Generation, routes: tuple[RouteRuntime, ...], grace: float) -> None:
+    """Once the last request on an old config is done: drain its shadows, close its pools."""
+    await generation.retire()
+    await asyncio.gather(*(r.shadows.drain(grace) for r in routes))
+    await close_production(routes)
+
+
+async def close_production(routes: tuple[RouteRuntime, ...]) -> None:
+    for route in routes:
+        for target in route.production.targets:
+            await target.upstream.close()

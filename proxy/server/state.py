@@ -1,0 +1,59 @@
+"""ProxyState: the long-lived objects of the running config, as the wiring built them, the
+reload swaps them and the admin API reads them. No wiring, no reloading and no serving here."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy.config import Config
+from proxy.metrics import Metrics
+from proxy.server.handler import ProductionHandler, RouteRuntime
+from proxy.server.labels import LabelEndpoint
+from proxy.server.overrides import Key, OverrideTable
+from proxy.server.recording import Recorder
+from proxy.server.reporter import Reporter
+from proxy.server.shadow import ShadowDispatcher
+from proxy.server.upstream import Upstream
+
+
+@dataclass(slots=True)
+class ProxyState:
+    """The long-lived objects of one running config.
+
+    >>> state = app[STATE]
+    >>> state.dispatcher(("iris", "iris-rf")).paused
+    False
+    """
+
+    config: Config
+    routes: tuple[RouteRuntime, ...]
+    exposition: CollectorRegistry  # what /metrics serves
+    reporter: Reporter
+    metrics: Metrics
+    handler: ProductionHandler
+    labels: LabelEndpoint
+    recorder: Recorder | None = None
+    ready: bool = False
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)  # generations closing
+    overrides: OverrideTable = field(default_factory=OverrideTable)  # kept over reloads
+
+    @property
+    def production_upstreams(self) -> list[Upstream]:
+        return [t.upstream for r in self.routes for t in r.production.targets]
+
+    def shadow_dispatchers(self) -> list[tuple[str, ShadowDispatcher]]:
+        """(route, dispatcher) for every shadow of the running config."""
+        return [(r.name, d) for r in self.routes for d in r.shadows.dispatchers]
+
+    def dispatcher(self, key: Key) -> ShadowDispatcher | None:
+        route, shadow = key
+        found = (d for r, d in self.shadow_dispatchers() if (r, d.name) == (route, shadow))
+        return next(found, None)
+
+
+STATE = web.AppKey("state", ProxyState)
