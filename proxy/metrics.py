@@ -11,7 +11,7 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy import __version__
-from proxy.core.predictions import OTHER_CLASS, ClassLabels, CompareKind
+from proxy.core.comparison import OTHER_CLASS, ClassLabels, CompareKind
 
 PREFIX = "shadowproxy"
 

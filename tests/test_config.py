@@ -28,7 +28,8 @@ from proxy.config import (
     parse_fraction,
     parse_size,
 )
-from proxy.core.predictions import Comparator, CompareKind, Distance, Extractor, Protocol
+from proxy.core.comparison import Comparator, CompareKind, Distance
+from proxy.core.extraction import Extractor, Protocol
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
+from proxy.core.comparison import CompareKind, ShapeMismatch
 from proxy.core.joining import InvalidLabel, Paired, Score, label_values, pair, score
-from proxy.core.predictions import CompareKind, ShapeMismatch
 
 CLASSIFICATION = CompareKind.CLASSIFICATION
 REGRESSION = CompareKind.REGRESSION

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from proxy.core.predictions import MAX_CLASSES, CompareKind
+from proxy.core.comparison import MAX_CLASSES, CompareKind
 from proxy.metrics import Metrics
 
 NAME = "shadowproxy_predicted_instances_total"

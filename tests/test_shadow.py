@@ -11,7 +11,8 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
-from proxy.core.predictions import CompareKind, Extractor, Protocol
+from proxy.core.comparison import CompareKind
+from proxy.core.extraction import Extractor, Protocol
 from proxy.core.sampling import Sampler, bucket
 from proxy.metrics import Metrics
 from proxy.server.shadow import Tee

@@ -99,15 +99,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import yaml
 
-from proxy.core.predictions import (
-    OTHER_CLASS,
-    Comparator,
-    CompareKind,
-    Distance,
-    Extractor,
-    Protocol,
-    class_label,
-)
+from proxy.core.comparison import OTHER_CLASS, Comparator, CompareKind, Distance, class_label
+from proxy.core.extraction import Extractor, Protocol
 
 __all__ = [
     "Config",

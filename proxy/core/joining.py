@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.core.predictions import CompareKind, ShapeMismatch
+from proxy.core.comparison import CompareKind, ShapeMismatch
 
 __all__ = ["InvalidLabel", "Paired", "Score", "label_values", "pair", "score"]
 

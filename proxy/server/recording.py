@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from prometheus_client import Gauge, Histogram
 
 from proxy.config import StoreConfig
-from proxy.core.predictions import ExtractionError, Extractor
+from proxy.core.extraction import ExtractionError, Extractor
 from proxy.metrics import STORE_OPERATIONS, Metrics
 from proxy.server.scoring import RouteScorer
 from proxy.server.shadow import Tee

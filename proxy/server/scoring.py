@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.core.comparison import CompareKind, ShapeMismatch
 from proxy.core.joining import InvalidLabel, Score, label_values, pair, score
-from proxy.core.predictions import CompareKind, ShapeMismatch
 from proxy.metrics import ModelMetrics, PairMetrics, RecordingMetrics
 from proxy.store.base import Record
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from proxy.core.predictions import Comparator, ExtractionError, Extractor, ShapeMismatch
+from proxy.core.comparison import Comparator, ShapeMismatch
+from proxy.core.extraction import ExtractionError, Extractor
 from proxy.core.sampling import Sampler
 from proxy.metrics import ClassCounter, ShadowMetrics
 from proxy.server.upstream import Upstream, UpstreamError, UpstreamResponse
