@@ -11,9 +11,21 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy import __version__
+from proxy import metric_names as n
 from proxy.core.comparison import OTHER_CLASS, ClassLabels, CompareKind
-
-PREFIX = "shadowproxy"
+from proxy.core.outcomes import (
+    ComparisonResult,
+    LabelRejection,
+    LabelResult,
+    Outcome,
+    PairedOutcome,
+    RecordDrop,
+    RecordKind,
+    RejectReason,
+    Role,
+    SkipReason,
+)
+from proxy.metric_names import Family
 
 # Millisecond resolution at the low end, where model servers live, up to the longest timeouts.
 LATENCY_BUCKETS = (
@@ -21,45 +33,6 @@ LATENCY_BUCKETS = (
     0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 DISTANCE_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-
-OUTCOMES = ("ok", "http_error", "timeout", "connect_error")
-"""Upstream outcomes: an answer below 500, an answer of 500 or above, no answer in time,
-and a connection that could not be made or broke."""
-
-SKIP_REASONS = ("sampled_out", "paused", "queue_full", "body_too_large", "shutting_down")
-"""Why a request was not sent to a shadow (paused: by the admin API, of those sampled in)."""
-
-COMPARISON_RESULTS = (
-    "agree",  # every instance agrees
-    "disagree",  # at least one instance disagrees
-    "status_mismatch",  # production and shadow answered with different status codes
-    "same_error",  # both answered the same non-2xx status: nothing to compare
-    "shadow_unparseable",  # the shadow's 2xx answer holds no predictions
-    "production_unparseable",  # production's 2xx answer holds no predictions
-    "shape_mismatch",  # different instance counts or vector lengths
-    "shadow_failed",  # the shadow gave no answer (timeout or connection error)
-    "production_failed",  # production gave no answer: nothing to compare against
-)
-
-REJECT_REASONS = ("no_route", "body_too_large")
-"""Requests the proxy answers itself, without asking production."""
-
-LABEL_RESULTS = ("joined", "unknown_id", "expired", "duplicate", "invalid")
-"""What became of each label received; they always add up to the labels received."""
-
-LABEL_REJECTIONS = ("unauthorized", "forbidden", "too_large", "store_unavailable", "disabled")
-"""Label requests refused as a whole, before any of their labels counted as received."""
-
-RECORD_KINDS = ("record", "shadow")
-"""Store writes: a request's record (production's predictions), or a shadow's predictions."""
-
-RECORD_DROPS = ("queue_full", "store_unavailable", "no_predictions", "orphan")
-"""Why a write never reached the store: the recorder's queue was full, the store failed, the
-answer held no predictions (non-2xx or unparseable), or a shadow's record was not there."""
-
-PAIRED_OUTCOMES = ("both_right", "production_only", "shadow_only", "both_wrong")
-
-STORE_OPERATIONS = ("put_records", "put_shadows", "get_records", "set_labels", "remove_old")
 
 # From a second to a month: labels arrive in minutes (corrections) or weeks (chargebacks).
 DELAY_BUCKETS = (
@@ -69,20 +42,25 @@ DELAY_BUCKETS = (
 ERROR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0)
 
 
-def _counter(registry: CollectorRegistry, name: str, doc: str, labels: list[str]) -> Counter:
-    return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
+def _counter(registry: CollectorRegistry, family: Family, doc: str) -> Counter:
+    return Counter(family.name, doc, family.labels, registry=registry)
 
 
 def _gauge(
     registry: CollectorRegistry,
-    name: str,
+    family: Family,
     doc: str,
-    labels: list[str],
     mode: Literal["livesum", "livemax", "mostrecent"],
 ) -> Gauge:
     """With --workers, `mode` says how the workers' values combine: livesum (queues), livemax
     (state every worker shares), mostrecent (values computed from the merged counters)."""
-    return Gauge(f"{PREFIX}_{name}", doc, labels, registry=registry, multiprocess_mode=mode)
+    return Gauge(family.name, doc, family.labels, registry=registry, multiprocess_mode=mode)
+
+
+def _histogram(
+    registry: CollectorRegistry, family: Family, doc: str, buckets: Sequence[float]
+) -> Histogram:
+    return Histogram(family.name, doc, family.labels, buckets=buckets, registry=registry)
 
 
 class Metrics:
@@ -90,277 +68,236 @@ class Metrics:
 
     >>> metrics = Metrics(CollectorRegistry())
     >>> route_metrics = metrics.bind_route("iris", "iris-lr")
-    >>> route_metrics.outcomes["ok"].inc()
+    >>> route_metrics.outcomes[Outcome.OK].inc()
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._counter = partial(_counter, registry)
         self._gauge = partial(_gauge, registry)
-        self.upstream_duration = Histogram(
-            f"{PREFIX}_upstream_request_duration_seconds",
+        self.upstream_duration = _histogram(
+            registry,
+            n.UPSTREAM_DURATION,
             "Time from sending a request to an upstream to having its whole answer.",
-            ["route", "target", "role"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
         self.upstream_requests = self._counter(
-            "upstream_requests",
+            n.UPSTREAM_REQUESTS,
             "Requests sent to upstreams, by outcome: ok (status < 500), http_error (status >= 500),"
             " timeout, connect_error (could not connect, or the connection broke).",
-            ["route", "target", "role", "outcome"],
         )
         self.requests = self._counter(
-            "requests",
+            n.REQUESTS,
             "Requests matched to a route.",
-            ["route"],
         )
         self.rejected = self._counter(
-            "rejected_requests",
+            n.REJECTED,
             "Requests the proxy answered itself with an error, by reason.",
-            ["reason"],
         )
         self.shadow_enqueued = self._counter(
-            "shadow_enqueued",
+            n.SHADOW_ENQUEUED,
             "Requests put on a shadow's queue.",
-            ["route", "shadow"],
         )
         self.shadow_skipped = self._counter(
-            "shadow_skipped",
+            n.SHADOW_SKIPPED,
             "Requests not sent to a shadow, by reason: sampled_out, paused (sampled in while the"
             " shadow was paused), queue_full, body_too_large, shutting_down.",
-            ["route", "shadow", "reason"],
         )
         # livesum: with --workers, the sum over the live worker processes.
         self.shadow_queue_depth = self._gauge(
-            "shadow_queue_depth",
+            n.SHADOW_QUEUE_DEPTH,
             "Requests waiting in a shadow's queue.",
-            ["route", "shadow"],
             "livesum",
         )
         self.shadow_paused = self._gauge(
-            "shadow_paused",
+            n.SHADOW_PAUSED,
             "1 while a shadow is paused through the admin API, else 0.",
-            ["route", "shadow"],
             "livemax",
         )
         self.shadow_sample_ratio = self._gauge(
-            "shadow_sample_ratio",
+            n.SHADOW_SAMPLE_RATIO,
             "The share of requests a shadow is sent: the config's, or the admin API's override.",
-            ["route", "shadow"],
             "livemax",
         )
         self.shadow_in_flight = self._gauge(
-            "shadow_in_flight",
+            n.SHADOW_IN_FLIGHT,
             "Requests being sent to or compared for a shadow.",
-            ["route", "shadow"],
             "livesum",
         )
         self.admin_requests = self._counter(
-            "admin_requests",
+            n.ADMIN_REQUESTS,
             "Admin API requests, by action (config, shadows, pause, resume, sample, reload,"
             " unknown) and result (ok, unauthorized, forbidden, off, not_found, invalid, failure).",
-            ["action", "result"],
         )
         self.comparisons = self._counter(
-            "comparisons",
+            n.COMPARISONS,
             "Shadow answers compared with production's, by result.",
-            ["route", "shadow", "result"],
         )
         self.compared_instances = self._counter(
-            "compared_instances",
+            n.COMPARED_INSTANCES,
             "Prediction instances compared between production and a shadow.",
-            ["route", "shadow"],
         )
         self.disagreed_instances = self._counter(
-            "disagreed_instances",
+            n.DISAGREED_INSTANCES,
             "Prediction instances on which a shadow disagrees with production.",
-            ["route", "shadow"],
         )
-        self.probability_distance = Histogram(
-            f"{PREFIX}_probability_distance",
+        self.probability_distance = _histogram(
+            registry,
+            n.PROBABILITY_DISTANCE,
             "Distance between production's and a shadow's probability vectors, per instance.",
-            ["route", "shadow"],
-            buckets=DISTANCE_BUCKETS,
-            registry=registry,
+            DISTANCE_BUCKETS,
         )
         self.predicted_instances = self._counter(
-            "predicted_instances",
+            n.PREDICTED_INSTANCES,
             "Predicted instances per class (classification; probabilities: the argmax), on teed"
             " requests: production's once per request, a shadow's once per answer. class is one"
             " of compare.classes or other; without classes, one of the first 20 classes a process"
             " sees, or other.",
-            ["route", "model", "role", "class"],
         )
         self._class_counters: dict[tuple[Any, ...], ClassCounter] = {}
         # A gauge, not an Info: Info has no multiprocess mode.
         self._declare_label_metrics(registry)
         self.config_reloads = self._counter(
-            "config_reloads",
+            n.CONFIG_RELOADS,
             "Config reloads (SIGHUP), by result: success, or failure (the old config serves on).",
-            ["result"],
         )
         self.route_info = self._gauge(
-            "route_info",
+            n.ROUTE_INFO,
             "One series per route: its comparison kind and production target; 1 for the running"
             " config, 0 for routes a reload removed.",
-            ["route", "kind", "production"],
             "livemax",
         )
 
         # The verdict, for alerts and for promotion gates (Flagger, Argo Rollouts); with
         # --workers, the value of the worker that computed it last (every one computes the same).
-        def verdict_gauge(name: str, doc: str) -> Gauge:
-            return self._gauge(name, doc, ["route", "shadow"], "mostrecent")
+        def verdict_gauge(family: Family, doc: str) -> Gauge:
+            return self._gauge(family, doc, "mostrecent")
 
         self.verdict = verdict_gauge(
-            "verdict",
+            n.VERDICT,
             "The shadow's verdict: +1 better, -1 worse, 0 inconclusive or insufficient data.",
         )
         self.verdict_p = verdict_gauge(
-            "verdict_sequential_p_value",
+            n.VERDICT_P,
             "Always-valid p-value of the shadow-versus-production comparison (1 when unknown).",
         )
         self.verdict_low = verdict_gauge(
-            "verdict_difference_lower",
+            n.VERDICT_LOWER,
             "Lower bound of the 1-alpha interval of the shadow's advantage: accuracy difference"
             " (classification) or production's minus the shadow's absolute error (regression).",
         )
-        self.verdict_high = verdict_gauge(
-            "verdict_difference_upper", "Upper bound of the same interval."
-        )
+        self.verdict_high = verdict_gauge(n.VERDICT_UPPER, "Upper bound of the same interval.")
         self.config_info = self._gauge(
-            "config_info",
+            n.CONFIG_INFO,
             "The configuration: its hash, source file and version; 1 for the running one, 0 for"
             " those reloads replaced.",
-            ["hash", "source", "version", "routes", "shadows"],
             "livemax",
         )
 
     def _declare_label_metrics(self, registry: CollectorRegistry) -> None:
-        self.labels_received = self._counter("labels_received", "Labels received.", [])
+        self.labels_received = self._counter(n.LABELS_RECEIVED, "Labels received.")
         self.labels = self._counter(
-            "labels",
+            n.LABELS,
             "Labels by result: joined, unknown_id, expired, duplicate, invalid. They add up to"
             " labels_received_total.",
-            ["result"],
         )
         self.label_requests_rejected = self._counter(
-            "label_requests_rejected",
+            n.LABEL_REQUESTS_REJECTED,
             "Label requests refused as a whole (their labels are not counted as received), by"
             " reason: unauthorized, forbidden, too_large, store_unavailable, disabled.",
-            ["reason"],
         )
-        self.label_delay = Histogram(
-            f"{PREFIX}_label_delay_seconds",
+        self.label_delay = _histogram(
+            registry,
+            n.LABEL_DELAY,
             "Time from production's answer to the label's arrival.",
-            ["route"],
-            buckets=DELAY_BUCKETS,
-            registry=registry,
+            DELAY_BUCKETS,
         )
-        model = ["route", "model", "role"]
         self.labelled_instances = self._counter(
-            "labelled_instances", "Instances scored against a label, per model.", model
+            n.LABELLED_INSTANCES, "Instances scored against a label, per model."
         )
         self.correct_instances = self._counter(
-            "correct_instances",
+            n.CORRECT_INSTANCES,
             "Labelled instances a model got right (classification; probabilities: argmax).",
-            model,
         )
         self.unscorable_instances = self._counter(
-            "unscorable_instances",
+            n.UNSCORABLE_INSTANCES,
             "Labelled instances whose prediction could not be scored (not a number, a malformed"
             " probability vector, or a label that does not fit the model's answer).",
-            model,
         )
-        self.absolute_error = Histogram(
-            f"{PREFIX}_absolute_error",
+        self.absolute_error = _histogram(
+            registry,
+            n.ABSOLUTE_ERROR,
             "Regression: |prediction - label| per labelled instance; _sum / _count is the MAE.",
-            model,
-            buckets=ERROR_BUCKETS,
-            registry=registry,
+            ERROR_BUCKETS,
         )
         self.squared_error = self._counter(
-            "squared_error",
+            n.SQUARED_ERROR,
             "Regression: sum of squared errors; sqrt(this / labelled_instances) is the RMSE.",
-            model,
         )
         self.log_loss = self._counter(
-            "log_loss",
+            n.LOG_LOSS,
             "Probabilities: sum of -ln(p[label]); divided by labelled_instances, the log loss.",
-            model,
         )
-        pair = ["route", "shadow"]
         self.paired_outcomes = self._counter(
-            "paired_outcomes",
+            n.PAIRED_OUTCOMES,
             "Labelled instances scored for both production and a shadow, by outcome:"
             " both_right, production_only, shadow_only, both_wrong (McNemar's table).",
-            ["route", "shadow", "outcome"],
         )
         self.paired_errors = self._counter(
-            "paired_error_instances",
+            n.PAIRED_ERRORS,
             "Regression: instances with both production's and the shadow's absolute error.",
-            pair,
         )
         self.paired_shadow_worse = self._counter(
-            "paired_error_shadow_worse",
+            n.PAIRED_SHADOW_WORSE,
             "Regression: sum of d = |shadow error| - |production error| where d > 0.",
-            pair,
         )
         self.paired_shadow_better = self._counter(
-            "paired_error_shadow_better",
+            n.PAIRED_SHADOW_BETTER,
             "Regression: sum of -d where d < 0, so sum(d) = shadow_worse - shadow_better.",
-            pair,
         )
         self.paired_difference_squares = self._counter(
-            "paired_error_difference_squares", "Regression: sum of d squared.", pair
+            n.PAIRED_DIFFERENCE_SQUARES, "Regression: sum of d squared."
         )
         self.recorded = self._counter(
-            "recorded",
+            n.RECORDED,
             "Writes that reached the prediction store, by kind: record (production's"
             " predictions for a request) or shadow (a shadow's predictions added to it).",
-            ["route", "kind"],
         )
         self.recording_dropped = self._counter(
-            "recording_dropped",
+            n.RECORDING_DROPPED,
             "Writes that never reached the store, by kind and reason: queue_full,"
             " store_unavailable, no_predictions, orphan.",
-            ["route", "kind", "reason"],
         )
         self.store_removed = self._counter(
-            "store_removed",
+            n.STORE_REMOVED,
             "Records removed from the store, by reason: expired (older than ttl +"
             " tombstone_ttl) or evicted (beyond max_records).",
-            ["reason"],
         )
         self.store_records = self._gauge(
-            "store_records",
+            n.STORE_RECORDS,
             "Records in the prediction store, as of the last sweep.",
-            [],
             "livemax",
         )
         self.recording_queue_depth = self._gauge(
-            "recording_queue_depth",
+            n.RECORDING_QUEUE_DEPTH,
             "Writes waiting for the prediction store.",
-            [],
             "livesum",
         )
-        self.store_duration = Histogram(
-            f"{PREFIX}_store_operation_duration_seconds",
+        self.store_duration = _histogram(
+            registry,
+            n.STORE_DURATION,
             "Time a prediction-store operation took, by operation (failures included).",
-            ["operation"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
 
     def bind_labels(self) -> LabelMetrics:
         return LabelMetrics(
             received=self.labels_received,
-            results={r: self.labels.labels(r) for r in LABEL_RESULTS},
-            rejected={r: self.label_requests_rejected.labels(r) for r in LABEL_REJECTIONS},
+            results={r: self.labels.labels(r) for r in LabelResult},
+            rejected={r: self.label_requests_rejected.labels(r) for r in LabelRejection},
         )
 
-    def bind_model(self, route: str, model: str, role: str) -> ModelMetrics:
+    def bind_model(self, route: str, model: str, role: Role) -> ModelMetrics:
         labels = (route, model, role)
         return ModelMetrics(
             labelled=self.labelled_instances.labels(*labels),
@@ -373,7 +310,7 @@ class Metrics:
 
     def bind_pair(self, route: str, shadow: str) -> PairMetrics:
         return PairMetrics(
-            outcomes={o: self.paired_outcomes.labels(route, shadow, o) for o in PAIRED_OUTCOMES},
+            outcomes={o: self.paired_outcomes.labels(route, shadow, o) for o in PairedOutcome},
             n=self.paired_errors.labels(route, shadow),
             shadow_worse=self.paired_shadow_worse.labels(route, shadow),
             shadow_better=self.paired_shadow_better.labels(route, shadow),
@@ -382,11 +319,11 @@ class Metrics:
 
     def bind_recording(self, route: str) -> RecordingMetrics:
         return RecordingMetrics(
-            written={k: self.recorded.labels(route, k) for k in RECORD_KINDS},
+            written={k: self.recorded.labels(route, k) for k in RecordKind},
             dropped={
                 (k, r): self.recording_dropped.labels(route, k, r)
-                for k in RECORD_KINDS
-                for r in RECORD_DROPS
+                for k in RecordKind
+                for r in RecordDrop
             },
             delay=self.label_delay.labels(route),
         )
@@ -400,21 +337,21 @@ class Metrics:
     def bind_route(self, route: str, production: str) -> RouteMetrics:
         return RouteMetrics(
             requests=self.requests.labels(route),
-            production=self.bind_upstream(route, production, "production"),
+            production=self.bind_upstream(route, production, Role.PRODUCTION),
         )
 
-    def bind_upstream(self, route: str, target: str, role: str) -> UpstreamMetrics:
+    def bind_upstream(self, route: str, target: str, role: Role) -> UpstreamMetrics:
         return UpstreamMetrics(
             duration=self.upstream_duration.labels(route, target, role),
-            outcomes={o: self.upstream_requests.labels(route, target, role, o) for o in OUTCOMES},
+            outcomes={o: self.upstream_requests.labels(route, target, role, o) for o in Outcome},
         )
 
     def bind_shadow(self, route: str, shadow: str) -> ShadowMetrics:
         return ShadowMetrics(
-            upstream=self.bind_upstream(route, shadow, "shadow"),
+            upstream=self.bind_upstream(route, shadow, Role.SHADOW),
             enqueued=self.shadow_enqueued.labels(route, shadow),
-            skipped={r: self.shadow_skipped.labels(route, shadow, r) for r in SKIP_REASONS},
-            results={r: self.comparisons.labels(route, shadow, r) for r in COMPARISON_RESULTS},
+            skipped={r: self.shadow_skipped.labels(route, shadow, r) for r in SkipReason},
+            results={r: self.comparisons.labels(route, shadow, r) for r in ComparisonResult},
             compared=self.compared_instances.labels(route, shadow),
             disagreed=self.disagreed_instances.labels(route, shadow),
             distance=self.probability_distance.labels(route, shadow),
@@ -428,7 +365,7 @@ class Metrics:
         self,
         route: str,
         model: str,
-        role: str,
+        role: Role,
         kind: CompareKind,
         classes: tuple[str, ...] | None,
     ) -> ClassCounter | None:
@@ -446,15 +383,15 @@ class Metrics:
             self._class_counters[key] = counter
         return counter
 
-    def bind_rejections(self) -> dict[str, Counter]:
-        return {r: self.rejected.labels(r) for r in REJECT_REASONS}
+    def bind_rejections(self) -> dict[RejectReason, Counter]:
+        return {r: self.rejected.labels(r) for r in RejectReason}
 
 
 # prometheus-client gives bound children no type of their own: labels() returns the family type.
 @dataclass(frozen=True, slots=True)
 class UpstreamMetrics:
     duration: Histogram
-    outcomes: dict[str, Counter]
+    outcomes: dict[Outcome, Counter]
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,8 +404,8 @@ class RouteMetrics:
 class ShadowMetrics:
     upstream: UpstreamMetrics
     enqueued: Counter
-    skipped: dict[str, Counter]
-    results: dict[str, Counter]
+    skipped: dict[SkipReason, Counter]
+    results: dict[ComparisonResult, Counter]
     compared: Counter
     disagreed: Counter
     distance: Histogram
@@ -481,8 +418,8 @@ class ShadowMetrics:
 @dataclass(frozen=True, slots=True)
 class LabelMetrics:
     received: Counter
-    results: dict[str, Counter]
-    rejected: dict[str, Counter]
+    results: dict[LabelResult, Counter]
+    rejected: dict[LabelRejection, Counter]
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,7 +434,7 @@ class ModelMetrics:
 
 @dataclass(frozen=True, slots=True)
 class PairMetrics:
-    outcomes: dict[str, Counter]
+    outcomes: dict[PairedOutcome, Counter]
     n: Counter
     shadow_worse: Counter
     shadow_better: Counter
@@ -506,8 +443,8 @@ class PairMetrics:
 
 @dataclass(frozen=True, slots=True)
 class RecordingMetrics:
-    written: dict[str, Counter]
-    dropped: dict[tuple[str, str], Counter]
+    written: dict[RecordKind, Counter]
+    dropped: dict[tuple[RecordKind, RecordDrop], Counter]
     delay: Histogram
 
 
@@ -546,5 +483,5 @@ class ClassCounter:
         for prediction in predictions:
             name = label(prediction)
             tally[name] = tally.get(name, 0) + 1
-        for name, n in tally.items():
-            self._child(name).inc(n)
+        for name, count in tally.items():
+            self._child(name).inc(count)

@@ -4,6 +4,7 @@ how predictions are named by class."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from proxy.core.comparison import (
     MAX_CLASSES,
     OTHER_CLASS,
+    Classified,
     ClassLabels,
     Comparator,
     CompareKind,
@@ -18,7 +20,10 @@ from proxy.core.comparison import (
     Distance,
     ShapeMismatch,
     class_label,
+    classify,
 )
+from proxy.core.extraction import ExtractionError
+from proxy.core.outcomes import ComparisonResult
 
 # --- comparison: common rules ----------------------------------------------------------------
 
@@ -381,3 +386,53 @@ def test_probabilities_are_named_by_their_argmax() -> None:
 def test_regression_has_no_class_labels() -> None:
     with pytest.raises(ValueError, match="regression predictions have no classes"):
         ClassLabels(CompareKind.REGRESSION)
+
+
+# --- classify: the decision on one shadow answer ---------------------------------------------
+
+
+def _raises() -> list[Any]:
+    raise ExtractionError("no predictions")
+
+
+def _never() -> list[Any]:
+    raise AssertionError("not to be parsed")
+
+
+@pytest.mark.parametrize(
+    ("production_status", "shadow_status", "production", "shadow", "expected"),
+    [
+        (None, 200, _never, _never, ComparisonResult.PRODUCTION_FAILED),
+        (200, 503, _never, _never, ComparisonResult.STATUS_MISMATCH),
+        (503, 503, _never, _never, ComparisonResult.SAME_ERROR),
+        (200, 200, _raises, _never, ComparisonResult.PRODUCTION_UNPARSEABLE),
+        (200, 200, lambda: [1], _raises, ComparisonResult.SHADOW_UNPARSEABLE),
+        (200, 200, lambda: [1, 2], lambda: [1], ComparisonResult.SHAPE_MISMATCH),
+        (200, 200, lambda: [1, 2], lambda: [1, 0], ComparisonResult.DISAGREE),
+        (201, 201, lambda: [1, 2], lambda: [1, 2], ComparisonResult.AGREE),
+    ],
+)
+def test_classify_decides_each_result(
+    production_status: int | None,
+    shadow_status: int,
+    production: Callable[[], list[Any]],
+    shadow: Callable[[], list[Any]],
+    expected: ComparisonResult,
+) -> None:
+    found = classify(
+        production_status, shadow_status, production, shadow, Comparator(CompareKind.CLASSIFICATION)
+    )
+    assert found.result is expected
+
+
+def test_classify_keeps_the_shadow_predictions_once_parsed() -> None:
+    comparator = Comparator(CompareKind.CLASSIFICATION)
+    assert classify(200, 200, lambda: [1, 2], lambda: [1], comparator) == Classified(
+        ComparisonResult.SHAPE_MISMATCH, [1]
+    )
+    assert classify(200, 200, lambda: [1, 2], lambda: [1, 0], comparator) == Classified(
+        ComparisonResult.DISAGREE, [1, 0], Comparison(instances=2, disagreements=1)
+    )
+    assert classify(200, 503, _never, _never, comparator) == Classified(
+        ComparisonResult.STATUS_MISMATCH
+    )

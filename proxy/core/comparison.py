@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,16 +15,21 @@ import numpy as np
 import numpy.typing as npt
 from scipy.spatial.distance import jensenshannon
 
+from proxy.core.extraction import ExtractionError
+from proxy.core.outcomes import ComparisonResult
+
 __all__ = [
     "MAX_CLASSES",
     "OTHER_CLASS",
     "ClassLabels",
+    "Classified",
     "Comparator",
     "CompareKind",
     "Comparison",
     "Distance",
     "ShapeMismatch",
     "class_label",
+    "classify",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -400,3 +405,50 @@ def _total_variation(prod: FloatArray, shad: FloatArray) -> FloatArray:
 def _jensen_shannon(prod: FloatArray, shad: FloatArray) -> FloatArray:
     """Row-wise Jensen-Shannon distance, base 2, in [0, 1]; rows are normalised to sum to 1."""
     return np.asarray(jensenshannon(prod, shad, base=2, axis=1), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """What one shadow answer came to, next to production's: the result the metrics count, the
+    shadow's predictions once they were parsed (even when their shape then differs), and the
+    comparison when there was one."""
+
+    result: ComparisonResult
+    shadow_predictions: list[Any] | None = None
+    comparison: Comparison | None = None
+
+
+def classify(
+    production_status: int | None,
+    shadow_status: int,
+    production: Callable[[], list[Any]],
+    shadow: Callable[[], list[Any]],
+    comparator: Comparator,
+) -> Classified:
+    """The decision on one shadow answer. `production_status` is None when production gave no
+    answer; `production` and `shadow` extract each side's predictions (raising ExtractionError),
+    and are called only when the statuses leave something to compare.
+
+    >>> classify(200, 200, lambda: [1, 0], lambda: [1, 1], Comparator(CompareKind.CLASSIFICATION))
+    Classified(result=<ComparisonResult.DISAGREE: 'disagree'>, shadow_predictions=[1, 1], ...)
+    """
+    if production_status is None:
+        return Classified(ComparisonResult.PRODUCTION_FAILED)
+    if production_status != shadow_status:
+        return Classified(ComparisonResult.STATUS_MISMATCH)
+    if not 200 <= shadow_status < 300:
+        return Classified(ComparisonResult.SAME_ERROR)
+    try:
+        expected = production()
+    except ExtractionError:
+        return Classified(ComparisonResult.PRODUCTION_UNPARSEABLE)
+    try:
+        got = shadow()
+    except ExtractionError:
+        return Classified(ComparisonResult.SHADOW_UNPARSEABLE)
+    try:
+        comparison = comparator.compare(expected, got)
+    except ShapeMismatch:
+        return Classified(ComparisonResult.SHAPE_MISMATCH, got)
+    agreed = ComparisonResult.DISAGREE if comparison.disagreements else ComparisonResult.AGREE
+    return Classified(agreed, got, comparison)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import enum
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-__all__ = ["ExtractionError", "Extractor", "Protocol"]
+__all__ = ["ExtractionError", "Extractor", "Protocol", "decoded"]
 
 
 class Protocol(enum.Enum):
@@ -28,6 +29,23 @@ class Protocol(enum.Enum):
 
 class ExtractionError(ValueError):
     """The body holds no predictions where the protocol says they are."""
+
+
+def decoded(body: bytes, content_encoding: str | None) -> bytes:
+    """`body` with a gzip or deflate content-encoding undone; ExtractionError for another one.
+
+    >>> decoded(gzip.compress(b'{"predictions": [1]}'), "gzip")
+    b'{"predictions": [1]}'
+    """
+    encoding = (content_encoding or "identity").lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            return zlib.decompress(body, wbits=47)  # 47: gzip or zlib, detected
+        except zlib.error as exc:
+            raise ExtractionError(f"cannot decode {encoding} body: {exc}") from exc
+    raise ExtractionError(f"unsupported content-encoding {encoding!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from proxy import metric_names as names
 from proxy.config import VerdictConfig
+from proxy.core.outcomes import PairedOutcome, Verdict
 from proxy.core.stats import (
     histogram_quantile,
     mcnemar_p,
@@ -18,10 +20,6 @@ from proxy.core.stats import (
     sequential_paired_mean,
     wilson,
 )
-
-P = "shadowproxy_"
-VERDICTS = ("better", "worse", "inconclusive", "insufficient_data")
-VERDICT_VALUE = {"better": 1.0, "worse": -1.0, "inconclusive": 0.0, "insufficient_data": 0.0}
 
 
 class Samples:
@@ -63,7 +61,7 @@ def samples_of(metrics: Iterable[Any]) -> Samples:
     return Samples(
         (s.name, s.labels, s.value)
         for family in metrics
-        if family.name.startswith(P)
+        if family.name.startswith(names.PREFIX)
         for s in family.samples
     )
 
@@ -73,7 +71,7 @@ def _num(x: float) -> float | None:
 
 
 def _latency(samples: Samples, **labels: str) -> dict[str, Any]:
-    name = f"{P}upstream_request_duration_seconds"
+    name = names.UPSTREAM_DURATION.name
     buckets = samples.buckets(name, **labels)
     count = buckets[-1][1] if buckets else 0.0
     figures: dict[str, Any] = {"count": int(count)}
@@ -83,7 +81,7 @@ def _latency(samples: Samples, **labels: str) -> dict[str, Any]:
 
 
 def _per_bucket(samples: Samples, **labels: str) -> tuple[list[float], list[int]]:
-    buckets = samples.buckets(f"{P}upstream_request_duration_seconds", **labels)
+    buckets = samples.buckets(names.UPSTREAM_DURATION.name, **labels)
     bounds = [b for b, _ in buckets if not math.isinf(b)]
     counts, previous = [], 0.0
     for _, cumulative in buckets:
@@ -105,13 +103,13 @@ def _model_figures(
     samples: Samples, route: str, model: str, role: str, confidence: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     labels = {"route": route, "model": model, "role": role}
-    labelled = samples.total(f"{P}labelled_instances_total", **labels)
-    correct = samples.total(f"{P}correct_instances_total", **labels)
+    labelled = samples.total(names.LABELLED_INSTANCES.total, **labels)
+    correct = samples.total(names.CORRECT_INSTANCES.total, **labels)
     accuracy = {"labelled": int(labelled), "correct": int(correct)}
     accuracy.update(_proportion(correct, labelled, confidence))
-    errors = samples.total(f"{P}absolute_error_count", **labels)
-    error_sum = samples.total(f"{P}absolute_error_sum", **labels)
-    squares = samples.total(f"{P}squared_error_total", **labels)
+    errors = samples.total(names.ABSOLUTE_ERROR.count, **labels)
+    error_sum = samples.total(names.ABSOLUTE_ERROR.sum, **labels)
+    squares = samples.total(names.SQUARED_ERROR.total, **labels)
     error = {
         "labelled": int(errors),
         "mae": error_sum / errors if errors else None,
@@ -139,18 +137,18 @@ def decide(
     disagreement: dict[str, Any],
     paired: dict[str, Any],
     regression: dict[str, Any] | None,
-) -> tuple[str, str]:
+) -> tuple[Verdict, str]:
     """The verdict and its reason in words. Guardrails first: they can force `worse`."""
     if requests >= settings.min_requests:
         if error_rate is not None and error_rate > settings.max_error_rate:
-            return "worse", (
+            return Verdict.WORSE, (
                 f"the shadow fails {error_rate:.1%} of its requests, above the "
                 f"{settings.max_error_rate:.1%} guardrail"
             )
         if latency_ratio is not None and latency_ratio > settings.max_latency_ratio:
             assert shadow_p99 is not None
             assert production_p99 is not None
-            return "worse", (
+            return Verdict.WORSE, (
                 f"the shadow's p99 latency is {shadow_p99 * 1000:.0f} ms, {latency_ratio:.1f}x "
                 f"production's {production_p99 * 1000:.0f} ms (guardrail "
                 f"{settings.max_latency_ratio:g}x)"
@@ -161,12 +159,12 @@ def decide(
         limit = settings.max_disagreement
         low = disagreement.get("low")
         if limit is not None and low is not None and low > limit:
-            return "worse", (
+            return Verdict.WORSE, (
                 f"no verdict on labels yet ({n} of {settings.min_labels}), but the shadow "
                 f"disagrees with production on {disagreement['value']:.1%} of instances "
                 f"({confidence:.0%} CI from {low:.1%}), above the {limit:.0%} guardrail"
             )
-        return "insufficient_data", (
+        return Verdict.INSUFFICIENT_DATA, (
             f"{n} labelled instances scored for both models; a verdict needs {settings.min_labels}"
         )
     if regression is None:
@@ -177,10 +175,10 @@ def decide(
         )
         if p <= settings.alpha:
             better = diff > 0
-            return ("better" if better else "worse"), (
+            return (Verdict.BETTER if better else Verdict.WORSE), (
                 f"the shadow is {'more' if better else 'less'} accurate: {what}"
             )
-        return "inconclusive", f"no significant difference yet: {what}"
+        return Verdict.INCONCLUSIVE, f"no significant difference yet: {what}"
     p, mean = regression["sequential_p"], regression["mean_difference"]
     what = (
         f"mean absolute error difference {mean:+.4g} ({confidence:.0%} CI "
@@ -188,10 +186,10 @@ def decide(
     )
     if p <= settings.alpha:
         # d = |shadow error| - |production error|: negative is the shadow doing better.
-        return ("better" if mean < 0 else "worse"), (
+        return (Verdict.BETTER if mean < 0 else Verdict.WORSE), (
             f"the shadow's errors are {'smaller' if mean < 0 else 'larger'}: {what}"
         )
-    return "inconclusive", f"no significant difference yet: {what}"
+    return Verdict.INCONCLUSIVE, f"no significant difference yet: {what}"
 
 
 def _shadow_report(
@@ -204,20 +202,20 @@ def _shadow_report(
 ) -> dict[str, Any]:
     confidence = 1 - settings.alpha
     upstream = {"route": route, "target": shadow, "role": "shadow"}
-    requests = samples.total(f"{P}upstream_requests_total", **upstream)
-    errors = requests - samples.total(f"{P}upstream_requests_total", **upstream, outcome="ok")
+    requests = samples.total(names.UPSTREAM_REQUESTS.total, **upstream)
+    errors = requests - samples.total(names.UPSTREAM_REQUESTS.total, **upstream, outcome="ok")
     latency = _latency(samples, **upstream)
     _, latency_counts = _per_bucket(samples, **upstream)
     pair = {"route": route, "shadow": shadow}
-    compared = samples.total(f"{P}compared_instances_total", **pair)
-    disagreed = samples.total(f"{P}disagreed_instances_total", **pair)
+    compared = samples.total(names.COMPARED_INSTANCES.total, **pair)
+    disagreed = samples.total(names.DISAGREED_INSTANCES.total, **pair)
     disagreement = {"compared": int(compared), "disagreed": int(disagreed)}
     disagreement.update(_proportion(disagreed, compared, confidence))
     accuracy, error = _model_figures(samples, route, shadow, "shadow", confidence)
 
     outcomes = {
-        o: int(samples.total(f"{P}paired_outcomes_total", **pair, outcome=o))
-        for o in ("both_right", "production_only", "shadow_only", "both_wrong")
+        o.value: int(samples.total(names.PAIRED_OUTCOMES.total, **pair, outcome=o))
+        for o in PairedOutcome
     }
     n = sum(outcomes.values())
     difference = paired_accuracy_difference(**outcomes, confidence=confidence)
@@ -240,11 +238,11 @@ def _shadow_report(
     }
     regression = None
     if kind == "regression":
-        d_n = int(samples.total(f"{P}paired_error_instances_total", **pair))
-        d_sum = samples.total(f"{P}paired_error_shadow_worse_total", **pair) - samples.total(
-            f"{P}paired_error_shadow_better_total", **pair
+        d_n = int(samples.total(names.PAIRED_ERRORS.total, **pair))
+        d_sum = samples.total(names.PAIRED_SHADOW_WORSE.total, **pair) - samples.total(
+            names.PAIRED_SHADOW_BETTER.total, **pair
         )
-        d_squares = samples.total(f"{P}paired_error_difference_squares_total", **pair)
+        d_squares = samples.total(names.PAIRED_DIFFERENCE_SQUARES.total, **pair)
         t = paired_t(d_n, d_sum, d_squares, confidence)
         seq = sequential_paired_mean(d_n, d_sum, d_squares, alpha=settings.alpha)
         regression = {
@@ -300,7 +298,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The whole report (its shape is the JSON of GET /report)."""
     routes = []
-    for info in sorted(samples.label_sets(f"{P}route_info"), key=lambda i: i["route"]):
+    for info in sorted(samples.label_sets(names.ROUTE_INFO.name), key=lambda i: i["route"]):
         route, kind, production_name = info["route"], info["kind"], info["production"]
         upstream = {"route": route, "target": production_name, "role": "production"}
         accuracy, error = _model_figures(
@@ -311,7 +309,7 @@ def build_report(
         shadows = sorted(
             {
                 labels["shadow"]
-                for labels in samples.label_sets(f"{P}shadow_enqueued_total")
+                for labels in samples.label_sets(names.SHADOW_ENQUEUED.total)
                 if labels.get("route") == route
             }
         )

@@ -10,28 +10,35 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from proxy import metric_names as names
 from proxy.config import VerdictConfig
 from proxy.report.build import Samples, build_report
 
 # What the report reads, and the labels it reads them by; summed over everything else
 # (instance, pod, worker), so that replicas add up.
+_READ = (
+    names.ROUTE_INFO,
+    names.SHADOW_ENQUEUED,
+    names.UPSTREAM_REQUESTS,
+    names.COMPARED_INSTANCES,
+    names.DISAGREED_INSTANCES,
+    names.LABELLED_INSTANCES,
+    names.CORRECT_INSTANCES,
+    names.SQUARED_ERROR,
+    names.PAIRED_OUTCOMES,
+    names.PAIRED_ERRORS,
+    names.PAIRED_SHADOW_WORSE,
+    names.PAIRED_SHADOW_BETTER,
+    names.PAIRED_DIFFERENCE_SQUARES,
+)
 _QUERIES = {
-    "shadowproxy_route_info": "route, kind, production",
-    "shadowproxy_shadow_enqueued_total": "route, shadow",
-    "shadowproxy_upstream_requests_total": "route, target, role, outcome",
-    "shadowproxy_upstream_request_duration_seconds_bucket": "route, target, role, le",
-    "shadowproxy_compared_instances_total": "route, shadow",
-    "shadowproxy_disagreed_instances_total": "route, shadow",
-    "shadowproxy_labelled_instances_total": "route, model, role",
-    "shadowproxy_correct_instances_total": "route, model, role",
-    "shadowproxy_absolute_error_sum": "route, model, role",
-    "shadowproxy_absolute_error_count": "route, model, role",
-    "shadowproxy_squared_error_total": "route, model, role",
-    "shadowproxy_paired_outcomes_total": "route, shadow, outcome",
-    "shadowproxy_paired_error_instances_total": "route, shadow",
-    "shadowproxy_paired_error_shadow_worse_total": "route, shadow",
-    "shadowproxy_paired_error_shadow_better_total": "route, shadow",
-    "shadowproxy_paired_error_difference_squares_total": "route, shadow",
+    **{
+        (family.name if family is names.ROUTE_INFO else family.total): ", ".join(family.labels)
+        for family in _READ
+    },
+    names.UPSTREAM_DURATION.bucket: ", ".join((*names.UPSTREAM_DURATION.labels, "le")),
+    names.ABSOLUTE_ERROR.sum: ", ".join(names.ABSOLUTE_ERROR.labels),
+    names.ABSOLUTE_ERROR.count: ", ".join(names.ABSOLUTE_ERROR.labels),
 }
 
 

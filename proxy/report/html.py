@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from proxy.core.outcomes import Verdict
+
 __all__ = [
     "DASH",
     "fmt_count",
@@ -36,10 +38,10 @@ _MINUS = "\u2212"
 
 _VERDICTS = {
     # verdict: (symbol, label). The symbol repeats the colour's message for colour-blind readers.
-    "better": ("▲", "better"),
-    "worse": ("▼", "worse"),
-    "inconclusive": ("◆", "inconclusive"),
-    "insufficient_data": ("○", "insufficient data"),
+    Verdict.BETTER: ("▲", "better"),
+    Verdict.WORSE: ("▼", "worse"),
+    Verdict.INCONCLUSIVE: ("◆", "inconclusive"),
+    Verdict.INSUFFICIENT_DATA: ("○", "insufficient data"),
 }
 
 _PRODUCTION_COLOUR = "#4c78a8"
@@ -387,7 +389,7 @@ def _verdict(shadow: Mapping[str, Any]) -> tuple[str, str, str]:
     class names (it is never trusted there) and as itself, escaped, in text."""
     verdict = _str(shadow.get("verdict"))
     if verdict in _VERDICTS:
-        return (verdict, *_VERDICTS[verdict])
+        return (verdict, *_VERDICTS[Verdict(verdict)])
     return "unknown", "?", verdict or "unknown"
 
 

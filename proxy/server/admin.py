@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from proxy.config import config_hash, config_to_dict, parse_fraction
+from proxy.core.outcomes import AdminAction, AdminResult
 from proxy.server.auth import CHALLENGE, BearerToken
 from proxy.server.overrides import Key, Overrides, ShadowOverride, signal_supervisor
 from proxy.server.reload import ReloadResult
@@ -24,8 +25,6 @@ from proxy.server.state import ProxyState
 log = logging.getLogger(__name__)
 
 PREFIX = "/admin"
-ACTIONS = ("config", "shadows", "pause", "resume", "sample", "reload", "unknown")
-RESULTS = ("ok", "unauthorized", "forbidden", "off", "not_found", "invalid", "failure")
 
 Reload = Callable[[], Awaitable[ReloadResult]]
 Validate = Callable[[], Awaitable[list[str]]]
@@ -57,30 +56,36 @@ class AdminAPI:
     # -- the gate ---------------------------------------------------------------------------------
 
     def _done(
-        self, request: web.Request, action: str, result: str, status: int, doc: object, **extra: Any
+        self,
+        request: web.Request,
+        action: AdminAction,
+        result: AdminResult,
+        status: int,
+        doc: object,
+        **extra: Any,
     ) -> web.Response:
         self._state.metrics.admin_requests.labels(action, result).inc()
-        level = logging.INFO if result == "ok" else logging.WARNING
+        level = logging.INFO if result is AdminResult.OK else logging.WARNING
         fields = {"action": action, "result": result, "status": status, **extra}
         log.log(level, "admin action", extra={**fields, "remote": request.remote})
         return json_response(status, doc, CHALLENGE if status == 401 else None)
 
-    def _refused(self, request: web.Request, action: str) -> web.Response | None:
+    def _refused(self, request: web.Request, action: AdminAction) -> web.Response | None:
         state = self._state
         if not state.config.admin.enabled:
             message = "the admin API is off: set admin.token or admin.token_file"
-            return self._done(request, action, "off", 404, {"error": message})
+            return self._done(request, action, AdminResult.OFF, 404, {"error": message})
         refusal = BearerToken(state.config.admin.token).refusal(request)
         if refusal is None:
             return None
         return self._done(
-            request, action, refusal.reason, refusal.status, {"error": refusal.message}
+            request, action, AdminResult(refusal.reason), refusal.status, {"error": refusal.message}
         )
 
     # -- reading ----------------------------------------------------------------------------------
 
     async def _config(self, request: web.Request) -> web.Response:
-        if (refused := self._refused(request, "config")) is not None:
+        if (refused := self._refused(request, AdminAction.CONFIG)) is not None:
             return refused
         config = self._state.config
         doc = {
@@ -89,24 +94,24 @@ class AdminAPI:
             "config": config_to_dict(config, redact=True),
             "overrides": self._state.overrides.overrides.to_list(),
         }
-        return self._done(request, "config", "ok", 200, doc)
+        return self._done(request, AdminAction.CONFIG, AdminResult.OK, 200, doc)
 
     async def _shadows(self, request: web.Request) -> web.Response:
-        if (refused := self._refused(request, "shadows")) is not None:
+        if (refused := self._refused(request, AdminAction.SHADOWS)) is not None:
             return refused
         doc = {"shadows": [_describe(route, d) for route, d in self._state.shadow_dispatchers()]}
-        return self._done(request, "shadows", "ok", 200, doc)
+        return self._done(request, AdminAction.SHADOWS, AdminResult.OK, 200, doc)
 
     # -- per-shadow control -----------------------------------------------------------------------
 
     async def _pause(self, request: web.Request) -> web.Response:
-        return await self._control(request, "pause", lambda o: o.paused_as(True))
+        return await self._control(request, AdminAction.PAUSE, lambda o: o.paused_as(True))
 
     async def _resume(self, request: web.Request) -> web.Response:
-        return await self._control(request, "resume", lambda o: o.paused_as(False))
+        return await self._control(request, AdminAction.RESUME, lambda o: o.paused_as(False))
 
     async def _sample(self, request: web.Request) -> web.Response:
-        if (refused := self._refused(request, "sample")) is not None:
+        if (refused := self._refused(request, AdminAction.SAMPLE)) is not None:
             return refused
         try:
             body = orjson.loads(await request.read())
@@ -121,15 +126,17 @@ class AdminAPI:
                 sample = parse_fraction(sample)
             except ValueError as exc:
                 return self._invalid(request, f"sample: {exc} (got {sample!r})")
-        return await self._control(request, "sample", lambda o: o.sampled_at(sample), checked=True)
+        return await self._control(
+            request, AdminAction.SAMPLE, lambda o: o.sampled_at(sample), checked=True
+        )
 
     def _invalid(self, request: web.Request, message: str) -> web.Response:
-        return self._done(request, "sample", "invalid", 400, {"error": message})
+        return self._done(request, AdminAction.SAMPLE, AdminResult.INVALID, 400, {"error": message})
 
     async def _control(
         self,
         request: web.Request,
-        action: str,
+        action: AdminAction,
         change: Callable[[ShadowOverride], ShadowOverride],
         checked: bool = False,
     ) -> web.Response:
@@ -141,7 +148,7 @@ class AdminAPI:
             dispatcher = state.dispatcher(key)
             if dispatcher is None:
                 message = f"no shadow {key[1]!r} on route {key[0]!r}"
-                return self._done(request, action, "not_found", 404, {"error": message})
+                return self._done(request, action, AdminResult.NOT_FOUND, 404, {"error": message})
 
             def edit(overrides: Overrides) -> None:
                 overrides.set(key, change(overrides.get(key)))
@@ -154,7 +161,7 @@ class AdminAPI:
         return self._done(
             request,
             action,
-            "ok",
+            AdminResult.OK,
             200,
             doc,
             route=key[0],
@@ -166,38 +173,51 @@ class AdminAPI:
     # -- reload -----------------------------------------------------------------------------------
 
     async def _reload_handler(self, request: web.Request) -> web.Response:
-        if (refused := self._refused(request, "reload")) is not None:
+        if (refused := self._refused(request, AdminAction.RELOAD)) is not None:
             return refused
         if self._state.overrides.shared is not None:
             # --workers: every worker must reload, so the supervisor passes SIGHUP on to all.
             errors = await self._validate()
             if errors:
                 doc = {"result": "failure", "errors": errors}
-                return self._done(request, "reload", "failure", 422, doc, errors=errors)
+                return self._done(
+                    request, AdminAction.RELOAD, AdminResult.FAILURE, 422, doc, errors=errors
+                )
             signal_supervisor(signal.SIGHUP)
             doc = {"result": "accepted", "detail": "every worker reloads the config file"}
-            return self._done(request, "reload", "ok", 202, doc)
+            return self._done(request, AdminAction.RELOAD, AdminResult.OK, 202, doc)
         result = await self._reload()
         if result.shutting_down:
             doc = {"result": "failure", "errors": list(result.errors)}
-            return self._done(request, "reload", "failure", 503, doc)
+            return self._done(request, AdminAction.RELOAD, AdminResult.FAILURE, 503, doc)
         if not result.ok:
             doc = {"result": "failure", "errors": list(result.errors)}
-            return self._done(request, "reload", "failure", 422, doc, errors=list(result.errors))
+            return self._done(
+                request,
+                AdminAction.RELOAD,
+                AdminResult.FAILURE,
+                422,
+                doc,
+                errors=list(result.errors),
+            )
         doc = {"result": "success", "config_hash": result.config_hash}
-        return self._done(request, "reload", "ok", 200, doc)
+        return self._done(request, AdminAction.RELOAD, AdminResult.OK, 200, doc)
 
     async def _unknown(self, request: web.Request) -> web.Response:
-        if (refused := self._refused(request, "unknown")) is not None:
+        if (refused := self._refused(request, AdminAction.UNKNOWN)) is not None:
             return refused
         allowed = _allowed_method(request.path)
         if allowed is not None:
             message = f"{request.path} takes {allowed}, not {request.method}"
-            response = self._done(request, "unknown", "invalid", 405, {"error": message})
+            response = self._done(
+                request, AdminAction.UNKNOWN, AdminResult.INVALID, 405, {"error": message}
+            )
             response.headers["Allow"] = allowed
             return response
         message = f"no admin endpoint {request.method} {request.path}"
-        return self._done(request, "unknown", "not_found", 404, {"error": message})
+        return self._done(
+            request, AdminAction.UNKNOWN, AdminResult.NOT_FOUND, 404, {"error": message}
+        )
 
 
 _CONTROL = re.compile(rf"{PREFIX}/shadows/[^/]+/[^/]+/(pause|resume|sample)")

@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
+from proxy.core.outcomes import Outcome, RejectReason
 from proxy.core.routing import Router
 from proxy.core.sampling import Sampler, WeightedSplit, bucket
 from proxy.metrics import RouteMetrics, UpstreamMetrics
@@ -132,12 +133,12 @@ class ProductionHandler:
         generation: Generation,
         *,
         max_body: int,
-        rejected: dict[str, Counter],
+        rejected: dict[RejectReason, Counter],
     ) -> None:
         self.generation = generation  # replaced as a whole by a reload
         self._max_body = max_body
-        self._no_route = rejected["no_route"]
-        self._too_large = rejected["body_too_large"]
+        self._no_route = rejected[RejectReason.NO_ROUTE]
+        self._too_large = rejected[RejectReason.BODY_TOO_LARGE]
 
     @staticmethod
     def _tee(
@@ -226,7 +227,7 @@ class ProductionHandler:
                 502, f"production target {target.name} is unreachable", request_id, id_header
             )
         m.duration.observe(loop.time() - started)
-        m.outcomes["ok" if answer.status < 500 else "http_error"].inc()
+        m.outcomes[Outcome.of_status(answer.status)].inc()
         if route.tees:
             self._tee(route, forwarded, answer, time.time())
 

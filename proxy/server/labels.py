@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.config import LabelsConfig
 from proxy.core.joining import InvalidLabel, Score
+from proxy.core.outcomes import LabelRejection, LabelResult
 from proxy.metrics import LabelMetrics
 from proxy.server.auth import CHALLENGE, BearerToken
 from proxy.server.responses import json_response
@@ -24,6 +25,7 @@ from proxy.store.base import LabelStatus, PredictionStore, StoreUnavailable
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_ID = 256
+_INVALID = LabelResult.INVALID
 _ITEM_KEYS = ("request_id", "label")
 
 
@@ -33,12 +35,17 @@ class _Item:
 
     request_id: str
     label: Any
-    result: str = ""
+    result: LabelResult | None = None  # None until the store has answered
     error: str = ""
     scored: tuple[list[Any], Score] | None = None  # per-instance labels, production's score
 
+    @property
+    def outcome(self) -> LabelResult:
+        assert self.result is not None, "every label has its result once applied"
+        return self.result
+
     def answer(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"request_id": self.request_id, "result": self.result}
+        doc: dict[str, Any] = {"request_id": self.request_id, "result": self.outcome.value}
         if self.error:
             doc["error"] = self.error
         return doc
@@ -46,31 +53,35 @@ class _Item:
 
 def _parse_item(raw: Any) -> _Item:
     if not isinstance(raw, dict):
-        return _Item("", None, "invalid", "a label must be an object with request_id and label")
+        return _Item("", None, _INVALID, "a label must be an object with request_id and label")
     request_id = raw.get("request_id")
     rid = request_id if isinstance(request_id, str) else ""
     unknown = sorted(set(raw) - set(_ITEM_KEYS))
     if unknown:
-        return _Item(
-            rid, None, "invalid", f"unknown key {unknown[0]!r}; allowed: request_id, label"
-        )
+        return _Item(rid, None, _INVALID, f"unknown key {unknown[0]!r}; allowed: request_id, label")
     if not isinstance(request_id, str) or not request_id:
-        return _Item(rid, None, "invalid", "request_id must be a non-empty string")
+        return _Item(rid, None, _INVALID, "request_id must be a non-empty string")
     if len(request_id) > MAX_REQUEST_ID:
-        return _Item(rid, None, "invalid", f"request_id is longer than {MAX_REQUEST_ID} characters")
+        return _Item(rid, None, _INVALID, f"request_id is longer than {MAX_REQUEST_ID} characters")
     if "label" not in raw:
-        return _Item(rid, None, "invalid", "label is missing")
+        return _Item(rid, None, _INVALID, "label is missing")
     if raw["label"] is None:
-        return _Item(rid, None, "invalid", "label is null")
+        return _Item(rid, None, _INVALID, "label is null")
     return _Item(rid, raw["label"])
 
 
 # A single label's result as an HTTP status; a batch always answers 200 with one result each.
-_STATUS = {"joined": 200, "unknown_id": 404, "expired": 410, "duplicate": 409, "invalid": 400}
+_STATUS = {
+    LabelResult.JOINED: 200,
+    LabelResult.UNKNOWN_ID: 404,
+    LabelResult.EXPIRED: 410,
+    LabelResult.DUPLICATE: 409,
+    LabelResult.INVALID: 400,
+}
 _MESSAGES = {
-    "unknown_id": "no prediction was recorded for this request_id",
-    "expired": "the prediction for this request_id is older than the store's ttl",
-    "duplicate": "this request_id already has a label",
+    LabelResult.UNKNOWN_ID: "no prediction was recorded for this request_id",
+    LabelResult.EXPIRED: "the prediction for this request_id is older than the store's ttl",
+    LabelResult.DUPLICATE: "this request_id already has a label",
 }
 
 
@@ -100,22 +111,26 @@ class LabelEndpoint:
         self._auth = BearerToken(config.token)
         self._scorers = {**self._scorers, **scorers}
 
-    def _refuse(self, status: int, reason: str, message: str) -> web.Response:
+    def _refuse(self, status: int, reason: LabelRejection, message: str) -> web.Response:
         self._m.rejected[reason].inc()
         headers = CHALLENGE if status == 401 else None
         return json_response(status, {"error": message}, headers)
 
     async def handle(self, request: web.Request) -> web.Response:
         if self._store is None:
-            return self._refuse(404, "disabled", "labels are off: no route sets 'record'")
+            return self._refuse(
+                404, LabelRejection.DISABLED, "labels are off: no route sets 'record'"
+            )
         refusal = self._auth.refusal(request)
         if refusal is not None:
-            return self._refuse(*refusal)
+            return self._refuse(refusal.status, LabelRejection(refusal.reason), refusal.message)
         body = await self._read(request)
         if body is None:
             limit = self._config.max_body
             return self._refuse(
-                413, "too_large", f"body is larger than labels.max_body ({limit} bytes)"
+                413,
+                LabelRejection.TOO_LARGE,
+                f"body is larger than labels.max_body ({limit} bytes)",
             )
 
         try:
@@ -142,16 +157,16 @@ class LabelEndpoint:
         except StoreUnavailable as exc:
             log.warning("label request failed: store unavailable", extra={"error": str(exc)})
             message = f"the prediction store is unavailable: {exc}"
-            return self._refuse(503, "store_unavailable", message)
+            return self._refuse(503, LabelRejection.STORE_UNAVAILABLE, message)
 
         self._m.received.inc(len(items))
         for item in items:
-            self._m.results[item.result].inc()
+            self._m.results[item.outcome].inc()
         if single:
-            return json_response(_STATUS[items[0].result], items[0].answer())
-        counts = {result: 0 for result in _STATUS}
+            return json_response(_STATUS[items[0].outcome], items[0].answer())
+        counts = {result.value: 0 for result in LabelResult}
         for item in items:
-            counts[item.result] += 1
+            counts[item.outcome.value] += 1
         return json_response(200, {"results": [item.answer() for item in items], "counts": counts})
 
     async def _read(self, request: web.Request) -> bytes | None:
@@ -170,13 +185,13 @@ class LabelEndpoint:
     def _malformed(self, message: str, count: int = 1) -> web.Response:
         # A body we cannot read is still labels received: counted, as invalid.
         self._m.received.inc(count)
-        self._m.results["invalid"].inc(count)
+        self._m.results[_INVALID].inc(count)
         return json_response(400, {"error": message})
 
     async def _apply(self, items: Sequence[_Item]) -> None:
         """Validate the labels against their records, set them, and join what was joined."""
         assert self._store is not None
-        pending = [item for item in items if not item.result]
+        pending = [item for item in items if item.result is None]
         if not pending:
             return
         records = await self._store.get_records([item.request_id for item in pending])
@@ -188,7 +203,7 @@ class LabelEndpoint:
                 try:
                     item.scored = scorer.labels_for(record, item.label)
                 except InvalidLabel as exc:
-                    item.result, item.error = "invalid", str(exc)
+                    item.result, item.error = _INVALID, str(exc)
                     continue
             to_set.append(item)
         if not to_set:
@@ -196,8 +211,8 @@ class LabelEndpoint:
         now = time.time()
         results = await self._store.set_labels([(i.request_id, i.label) for i in to_set], now)
         for item, result in zip(to_set, results, strict=True):
-            item.result = result.status.value
-            item.error = _MESSAGES.get(item.result, "")
+            item.result = LabelResult(result.status.value)
+            item.error = _MESSAGES.get(item.outcome, "")
             if result.status is LabelStatus.JOINED and result.record is not None:
                 scorer = self._scorers.get(result.record.route)
                 if scorer is not None:

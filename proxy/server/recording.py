@@ -15,7 +15,8 @@ from prometheus_client import Gauge, Histogram
 
 from proxy.config import StoreConfig
 from proxy.core.extraction import ExtractionError, Extractor
-from proxy.metrics import STORE_OPERATIONS, Metrics
+from proxy.core.outcomes import RecordDrop, RecordKind, Removal, StoreOperation
+from proxy.metrics import Metrics
 from proxy.server.scoring import RouteScorer
 from proxy.server.shadow import Tee
 from proxy.store.base import (
@@ -38,11 +39,11 @@ class MeasuredStore(PredictionStore):
 
     def __init__(self, inner: PredictionStore, metrics: Metrics) -> None:
         self.inner = inner
-        self._timers: dict[str, Histogram] = {
-            op: metrics.store_duration.labels(op) for op in STORE_OPERATIONS
+        self._timers: dict[StoreOperation, Histogram] = {
+            op: metrics.store_duration.labels(op) for op in StoreOperation
         }
 
-    async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _timed(self, operation: StoreOperation, call: Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()
         try:
             return await call()
@@ -56,21 +57,25 @@ class MeasuredStore(PredictionStore):
         await self.inner.close()
 
     async def put_records(self, records: Sequence[Record]) -> None:
-        await self._timed("put_records", lambda: self.inner.put_records(records))
+        await self._timed(StoreOperation.PUT_RECORDS, lambda: self.inner.put_records(records))
 
     async def put_shadows(
         self, items: Sequence[ShadowPredictions]
     ) -> list[tuple[ShadowPredictions, Record]]:
-        return await self._timed("put_shadows", lambda: self.inner.put_shadows(items))
+        return await self._timed(StoreOperation.PUT_SHADOWS, lambda: self.inner.put_shadows(items))
 
     async def get_records(self, request_ids: Sequence[str]) -> dict[str, Record]:
-        return await self._timed("get_records", lambda: self.inner.get_records(request_ids))
+        return await self._timed(
+            StoreOperation.GET_RECORDS, lambda: self.inner.get_records(request_ids)
+        )
 
     async def set_labels(self, items: Sequence[tuple[str, Any]], now: float) -> list[LabelResult]:
-        return await self._timed("set_labels", lambda: self.inner.set_labels(items, now))
+        return await self._timed(
+            StoreOperation.SET_LABELS, lambda: self.inner.set_labels(items, now)
+        )
 
     async def remove_old(self, now: float) -> Removed:
-        return await self._timed("remove_old", lambda: self.inner.remove_old(now))
+        return await self._timed(StoreOperation.REMOVE_OLD, lambda: self.inner.remove_old(now))
 
     async def count(self) -> int:
         return await self.inner.count()
@@ -135,11 +140,11 @@ class Recorder:
 
     # -- called by the hot path and the shadow workers; never block ------------------------------
 
-    def _put(self, item: _RecordItem | _ShadowItem, kind: str) -> bool:
+    def _put(self, item: _RecordItem | _ShadowItem, kind: RecordKind) -> bool:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            self._recording[item.route].dropped[(kind, "queue_full")].inc()
+            self._recording[item.route].dropped[(kind, RecordDrop.QUEUE_FULL)].inc()
             return False
         self._depth.inc()
         return True
@@ -148,14 +153,14 @@ class Recorder:
         """Whether `record` can queue a record now; when not, the record is counted as dropped
         (queue full). The hot path asks first, so that a Tee knows from birth if it is recorded."""
         if self._queue.full():
-            self._recording[route].dropped[("record", "queue_full")].inc()
+            self._recording[route].dropped[(RecordKind.RECORD, RecordDrop.QUEUE_FULL)].inc()
             return False
         return True
 
     def record(self, route: str, tee: Tee) -> bool:
         """Queue production's answer for storing; False when it was dropped (queue full)."""
         item = _RecordItem(route, tee)
-        if not self._put(item, "record"):
+        if not self._put(item, RecordKind.RECORD):
             return False
         self._pending[tee.request_id] = item
         return True
@@ -165,7 +170,8 @@ class Recorder:
         if pending is not None:
             pending.shadows[shadow] = predictions
             return
-        self._put(_ShadowItem(route, ShadowPredictions(request_id, shadow, predictions)), "shadow")
+        item = _ShadowItem(route, ShadowPredictions(request_id, shadow, predictions))
+        self._put(item, RecordKind.SHADOW)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -200,10 +206,10 @@ class Recorder:
             self._depth.dec()
             dropped = self._recording[item.route].dropped
             if isinstance(item, _RecordItem):
-                dropped[("record", "store_unavailable")].inc()
-                dropped[("shadow", "store_unavailable")].inc(len(item.shadows))
+                dropped[(RecordKind.RECORD, RecordDrop.STORE_UNAVAILABLE)].inc()
+                dropped[(RecordKind.SHADOW, RecordDrop.STORE_UNAVAILABLE)].inc(len(item.shadows))
             else:
-                dropped[("shadow", "store_unavailable")].inc()
+                dropped[(RecordKind.SHADOW, RecordDrop.STORE_UNAVAILABLE)].inc()
         self._pending.clear()
         await self.store.close()
 
@@ -259,8 +265,8 @@ class Recorder:
             record = self._to_record(item)
             if record is None:
                 dropped = self._recording[item.route].dropped
-                dropped[("record", "no_predictions")].inc()
-                dropped[("shadow", "no_predictions")].inc(len(item.shadows))
+                dropped[(RecordKind.RECORD, RecordDrop.NO_PREDICTIONS)].inc()
+                dropped[(RecordKind.SHADOW, RecordDrop.NO_PREDICTIONS)].inc(len(item.shadows))
             else:
                 records.append((item.route, record))
         # Records first: a shadow's write always follows its record's in the queue.
@@ -269,11 +275,13 @@ class Recorder:
             for route, record in records:
                 recording = self._recording[route]
                 if ok:
-                    recording.written["record"].inc()
-                    recording.written["shadow"].inc(len(record.shadows))
+                    recording.written[RecordKind.RECORD].inc()
+                    recording.written[RecordKind.SHADOW].inc(len(record.shadows))
                 else:
-                    recording.dropped[("record", "store_unavailable")].inc()
-                    recording.dropped[("shadow", "store_unavailable")].inc(len(record.shadows))
+                    recording.dropped[(RecordKind.RECORD, RecordDrop.STORE_UNAVAILABLE)].inc()
+                    recording.dropped[(RecordKind.SHADOW, RecordDrop.STORE_UNAVAILABLE)].inc(
+                        len(record.shadows)
+                    )
         if not shadows:
             return
         late: list[tuple[ShadowPredictions, Record]] = []
@@ -285,9 +293,9 @@ class Recorder:
         for item in shadows:
             recording = self._recording[item.route]
             if ok:
-                recording.written["shadow"].inc()
+                recording.written[RecordKind.SHADOW].inc()
             else:
-                recording.dropped[("shadow", "store_unavailable")].inc()
+                recording.dropped[(RecordKind.SHADOW, RecordDrop.STORE_UNAVAILABLE)].inc()
         for written, record in late:
             target = self._routes.get(record.route)
             if target is not None:
@@ -320,6 +328,6 @@ class Recorder:
             count = await self.store.count()
         except StoreUnavailable:
             return
-        self._metrics.store_removed.labels("expired").inc(removed.expired)
-        self._metrics.store_removed.labels("evicted").inc(removed.evicted)
+        self._metrics.store_removed.labels(Removal.EXPIRED).inc(removed.expired)
+        self._metrics.store_removed.labels(Removal.EVICTED).inc(removed.evicted)
         self._metrics.store_records.set(count)

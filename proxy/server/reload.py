@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from proxy.config import Config, ConfigError, config_hash, listen_text, load_config
+from proxy.core.outcomes import ReloadOutcome
 from proxy.server import routes as wiring
 from proxy.server.handler import RouteRuntime
 from proxy.server.overrides import Key
@@ -78,7 +79,7 @@ async def validate_reload(state: ProxyState) -> list[str]:
 
 
 def _reload_failed(state: ProxyState, path: str, exc: ConfigError) -> None:
-    state.metrics.config_reloads.labels("failure").inc()
+    state.metrics.config_reloads.labels(ReloadOutcome.FAILURE).inc()
     log.error(
         "config reload failed; the running config serves on",
         extra={"config": path, "errors": list(exc.errors)},
@@ -122,7 +123,7 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
         )
         state.retiring.add(task)
         task.add_done_callback(state.retiring.discard)
-        metrics.config_reloads.labels("success").inc()
+        metrics.config_reloads.labels(ReloadOutcome.SUCCESS).inc()
         log.info("config reloaded", extra={"config": path, "config_hash": config_hash(new)})
         return ReloadResult(True, config_hash(new))
 

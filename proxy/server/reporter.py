@@ -15,9 +15,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.config import VerdictConfig
+from proxy.core.outcomes import Verdict
 from proxy.metrics import Metrics
 from proxy.report.build import (
-    VERDICT_VALUE,
     advantage_interval,
     build_report,
     history_point,
@@ -73,7 +73,7 @@ class Reporter:
             for shadow in route["shadows"]:
                 labels = (route["route"], shadow["shadow"])
                 low, high = advantage_interval(shadow)
-                m.verdict.labels(*labels).set(VERDICT_VALUE[shadow["verdict"]])
+                m.verdict.labels(*labels).set(Verdict(shadow["verdict"]).gauge)
                 p = shadow["paired"]["sequential_p"]
                 if shadow["regression"] is not None:
                     p = shadow["regression"]["sequential_p"]

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from proxy.config import Config, Route, config_hash
+from proxy.core.outcomes import Role
 from proxy.core.routing import Router
 from proxy.core.sampling import Sampler, WeightedSplit
 from proxy.metrics import Metrics
@@ -26,8 +27,10 @@ def scorers(config: Config, metrics: Metrics) -> dict[str, RouteScorer]:
 def _scorer(route: Route, metrics: Metrics) -> RouteScorer:
     return RouteScorer(
         kind=route.comparator.kind,
-        production=metrics.bind_model(route.name, route.production.name, "production"),
-        shadows={s.name: metrics.bind_model(route.name, s.name, "shadow") for s in route.shadows},
+        production=metrics.bind_model(route.name, route.production.name, Role.PRODUCTION),
+        shadows={
+            s.name: metrics.bind_model(route.name, s.name, Role.SHADOW) for s in route.shadows
+        },
         pairs={s.name: metrics.bind_pair(route.name, s.name) for s in route.shadows},
         recording=metrics.bind_recording(route.name),
     )
@@ -65,7 +68,7 @@ def build_routes(
         )
         kind, classes = route.comparator.kind, route.classes
         production_classes = metrics.bind_classes(
-            route.name, prod.name, "production", kind, classes
+            route.name, prod.name, Role.PRODUCTION, kind, classes
         )
         dispatchers, shadow_metrics = [], []
         for shadow in route.shadows:
@@ -90,7 +93,7 @@ def build_routes(
                 on_predictions=on_predictions,
                 production_classes=production_classes,
                 shadow_classes=metrics.bind_classes(
-                    route.name, shadow.name, "shadow", kind, classes
+                    route.name, shadow.name, Role.SHADOW, kind, classes
                 ),
             )
             dispatchers.append(dispatcher)

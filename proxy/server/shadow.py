@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from multidict import CIMultiDict
 
-from proxy.core.comparison import Comparator, ShapeMismatch
-from proxy.core.extraction import ExtractionError, Extractor
+from proxy.core.comparison import Comparator, classify
+from proxy.core.extraction import ExtractionError, Extractor, decoded
+from proxy.core.outcomes import ComparisonResult, Outcome, SkipReason
 from proxy.core.sampling import Sampler
 from proxy.metrics import ClassCounter, ShadowMetrics
 from proxy.server.upstream import Upstream, UpstreamError, UpstreamResponse
@@ -72,15 +72,7 @@ class Tee:
 
 def decoded_body(response: UpstreamResponse) -> bytes:
     """The body with gzip or deflate content-encoding undone (production's is kept as sent)."""
-    encoding = response.headers.get("Content-Encoding", "identity").lower()
-    if encoding in ("identity", ""):
-        return response.body
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        try:
-            return zlib.decompress(response.body, wbits=47)  # 47: gzip or zlib, detected
-        except zlib.error as exc:
-            raise ExtractionError(f"cannot decode {encoding} body: {exc}") from exc
-    raise ExtractionError(f"unsupported content-encoding {encoding!r}")
+    return decoded(response.body, response.headers.get("Content-Encoding"))
 
 
 class ShadowDispatcher:
@@ -132,8 +124,8 @@ class ShadowDispatcher:
         m = metrics
         self._m = m
         self._enqueued = m.enqueued
-        self._queue_full = m.skipped["queue_full"]
-        self._shutting_down = m.skipped["shutting_down"]
+        self._queue_full = m.skipped[SkipReason.QUEUE_FULL]
+        self._shutting_down = m.skipped[SkipReason.SHUTTING_DOWN]
         self._queue_depth = m.queue_depth
         self._in_flight = m.in_flight
         m.paused.set(0)
@@ -235,10 +227,10 @@ class ShadowDispatcher:
             answer = await self.upstream.send(tee.method, tee.suffix, self._headers(tee), tee.body)
         except UpstreamError as exc:
             m.outcomes[exc.outcome].inc()
-            self._m.results["shadow_failed"].inc()
+            self._m.results[ComparisonResult.SHADOW_FAILED].inc()
             return
         m.duration.observe(loop.time() - started)
-        m.outcomes["ok" if answer.status < 500 else "http_error"].inc()
+        m.outcomes[Outcome.of_status(answer.status)].inc()
         self._compare(tee, answer)
 
     def _count_production(self, tee: Tee) -> None:
@@ -256,42 +248,29 @@ class ShadowDispatcher:
             tee.production_predictions(self._extractor, self._production_classes)
 
     def _compare(self, tee: Tee, shadow: UpstreamResponse) -> None:
-        results = self._m.results
+        """Count what the pure decision (`classify`) found; the shadow's predictions, once
+        parsed, count by class and join its recorded request."""
         production = tee.production
-        if production is None:
-            results["production_failed"].inc()
-            return
-        if production.status != shadow.status:
-            results["status_mismatch"].inc()
-            return
-        if not 200 <= shadow.status < 300:
-            results["same_error"].inc()
-            return
-        try:
-            expected = tee.production_predictions(self._extractor)
-        except ExtractionError:
-            results["production_unparseable"].inc()
-            return
-        try:
-            got = self._extractor.extract(decoded_body(shadow))
-        except ExtractionError:
-            results["shadow_unparseable"].inc()
-            return
-        if self._shadow_classes is not None:
-            self._shadow_classes.count(got)
-        if tee.recorded and self._on_predictions is not None:
-            self._on_predictions(tee, self.name, got)
-        try:
-            comparison = self._comparator.compare(expected, got)
-        except ShapeMismatch:
-            results["shape_mismatch"].inc()
+        found = classify(
+            None if production is None else production.status,
+            shadow.status,
+            lambda: tee.production_predictions(self._extractor),
+            lambda: self._extractor.extract(decoded_body(shadow)),
+            self._comparator,
+        )
+        got = found.shadow_predictions
+        if got is not None:
+            if self._shadow_classes is not None:
+                self._shadow_classes.count(got)
+            if tee.recorded and self._on_predictions is not None:
+                self._on_predictions(tee, self.name, got)
+        self._m.results[found.result].inc()
+        comparison = found.comparison
+        if comparison is None:
             return
         self._m.compared.inc(comparison.instances)
         if comparison.disagreements:
             self._m.disagreed.inc(comparison.disagreements)
-            results["disagree"].inc()
-        else:
-            results["agree"].inc()
         for distance in comparison.distances:
             self._m.distance.observe(distance)
 
@@ -315,7 +294,7 @@ class ShadowSet:
         self.dispatchers = tuple(dispatchers)
         skipped = [m.skipped for m in metrics]
         self._entries = tuple(
-            (d, s["sampled_out"], s["paused"], s["body_too_large"])
+            (d, s[SkipReason.SAMPLED_OUT], s[SkipReason.PAUSED], s[SkipReason.BODY_TOO_LARGE])
             for d, s in zip(dispatchers, skipped, strict=True)
         )
         self._max_body = max_body

@@ -9,6 +9,8 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.core.outcomes import Outcome
+
 # Headers aiohttp would add on its own. Skipping them forwards exactly what the client sent:
 # an added Accept-Encoding would make production compress answers the client never asked for.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
@@ -17,15 +19,15 @@ _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Cont
 class UpstreamError(Exception):
     """The upstream gave no usable answer. `outcome` is the metric label for it."""
 
-    outcome = "connect_error"
+    outcome = Outcome.CONNECT_ERROR
 
 
 class UpstreamTimeout(UpstreamError):
-    outcome = "timeout"
+    outcome = Outcome.TIMEOUT
 
 
 class UpstreamConnectError(UpstreamError):
-    outcome = "connect_error"
+    outcome = Outcome.CONNECT_ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +55,10 @@ class Upstream:
         timeout: float,
         connect_timeout: float = 1.0,
         max_connections: int = 256,
-        decompress: bool = False,
     ) -> None:
         self.base = origin + path
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._max_connections = max_connections
-        self._decompress = decompress
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -71,7 +71,8 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            auto_decompress=self._decompress,
+            # Answers are passed on as production sent them; shadows' are decoded when parsed.
+            auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             cookie_jar=aiohttp.DummyCookieJar(),
             # Forwarded bodies and headers are the client's; aiohttp must not reinterpret them.

@@ -1,0 +1,160 @@
+"""Typed outcomes: every result that becomes a metric label value, as a StrEnum member, so that
+a typo is a type error rather than a KeyError at run time. Pure: names and values only.
+
+A member is its own label value (`str(Outcome.OK) == "ok"`), and since it is a str it still finds
+its entry in a dict keyed by the members when looked up by the plain string.
+
+>>> counters = {o: family.labels(route, o) for o in Outcome}
+>>> counters[Outcome.TIMEOUT].inc()
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """An upstream request's outcome."""
+
+    OK = "ok"  # an answer below 500
+    HTTP_ERROR = "http_error"  # an answer of 500 or above
+    TIMEOUT = "timeout"  # no answer in time
+    CONNECT_ERROR = "connect_error"  # no connection, or it broke
+
+    @classmethod
+    def of_status(cls, status: int) -> Outcome:
+        return cls.OK if status < 500 else cls.HTTP_ERROR
+
+
+class Role(StrEnum):
+    PRODUCTION = "production"
+    SHADOW = "shadow"
+
+
+class SkipReason(StrEnum):
+    """Why a request was not sent to a shadow."""
+
+    SAMPLED_OUT = "sampled_out"
+    PAUSED = "paused"  # sampled in while the admin API had it paused
+    QUEUE_FULL = "queue_full"
+    BODY_TOO_LARGE = "body_too_large"
+    SHUTTING_DOWN = "shutting_down"
+
+
+class ComparisonResult(StrEnum):
+    """What comparing one shadow answer with production's found."""
+
+    AGREE = "agree"  # every instance agrees
+    DISAGREE = "disagree"  # at least one instance disagrees
+    STATUS_MISMATCH = "status_mismatch"  # different status codes
+    SAME_ERROR = "same_error"  # the same non-2xx status: nothing to compare
+    SHADOW_UNPARSEABLE = "shadow_unparseable"  # the shadow's 2xx answer holds no predictions
+    PRODUCTION_UNPARSEABLE = "production_unparseable"  # production's 2xx answer holds none
+    SHAPE_MISMATCH = "shape_mismatch"  # different instance counts or vector lengths
+    SHADOW_FAILED = "shadow_failed"  # the shadow gave no answer (timeout or connection error)
+    PRODUCTION_FAILED = "production_failed"  # production gave no answer
+
+
+class RejectReason(StrEnum):
+    """Requests the proxy answers itself, without asking production."""
+
+    NO_ROUTE = "no_route"
+    BODY_TOO_LARGE = "body_too_large"
+
+
+class LabelResult(StrEnum):
+    """What became of one label received; they always add up to the labels received."""
+
+    JOINED = "joined"
+    UNKNOWN_ID = "unknown_id"
+    EXPIRED = "expired"
+    DUPLICATE = "duplicate"
+    INVALID = "invalid"
+
+
+class LabelRejection(StrEnum):
+    """Label requests refused as a whole, before any of their labels counted as received."""
+
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    TOO_LARGE = "too_large"
+    STORE_UNAVAILABLE = "store_unavailable"
+    DISABLED = "disabled"
+
+
+class RecordKind(StrEnum):
+    """A store write: a request's record (production's predictions), or a shadow's predictions."""
+
+    RECORD = "record"
+    SHADOW = "shadow"
+
+
+class RecordDrop(StrEnum):
+    """Why a write never reached the store."""
+
+    QUEUE_FULL = "queue_full"  # the recorder's queue was full
+    STORE_UNAVAILABLE = "store_unavailable"  # the store failed
+    NO_PREDICTIONS = "no_predictions"  # the answer held none (non-2xx or unparseable)
+    ORPHAN = "orphan"  # a shadow's record was not there (declared; not counted today)
+
+
+class PairedOutcome(StrEnum):
+    """A labelled instance scored for both production and a shadow (McNemar's table)."""
+
+    BOTH_RIGHT = "both_right"
+    PRODUCTION_ONLY = "production_only"
+    SHADOW_ONLY = "shadow_only"
+    BOTH_WRONG = "both_wrong"
+
+
+class StoreOperation(StrEnum):
+    PUT_RECORDS = "put_records"
+    PUT_SHADOWS = "put_shadows"
+    GET_RECORDS = "get_records"
+    SET_LABELS = "set_labels"
+    REMOVE_OLD = "remove_old"
+
+
+class Removal(StrEnum):
+    """Why records left the store."""
+
+    EXPIRED = "expired"  # older than ttl + tombstone_ttl
+    EVICTED = "evicted"  # beyond max_records
+
+
+class ReloadOutcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class AdminAction(StrEnum):
+    CONFIG = "config"
+    SHADOWS = "shadows"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SAMPLE = "sample"
+    RELOAD = "reload"
+    UNKNOWN = "unknown"
+
+
+class AdminResult(StrEnum):
+    OK = "ok"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    OFF = "off"
+    NOT_FOUND = "not_found"
+    INVALID = "invalid"
+    FAILURE = "failure"
+
+
+class Verdict(StrEnum):
+    """A shadow's verdict, and its value on the verdict gauge."""
+
+    BETTER = "better"
+    WORSE = "worse"
+    INCONCLUSIVE = "inconclusive"
+    INSUFFICIENT_DATA = "insufficient_data"
+
+    @property
+    def gauge(self) -> float:
+        return {"better": 1.0, "worse": -1.0}.get(self.value, 0.0)
