@@ -19,12 +19,20 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from proxy.server.overrides import RUNTIME_DIR_ENV, SUPERVISOR_ENV
-
 log = logging.getLogger("proxy.supervisor")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_ENV = "SHADOW_PROXY_WORKER"
+RUNTIME_DIR_ENV = "SHADOW_PROXY_RUNTIME_DIR"
+"""Set for the workers: the directory their shared admin overrides live in."""
+SUPERVISOR_ENV = "SHADOW_PROXY_SUPERVISOR_PID"
+"""Set by the supervisor for its workers: its pid, which passes SIGHUP and SIGUSR1 on to all."""
+
+
+def signal_supervisor(signum: int) -> None:
+    """Ask the supervisor to pass `signum` on to every worker (this one included)."""
+    os.kill(int(os.environ[SUPERVISOR_ENV]), signum)
+
 
 # A worker that dies sooner than this after starting is crash-looping: stop rather than spin.
 _MIN_UPTIME = 5.0

@@ -15,11 +15,12 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
-from proxy.config import Route, parse_config
-from proxy.metrics import STORE_OPERATIONS, Metrics
+from proxy.config import parse_config
+from proxy.core.outcomes import StoreOperation
+from proxy.metrics import Metrics
 from proxy.server import recording
-from proxy.server.labels import RouteScorer
-from proxy.server.recording import MeasuredStore, Recorder, RouteRecording
+from proxy.server.recording import MeasuredStore, Recorder
+from proxy.server.routes import recordings, scorers
 from proxy.server.shadow import Tee
 from proxy.server.upstream import UpstreamResponse
 from proxy.store.base import (
@@ -155,17 +156,6 @@ class FakeStore(PredictionStore):
 # -- the recorder under test -------------------------------------------------------------------
 
 
-def scorer(route: Route, metrics: Metrics) -> RouteScorer:
-    """As app.py's _scorer builds it."""
-    return RouteScorer(
-        kind=route.comparator.kind,
-        production=metrics.bind_model(route.name, route.production.name, "production"),
-        shadows={s.name: metrics.bind_model(route.name, s.name, "shadow") for s in route.shadows},
-        pairs={s.name: metrics.bind_pair(route.name, s.name) for s in route.shadows},
-        recording=metrics.bind_recording(route.name),
-    )
-
-
 @dataclass
 class Rig:
     store: FakeStore
@@ -175,10 +165,7 @@ class Rig:
 
     def recorder(self, store: PredictionStore | None = None, **store_config: Any) -> Recorder:
         """A Recorder over the fake store (or `store`), with CONFIG.store changed as given."""
-        routes = {
-            r.name: RouteRecording(r.production.name, r.extractor, scorer(r, self.metrics))
-            for r in CONFIG.routes
-        }
+        routes = recordings(CONFIG, scorers(CONFIG, self.metrics))  # as the wiring builds them
         config = replace(CONFIG.store, **store_config)
         made = Recorder(store or self.store, config, routes, self.metrics)
         self.recorders.append(made)
@@ -475,7 +462,7 @@ async def test_a_bug_in_a_write_is_logged_and_recording_goes_on(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="recording.py never counts orphan: a shadow whose record never reached the store is"
+    reason="issue 13: orphan is never counted: a shadow whose record never reached the store is"
     " counted as written, since put_shadows does not say which ids it ignored",
 )
 async def test_a_shadow_whose_record_never_reached_the_store_is_an_orphan(rig: Rig) -> None:
@@ -573,11 +560,6 @@ async def test_a_sweep_while_the_store_is_down_changes_nothing(rig: Rig) -> None
     assert rig.value("shadowproxy_store_records") == 40
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sweep() drops remove_old's counts when count() then fails: the records are gone"
-    " from the store and never counted as removed",
-)
 async def test_records_removed_are_counted_even_when_count_then_fails(rig: Rig) -> None:
     recorder = rig.recorder()
     rig.store.removed = Removed(expired=2, evicted=3)
@@ -655,11 +637,6 @@ async def test_stop_drops_and_counts_what_a_blocked_store_left_queued(
     assert ("WARNING", "recorder flush timed out") in recorder_logs(caplog)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stop() cancels the writer mid-write: the batch it holds is neither written nor"
-    " counted as dropped",
-)
 async def test_stop_counts_the_batch_being_written_when_grace_runs_out(rig: Rig) -> None:
     recorder = rig.recorder()
     await recorder.start()
@@ -672,11 +649,6 @@ async def test_stop_counts_the_batch_being_written_when_grace_runs_out(rig: Rig)
     assert rig.dropped("record", "store_unavailable", route="wine") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stop() cancels the writer while it waits flush_interval for a batch to gather: the"
-    " write it holds is neither counted as dropped nor taken off the queue-depth gauge",
-)
 async def test_stop_counts_the_write_held_while_a_batch_gathers(rig: Rig) -> None:
     recorder = rig.recorder(flush_interval=3600.0)
     await recorder.start()
@@ -725,8 +697,8 @@ async def test_measured_store_times_each_operation_once_and_passes_answers_throu
         "close",
     ]
     duration = "shadowproxy_store_operation_duration_seconds"
-    assert {op: rig.value(f"{duration}_count", operation=op) for op in STORE_OPERATIONS} == {
-        op: 1 for op in STORE_OPERATIONS
+    assert {op: rig.value(f"{duration}_count", operation=op) for op in StoreOperation} == {
+        op: 1 for op in StoreOperation
     }
 
 
@@ -753,7 +725,7 @@ async def test_a_recorder_over_a_measured_store_times_its_writes_and_sweeps(rig:
     await recorder.flush()
 
     duration = "shadowproxy_store_operation_duration_seconds"
-    assert {op: rig.value(f"{duration}_count", operation=op) for op in STORE_OPERATIONS} == {
+    assert {op: rig.value(f"{duration}_count", operation=op) for op in StoreOperation} == {
         "put_records": 1,
         "put_shadows": 1,
         "get_records": 0,

@@ -16,17 +16,7 @@ from typing import Any
 import orjson
 
 from proxy.server.shadow import ShadowDispatcher
-
-RUNTIME_DIR_ENV = "SHADOW_PROXY_RUNTIME_DIR"
-"""Set by the supervisor for its workers: the directory their shared overrides live in."""
-SUPERVISOR_ENV = "SHADOW_PROXY_SUPERVISOR_PID"
-"""Set by the supervisor for its workers: its pid, which passes SIGHUP and SIGUSR1 on to all."""
-
-
-def signal_supervisor(signum: int) -> None:
-    """Ask the supervisor to pass `signum` on to every worker (this one included)."""
-    os.kill(int(os.environ[SUPERVISOR_ENV]), signum)
-
+from proxy.supervisor import RUNTIME_DIR_ENV, SUPERVISOR_ENV
 
 Key = tuple[str, str]  # (route, shadow)
 

@@ -132,6 +132,7 @@ class Recorder:
         self._tasks: list[asyncio.Task[None]] = []
         self._store_down = False
         self._pending: dict[str, _RecordItem] = {}  # request id -> its record, not yet written
+        self._in_hand: list[_RecordItem | _ShadowItem] = []  # taken by the writer, not counted
 
     def update_routes(self, routes: dict[str, RouteRecording]) -> None:
         """After a reload: new routes are recorded too; writes already queued keep theirs."""
@@ -202,14 +203,8 @@ class Recorder:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         while not self._queue.empty():
-            item = self._queue.get_nowait()
             self._depth.dec()
-            dropped = self._recording[item.route].dropped
-            if isinstance(item, _RecordItem):
-                dropped[(RecordKind.RECORD, RecordDrop.STORE_UNAVAILABLE)].inc()
-                dropped[(RecordKind.SHADOW, RecordDrop.STORE_UNAVAILABLE)].inc(len(item.shadows))
-            else:
-                dropped[(RecordKind.SHADOW, RecordDrop.STORE_UNAVAILABLE)].inc()
+            self._drop(self._queue.get_nowait(), RecordDrop.STORE_UNAVAILABLE)
         self._pending.clear()
         await self.store.close()
 
@@ -219,20 +214,38 @@ class Recorder:
         queue = self._queue
         while True:
             batch = [await queue.get()]
-            if queue.qsize() < self._config.batch_size - 1:
-                # Let a batch gather: one store round trip for many requests.
-                await asyncio.sleep(self._config.flush_interval)
-            while len(batch) < self._config.batch_size and not queue.empty():
-                batch.append(queue.get_nowait())
-            self._depth.dec(len(batch))
+            self._in_hand = batch  # off the queue, not yet accounted for
+            waiting = 1  # of the batch, still counted in the queue-depth gauge
             try:
+                if queue.qsize() < self._config.batch_size - 1:
+                    # Let a batch gather: one store round trip for many requests.
+                    await asyncio.sleep(self._config.flush_interval)
+                while len(batch) < self._config.batch_size and not queue.empty():
+                    batch.append(queue.get_nowait())
+                self._depth.dec(len(batch))
+                waiting = 0
                 await self._write(batch)
             except Exception:
                 # The recorder's boundary: a bug here must not stop recording for good.
                 log.exception("recorder batch failed")
             finally:
+                # Cancelled by stop() (or a bug) before all of it was counted: never silent.
+                for item in self._in_hand:
+                    self._drop(item, RecordDrop.STORE_UNAVAILABLE)
+                self._in_hand = []
+                self._depth.dec(waiting)
                 for _ in batch:
                     queue.task_done()
+
+    def _drop(self, item: _RecordItem | _ShadowItem, reason: RecordDrop) -> None:
+        """Count a write that never reached the store: a record and the shadows merged into it,
+        or one shadow's predictions."""
+        dropped = self._recording[item.route].dropped
+        if isinstance(item, _RecordItem):
+            dropped[(RecordKind.RECORD, reason)].inc()
+            dropped[(RecordKind.SHADOW, reason)].inc(len(item.shadows))
+        else:
+            dropped[(RecordKind.SHADOW, reason)].inc()
 
     def _to_record(self, item: _RecordItem) -> Record | None:
         tee, route = item.tee, self._routes[item.route]
@@ -256,7 +269,9 @@ class Recorder:
         )
 
     async def _write(self, batch: Sequence[_RecordItem | _ShadowItem]) -> None:
-        records: list[tuple[str, Record]] = []
+        """Write one batch and count every item of it, as written or dropped. `_in_hand` holds
+        what is not counted yet, at each await."""
+        records: list[tuple[_RecordItem, Record]] = []
         shadows: list[_ShadowItem] = []
         for item in batch:
             if isinstance(item, _ShadowItem):
@@ -264,24 +279,21 @@ class Recorder:
                 continue
             record = self._to_record(item)
             if record is None:
-                dropped = self._recording[item.route].dropped
-                dropped[(RecordKind.RECORD, RecordDrop.NO_PREDICTIONS)].inc()
-                dropped[(RecordKind.SHADOW, RecordDrop.NO_PREDICTIONS)].inc(len(item.shadows))
+                self._drop(item, RecordDrop.NO_PREDICTIONS)
             else:
-                records.append((item.route, record))
+                records.append((item, record))
+        self._in_hand = [*(item for item, _ in records), *shadows]
         # Records first: a shadow's write always follows its record's in the queue.
         if records:
             ok = await self._attempt(self.store.put_records([r for _, r in records]))
-            for route, record in records:
-                recording = self._recording[route]
+            for item, record in records:
                 if ok:
+                    recording = self._recording[item.route]
                     recording.written[RecordKind.RECORD].inc()
                     recording.written[RecordKind.SHADOW].inc(len(record.shadows))
                 else:
-                    recording.dropped[(RecordKind.RECORD, RecordDrop.STORE_UNAVAILABLE)].inc()
-                    recording.dropped[(RecordKind.SHADOW, RecordDrop.STORE_UNAVAILABLE)].inc(
-                        len(record.shadows)
-                    )
+                    self._drop(item, RecordDrop.STORE_UNAVAILABLE)
+        self._in_hand = list(shadows)
         if not shadows:
             return
         late: list[tuple[ShadowPredictions, Record]] = []
@@ -290,12 +302,12 @@ class Recorder:
             late.extend(await self.store.put_shadows([s.predictions for s in shadows]))
 
         ok = await self._attempt(put())
+        self._in_hand = []
         for item in shadows:
-            recording = self._recording[item.route]
             if ok:
-                recording.written[RecordKind.SHADOW].inc()
+                self._recording[item.route].written[RecordKind.SHADOW].inc()
             else:
-                recording.dropped[(RecordKind.SHADOW, RecordDrop.STORE_UNAVAILABLE)].inc()
+                self._drop(item, RecordDrop.STORE_UNAVAILABLE)
         for written, record in late:
             target = self._routes.get(record.route)
             if target is not None:
@@ -318,16 +330,24 @@ class Recorder:
 
     async def _sweep_loop(self) -> None:
         while True:
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:
+                # The sweeper's boundary: a bug here must not stop sweeping for good.
+                log.exception("store sweep failed")
             await asyncio.sleep(self._config.sweep_interval)
 
     async def sweep(self) -> None:
         """Remove old and surplus records now, and count them."""
         try:
             removed = await self.store.remove_old(time.time())
+        except StoreUnavailable:
+            return
+        # Counted before anything else can fail: those records are gone.
+        self._metrics.store_removed.labels(Removal.EXPIRED).inc(removed.expired)
+        self._metrics.store_removed.labels(Removal.EVICTED).inc(removed.evicted)
+        try:
             count = await self.store.count()
         except StoreUnavailable:
             return
-        self._metrics.store_removed.labels(Removal.EXPIRED).inc(removed.expired)
-        self._metrics.store_removed.labels(Removal.EVICTED).inc(removed.evicted)
         self._metrics.store_records.set(count)
