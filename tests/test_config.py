@@ -27,6 +27,7 @@ from proxy.config import (
     parse_duration,
     parse_fraction,
     parse_size,
+    redact_url,
 )
 from proxy.core.predictions import Comparator, CompareKind, Distance, Extractor, Protocol
 
@@ -1059,6 +1060,28 @@ def test_store_and_labels_sections_parse_to_typed_values() -> None:
     assert parse_config(yaml.safe_dump(config_to_dict(config)), env={}) == replace(
         config, source="<string>"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://app:s3cret@redis:6379/0", "redis://app:<redacted>@redis:6379/0"),
+        ("redis://:s3cret@redis:6379/0", "redis://:<redacted>@redis:6379/0"),
+        ("redis://redis:6379/0?password=s3cret", "redis://redis:6379/0?password=<redacted>"),
+        (
+            "rediss://app:s3cret@[::1]:6380/0?db=1&Password=s3cret&ssl_cert_reqs=none",
+            "rediss://app:<redacted>@[::1]:6380/0?db=1&Password=<redacted>&ssl_cert_reqs=none",
+        ),
+        (
+            "unix:///run/redis.sock?password=s3cret&db=2",
+            "unix:///run/redis.sock?password=<redacted>&db=2",
+        ),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("redis://app@redis:6379/0?db=1&&x", "redis://app@redis:6379/0?db=1&&x"),
+    ],
+)
+def test_redact_url_hides_passwords_and_keeps_the_rest_as_written(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 def test_no_recording_by_default_and_an_empty_token_means_none() -> None:

@@ -95,6 +95,7 @@ from proxy.config.dump import (
     config_to_dict,
     config_warnings,
     listen_text,
+    redact_url,
 )
 from proxy.config.load import load_config, parse_config
 from proxy.config.model import (
@@ -133,4 +134,5 @@ __all__ = [
     "parse_duration",
     "parse_fraction",
     "parse_size",
+    "redact_url",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -100,7 +100,7 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
             "store": {
                 "backend": store.backend,
                 "path": store.path,
-                "url": _redact_url(store.url) if redact else store.url,
+                "url": redact_url(store.url) if redact else store.url,
                 "prefix": store.prefix,
                 "ttl": _format_duration(store.ttl),
                 "tombstone_ttl": _format_duration(store.tombstone_ttl),
@@ -138,20 +138,27 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
     return result
 
 
-def _redact_url(url: str) -> str:
-    """A store URL with its password (user:password@, or ?password=) shown as <redacted>."""
+def redact_url(url: str) -> str:
+    """``url`` with its password, in the userinfo or in a ``password=`` query parameter, shown as
+    <redacted>: for logs, error messages and the printed config. The rest is left as written.
+
+    >>> redact_url("redis://app:s3cret@redis:6379/0?db=1&password=s3cret")
+    'redis://app:<redacted>@redis:6379/0?db=1&password=<redacted>'
+    """
     parts = urlsplit(url)
-    netloc = parts.netloc
     if parts.password is not None:
-        user = parts.username or ""
-        netloc = f"{user}:{REDACTED}@{netloc.rpartition('@')[2]}"
-    query = "&".join(
+        # Edited in place rather than rebuilt: urlunsplit drops the "//" of "unix:///path".
+        netloc = f"{parts.username or ''}:{REDACTED}@{parts.netloc.rpartition('@')[2]}"
+        url = url.replace(f"//{parts.netloc}", f"//{netloc}", 1)
+    # Split as urlsplit does: the fragment first, then the query.
+    rest, hash_mark, fragment = url.partition("#")
+    head, query_mark, query = rest.partition("?")
+    pairs = [
         f"{key}={REDACTED}" if key.lower() == "password" else pair
-        for pair in parts.query.split("&")
-        if pair
+        for pair in query.split("&")
         for key in [pair.partition("=")[0]]
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    ]
+    return f"{head}{query_mark}{'&'.join(pairs)}{hash_mark}{fragment}"
 
 
 def _secret_dict(token: str | None, token_file: str | None, redact: bool) -> dict[str, Any]:
