@@ -5,12 +5,14 @@ from __future__ import annotations
 import pickle
 import re
 import textwrap
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
+import proxy.config
 from proxy.config import (
     Config,
     ConfigError,
@@ -29,6 +31,7 @@ from proxy.config import (
     parse_size,
     redact_url,
 )
+from proxy.config import load as loader
 from proxy.core.predictions import Comparator, CompareKind, Distance, Extractor, Protocol
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -1115,3 +1118,85 @@ def test_warns_when_labels_are_exposed_without_a_token() -> None:
     with_token = parse_config(MINIMAL + "    record: 1\nlabels: {token: t}\n", env={})
     assert config_warnings(with_token) == []
     assert config_warnings(parse_config(MINIMAL, env={})) == []
+
+
+def docstring_defaults() -> dict[str, str]:
+    """{key: default} from the key table in proxy.config's docstring."""
+    lines = (proxy.config.__doc__ or "").splitlines()
+    rules = [i for i, line in enumerate(lines) if re.fullmatch(r"=+  =+  =+", line)]
+    assert len(rules) == 3
+    (_, key_end), (default_start, default_end), _ = (
+        found.span() for found in re.finditer("=+", lines[rules[0]])
+    )
+    return {
+        line[:key_end].strip(): line[default_start:default_end].strip()
+        for line in lines[rules[1] + 1 : rules[2]]
+        if line[:key_end].strip()
+    }
+
+
+def test_the_docstring_lists_every_key_the_loader_accepts() -> None:
+    sections = {
+        "store": loader._STORE_KEYS,
+        "labels": loader._LABELS_KEYS,
+        "verdict": loader._VERDICT_KEYS,
+        "admin": loader._ADMIN_KEYS,
+        "metrics": loader._METRICS_KEYS,
+        "routes[]": loader._ROUTE_KEYS,
+        "routes[].production": loader._PRODUCTION_KEYS,
+        "routes[].shadows[]": loader._SHADOW_KEYS,
+        "routes[].compare": loader._COMPARE_KEYS,
+    }
+    accepted = set(loader._TOP_KEYS) | {
+        f"{section}.{key}" for section, keys in sections.items() for key in keys
+    }
+    documented = set(docstring_defaults())
+    assert documented - accepted == set()
+    # Only the sections themselves go without a row: each of their keys has one.
+    assert accepted - documented == {
+        "store",
+        "labels",
+        "verdict",
+        "admin",
+        "metrics",
+        "routes[].production",
+        "routes[].compare",
+    }
+
+
+def test_the_docstring_defaults_are_the_real_ones() -> None:
+    config = parse_config(MINIMAL + "    shadows: [{name: s, url: 'http://s:8080'}]\n", env={})
+
+    def flat(value: object, path: str = "") -> Iterator[tuple[str, object]]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield from flat(item, f"{path}.{key}" if path else key)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            yield from flat(value[0], f"{path}[]")
+        else:
+            yield path, value
+
+    def shown(value: object) -> str:
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, list):
+            return f"[{', '.join(map(str, value))}]"
+        return str(value)
+
+    prose = {
+        "(required)",
+        "(custom: required)",
+        "the match string",
+        "any method",
+        "the main listener",
+    }
+    documented = {
+        key: default
+        for key, default in docstring_defaults().items()
+        # The config under test has a shadow, so that the shadow's defaults are dumped.
+        if default not in prose and key != "routes[].shadows"
+    }
+    dumped = dict(flat(config_to_dict(config)))
+    assert {key: shown(dumped.get(key)) for key in documented} == documented

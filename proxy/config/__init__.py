@@ -1,9 +1,10 @@
 """YAML config -> frozen, typed, validated objects.
 
 Owns: reading one YAML file, ``${VAR}`` substitution, validation, defaults, and the effective
-config printed by ``check-config``. Must not touch: aiohttp, asyncio, DNS, or any I/O beyond
-reading the file. Every error names file, line, key path and value, and all of them are
-collected before raising, so one run of ``check-config`` shows everything that is wrong.
+config printed by ``check-config``. Must not touch: aiohttp, asyncio, prometheus_client, redis,
+sqlite, DNS, or any I/O beyond reading the file (and a token_file). Every error names file, line,
+key path and value, and all of them are collected before raising, so one run of ``check-config``
+shows everything that is wrong.
 
 Modules: ``model`` (the frozen objects, ConfigError), ``units`` (durations, sizes, fractions
 and the other single values), ``yamlcheck`` (node locations, ``${VAR}``, duplicate keys, the
@@ -19,65 +20,134 @@ redaction, config_hash, config_warnings). This package re-exports their public n
     >>> config.routes[0].production.timeout, config.max_body
     (30.0, 10485760)
 
-Keys (durations: "2s", "500ms", "1.5s", "1m", "1h", "250us" or a bare number of seconds; sizes:
-"10MiB", "512KiB", "1GiB", "10MB" (1000-based), "100B" or a bare number of bytes; fractions:
-"30%", "12.5%" or a number 0..1; a null value means "use the default"):
+Keys (durations: "2s", "500ms", "1.5s", "1m", "1h", "7d", "250us" or a bare number of seconds;
+sizes: "10MiB", "512KiB", "1GiB", "10MB" (1000-based), "100B" or a bare number of bytes;
+fractions: "30%", "12.5%" or a number 0..1; a null value means "use the default"):
 
-=====================================  =====================  ======================================
-key                                    default                meaning
-=====================================  =====================  ======================================
-listen                                 0.0.0.0:8080           host:port to serve on; "[::]:8080" for
-                                                              IPv6; port 0 picks a free port
-request_id_header                      X-Request-ID           header carrying the request id
-max_body                               10MiB                  request body cap; larger -> 413
-shadow_max_body                        1MiB                   request or production answer bodies
-                                                              above this are not teed to shadows
-shadow_strip_headers                   [Authorization,        headers removed from shadow copies
-                                       Cookie]
-shutdown_timeout                       10s                    time for in-flight production requests
-                                                              on SIGTERM
-shadow_drain_timeout                   5s                     time for shadow queues to drain on
-                                                              SIGTERM
-access_log                             false                  log one line per request
-log_level                              info                   debug | info | warning | error
-routes                                 (required)             non-empty list of routes
-routes[].name                          the match string       metric label of the route
-routes[].match                         (required)             path prefix, starts with "/"; the
-                                                              longest matching prefix wins
-routes[].methods                       any method             list of HTTP methods (upper-cased)
-routes[].protocol                      (required)             kserve-v1 | open-inference-v2 |
-                                                              mlflow | tfserving | custom
-routes[].output                        none                   Open Inference v2 output name, or
-                                                              TF Serving / MLflow column; not for
-                                                              kserve-v1 or custom
-routes[].prediction_path               (custom: required)     dot-separated path to the predictions,
-                                                              e.g. result.scores; custom only
-routes[].production.name               (required)             [A-Za-z0-9_.-], at most 64 chars
-routes[].production.url                (required)             http(s) URL, no query or fragment; its
-                                                              path replaces the matched prefix
-routes[].production.timeout            30s                    total time per request
-routes[].production.connect_timeout    1s                     time to connect
-routes[].production.max_connections    256                    connection-pool size of this target
-routes[].shadows                       none                   list of shadow targets
-routes[].shadows[].name                (required)             as production.name; unique per route
-                                                              and unlike production's
-routes[].shadows[].url                 (required)             as production.url
-routes[].shadows[].sample              100%                   share of requests teed to it
-routes[].shadows[].timeout             5s                     total time per request
-routes[].shadows[].connect_timeout     1s                     time to connect
-routes[].shadows[].max_in_flight       16                     workers = connection-pool size
-routes[].shadows[].max_queue           1000                   queued requests; full -> dropped
-routes[].compare.kind                  classification         classification | regression |
-                                                              probabilities
-routes[].compare.tolerance             0.0                    absolute tolerance, >= 0; regression
-routes[].compare.relative_tolerance    0.0                    relative tolerance, >= 0; regression
-routes[].compare.distance              total_variation        total_variation | jensen_shannon;
-                                                              probabilities
-routes[].compare.classes               none                   the classes named by the class-mix
-                                                              metric (probabilities: by index);
-                                                              others count as "other"; without,
-                                                              the first 20 seen; not regression
-=====================================  =====================  ======================================
+===================================  ===========================  ==================================
+key                                  default                      meaning
+===================================  ===========================  ==================================
+listen                               0.0.0.0:8080                 host:port to serve on; "[::]:8080"
+                                                                  for IPv6; port 0 picks a free port
+request_id_header                    X-Request-ID                 header carrying the request id
+max_body                             10MiB                        request body cap; larger -> 413
+shadow_max_body                      1MiB                         request or production answer
+                                                                  bodies above this are not teed to
+                                                                  shadows
+shadow_strip_headers                 [Authorization, Cookie]      headers removed from shadow copies
+shutdown_timeout                     10s                          time for in-flight production
+                                                                  requests on SIGTERM
+shadow_drain_timeout                 5s                           time for shadow queues to drain on
+                                                                  SIGTERM
+access_log                           false                        log one line per request
+log_level                            info                         debug | info | warning | error
+routes                               (required)                   non-empty list of routes
+routes[].name                        the match string             metric label of the route
+routes[].match                       (required)                   path prefix, starts with "/"; the
+                                                                  longest matching prefix wins
+routes[].methods                     any method                   list of HTTP methods (upper-cased)
+routes[].protocol                    (required)                   kserve-v1 | open-inference-v2 |
+                                                                  mlflow | tfserving | custom
+routes[].output                      none                         Open Inference v2 output name, or
+                                                                  TF Serving / MLflow column; not
+                                                                  for kserve-v1 or custom
+routes[].prediction_path             (custom: required)           dot-separated path to the
+                                                                  predictions, e.g. result.scores;
+                                                                  custom only
+routes[].production.name             (required)                   [A-Za-z0-9_.-], at most 64 chars
+routes[].production.url              (required)                   http(s) URL, no query or fragment;
+                                                                  its path replaces the matched
+                                                                  prefix
+routes[].production.timeout          30s                          total time per request
+routes[].production.connect_timeout  1s                           time to connect
+routes[].production.max_connections  256                          connection-pool size of this
+                                                                  target
+routes[].shadows                     none                         list of shadow targets
+routes[].shadows[].name              (required)                   as production.name; unique per
+                                                                  route and unlike production's
+routes[].shadows[].url               (required)                   as production.url
+routes[].shadows[].sample            100%                         share of requests teed to it
+routes[].shadows[].timeout           5s                           total time per request
+routes[].shadows[].connect_timeout   1s                           time to connect
+routes[].shadows[].max_in_flight     16                           workers = connection-pool size
+routes[].shadows[].max_queue         1000                         queued requests; full -> dropped
+routes[].compare.kind                classification               classification | regression |
+                                                                  probabilities
+routes[].compare.tolerance           0.0                          absolute tolerance, >= 0;
+                                                                  regression
+routes[].compare.relative_tolerance  0.0                          relative tolerance, >= 0;
+                                                                  regression
+routes[].compare.distance            total_variation              total_variation | jensen_shannon;
+                                                                  probabilities
+routes[].compare.classes             none                         the classes named by the class-mix
+                                                                  metric (probabilities: by index);
+                                                                  others count as "other"; without,
+                                                                  the first 20 seen; not regression
+routes[].record                      0%                           share of requests whose
+                                                                  predictions are stored to be
+                                                                  joined with labels; 0: no labels
+                                                                  for the route
+store.backend                        sqlite                       sqlite (an embedded file) | redis
+                                                                  (shared by replicas)
+store.path                           shadow-proxy-predictions.db  sqlite: the database file,
+                                                                  relative to the working directory
+store.url                            redis://127.0.0.1:6379/0     redis: a redis://, rediss:// or
+                                                                  unix:// URL; its password
+                                                                  (user:password@ or ?password=)
+                                                                  reads <redacted> when shown
+store.prefix                         shadowproxy:                 redis: the key prefix
+store.ttl                            7d                           how long a prediction waits for
+                                                                  its label
+store.tombstone_ttl                  1d                           how long after ttl a late label is
+                                                                  still told "expired"
+store.max_records                    1000000                      records kept; the oldest beyond it
+                                                                  are evicted
+store.timeout                        1s                           time per store operation
+store.batch_size                     500                          writes per store round trip
+store.flush_interval                 50ms                         how long a write may wait for
+                                                                  others to batch with
+store.queue                          10000                        writes waiting for the store;
+                                                                  beyond it, new ones are dropped
+store.sweep_interval                 1m                           how often expired and surplus
+                                                                  records are removed
+labels.token                         none                         bearer token for POST /labels,
+                                                                  e.g. ${LABEL_TOKEN}
+labels.token_file                    none                         instead of token: a file holding
+                                                                  it, relative to the config file;
+                                                                  re-read by every reload
+labels.max_body                      1MiB                         label request body cap (413 above)
+labels.max_batch                     1000                         labels per request
+verdict.alpha                        0.05                         false-positive rate the verdict
+                                                                  allows, however often it is
+                                                                  checked; above 0, below 0.5
+verdict.min_labels                   100                          instances labelled for both models
+                                                                  before accuracy is judged
+verdict.min_requests                 100                          shadow requests before the
+                                                                  guardrails judge
+verdict.max_error_rate               1%                           guardrail: share of shadow errors
+                                                                  (5xx, timeouts, connection errors)
+verdict.max_latency_ratio            1.5                          guardrail: shadow p99 over
+                                                                  production p99; at least 1
+verdict.max_disagreement             none                         guardrail while labels are
+                                                                  missing: a disagreement rate above
+                                                                  it is "worse"
+verdict.history_interval             1m                           how often the report samples its
+                                                                  history
+verdict.history_points               1440                         history points kept per shadow
+admin.token                          none                         bearer token of the admin API
+                                                                  (/admin/...); without one the
+                                                                  admin API is off
+admin.token_file                     none                         instead of token: a file holding
+                                                                  it, relative to the config file;
+                                                                  re-read by every reload
+admin.listen                         the main listener            host:port of a listener of its
+                                                                  own, e.g. 127.0.0.1:9901; a change
+                                                                  needs a restart
+metrics.listen                       the main listener            host:port of a listener of its own
+                                                                  for /metrics and /healthz, e.g.
+                                                                  0.0.0.0:9464; a change needs a
+                                                                  restart
+===================================  ===========================  ==================================
 
 ``${VAR}`` in any string value is replaced by the environment variable VAR (an error if unset),
 ``${VAR:-default}`` falls back to ``default`` when VAR is unset or empty, and ``$${`` writes a
