@@ -3,7 +3,8 @@ from the input and a seed, with scripted latency, errors and blackholing.
 
 Owns the fake model's prediction rule (pure functions), the parsing of KServe v1, Open
 Inference v2 and MLflow request bodies into instances, and a small aiohttp low-level HTTP
-server around them. Touches nothing in ``proxy/`` (and ``proxy/`` never imports this).
+server around them. Uses only ``proxy.config``'s duration parser, so that latencies read like
+the proxy's timeouts (``proxy/`` never imports this).
 
 Prediction rule
 ---------------
@@ -82,6 +83,8 @@ from typing import Any, Final, Literal
 import orjson
 from aiohttp import web
 
+from proxy.config import parse_duration
+
 __all__ = [
     "NO_LATENCY",
     "BadRequest",
@@ -93,7 +96,6 @@ __all__ = [
     "disagrees",
     "main",
     "mlflow_instances",
-    "parse_duration",
     "predict_class",
     "predict_proba",
     "predict_value",
@@ -188,23 +190,12 @@ def predict_proba(instance: Any, seed: int, disagree: float, classes: int) -> li
 # --------------------------------------------------------------------------- options
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from ``"200ms"``, ``"0.2"`` (seconds), ``"1.5s"`` or ``"500us"``."""
-    spec = text.strip().lower()
-    per_second = 1.0
-    for suffix, divisor in (("us", 1e6), ("ms", 1e3), ("s", 1.0)):
-        if spec.endswith(suffix):
-            spec, per_second = spec[: -len(suffix)], divisor
-            break
+def _duration(text: str) -> float:
+    """Seconds from a duration as the proxy's config writes it ("200ms", "0.2", "1.5s", "500us")."""
     try:
-        seconds = float(spec) / per_second
-    except ValueError:
-        raise ValueError(
-            f"bad duration {text!r}: expected e.g. '200ms', '0.2' (seconds) or '1.5s'"
-        ) from None
-    if not math.isfinite(seconds) or seconds < 0.0:
-        raise ValueError(f"bad duration {text!r}: must be finite and not negative")
-    return seconds
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"bad duration {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +232,7 @@ class Latency:
         name, *params = spec.strip().split(":")
         arity = {"uniform": 2, "exp": 1, "normal": 2}
         if not params:
-            return cls("fixed", parse_duration(name))
+            return cls("fixed", _duration(name))
         if name not in arity:
             raise ValueError(
                 f"bad latency {spec!r}: expected a duration, 'uniform:LOW:HIGH', "
@@ -249,7 +240,7 @@ class Latency:
             )
         if len(params) != arity[name]:
             raise ValueError(f"bad latency {spec!r}: {name} takes {arity[name]} duration(s)")
-        values = [parse_duration(p) for p in params]
+        values = [_duration(p) for p in params]
         if name == "uniform":
             return cls("uniform", values[0], values[1])
         if name == "exp":

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pickle
 import re
 import textwrap
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
+import proxy.config
 from proxy.config import (
     Config,
     ConfigError,
@@ -27,7 +29,9 @@ from proxy.config import (
     parse_duration,
     parse_fraction,
     parse_size,
+    redact_url,
 )
+from proxy.config import load as loader
 from proxy.core.comparison import Comparator, CompareKind, Distance
 from proxy.core.extraction import Extractor, Protocol
 
@@ -1062,6 +1066,28 @@ def test_store_and_labels_sections_parse_to_typed_values() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://app:s3cret@redis:6379/0", "redis://app:<redacted>@redis:6379/0"),
+        ("redis://:s3cret@redis:6379/0", "redis://:<redacted>@redis:6379/0"),
+        ("redis://redis:6379/0?password=s3cret", "redis://redis:6379/0?password=<redacted>"),
+        (
+            "rediss://app:s3cret@[::1]:6380/0?db=1&Password=s3cret&ssl_cert_reqs=none",
+            "rediss://app:<redacted>@[::1]:6380/0?db=1&Password=<redacted>&ssl_cert_reqs=none",
+        ),
+        (
+            "unix:///run/redis.sock?password=s3cret&db=2",
+            "unix:///run/redis.sock?password=<redacted>&db=2",
+        ),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("redis://app@redis:6379/0?db=1&&x", "redis://app@redis:6379/0?db=1&&x"),
+    ],
+)
+def test_redact_url_hides_passwords_and_keeps_the_rest_as_written(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
 def test_no_recording_by_default_and_an_empty_token_means_none() -> None:
     config = parse_config(MINIMAL + "labels: {token: '${T:-}'}\n", env={})
     assert not config.records
@@ -1093,3 +1119,85 @@ def test_warns_when_labels_are_exposed_without_a_token() -> None:
     with_token = parse_config(MINIMAL + "    record: 1\nlabels: {token: t}\n", env={})
     assert config_warnings(with_token) == []
     assert config_warnings(parse_config(MINIMAL, env={})) == []
+
+
+def docstring_defaults() -> dict[str, str]:
+    """{key: default} from the key table in proxy.config's docstring."""
+    lines = (proxy.config.__doc__ or "").splitlines()
+    rules = [i for i, line in enumerate(lines) if re.fullmatch(r"=+  =+  =+", line)]
+    assert len(rules) == 3
+    (_, key_end), (default_start, default_end), _ = (
+        found.span() for found in re.finditer("=+", lines[rules[0]])
+    )
+    return {
+        line[:key_end].strip(): line[default_start:default_end].strip()
+        for line in lines[rules[1] + 1 : rules[2]]
+        if line[:key_end].strip()
+    }
+
+
+def test_the_docstring_lists_every_key_the_loader_accepts() -> None:
+    sections = {
+        "store": loader._STORE_KEYS,
+        "labels": loader._LABELS_KEYS,
+        "verdict": loader._VERDICT_KEYS,
+        "admin": loader._ADMIN_KEYS,
+        "metrics": loader._METRICS_KEYS,
+        "routes[]": loader._ROUTE_KEYS,
+        "routes[].production": loader._PRODUCTION_KEYS,
+        "routes[].shadows[]": loader._SHADOW_KEYS,
+        "routes[].compare": loader._COMPARE_KEYS,
+    }
+    accepted = set(loader._TOP_KEYS) | {
+        f"{section}.{key}" for section, keys in sections.items() for key in keys
+    }
+    documented = set(docstring_defaults())
+    assert documented - accepted == set()
+    # Only the sections themselves go without a row: each of their keys has one.
+    assert accepted - documented == {
+        "store",
+        "labels",
+        "verdict",
+        "admin",
+        "metrics",
+        "routes[].production",
+        "routes[].compare",
+    }
+
+
+def test_the_docstring_defaults_are_the_real_ones() -> None:
+    config = parse_config(MINIMAL + "    shadows: [{name: s, url: 'http://s:8080'}]\n", env={})
+
+    def flat(value: object, path: str = "") -> Iterator[tuple[str, object]]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield from flat(item, f"{path}.{key}" if path else key)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            yield from flat(value[0], f"{path}[]")
+        else:
+            yield path, value
+
+    def shown(value: object) -> str:
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, list):
+            return f"[{', '.join(map(str, value))}]"
+        return str(value)
+
+    prose = {
+        "(required)",
+        "(custom: required)",
+        "the match string",
+        "any method",
+        "the main listener",
+    }
+    documented = {
+        key: default
+        for key, default in docstring_defaults().items()
+        # The config under test has a shadow, so that the shadow's defaults are dumped.
+        if default not in prose and key != "routes[].shadows"
+    }
+    dumped = dict(flat(config_to_dict(config)))
+    assert {key: shown(dumped.get(key)) for key in documented} == documented

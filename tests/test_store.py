@@ -450,6 +450,24 @@ async def test_redis_unavailable_fails_fast() -> None:
         await store.close()
 
 
+async def test_redis_errors_name_the_url_without_its_passwords() -> None:
+    port = free_port()
+    store = RedisStore(
+        f"redis://app:s3cret@127.0.0.1:{port}/0?password=s3cret", ttl=TTL, timeout=0.2
+    )
+    shown = f"redis://app:<redacted>@127.0.0.1:{port}/0?password=<redacted>"
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.start()
+        assert str(caught.value).startswith(f"prediction store {shown}: ConnectionError: ")
+        assert "s3cret" not in str(caught.value)
+    finally:
+        await store.close()
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.count()
+    assert str(caught.value) == f"prediction store {shown} is closed"
+
+
 async def test_redis_stopped_mid_use(own_redis_server: RedisServer) -> None:
     store = RedisStore(own_redis_server.url, ttl=TTL, timeout=0.2)
     try:

@@ -22,6 +22,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from proxy.config import redact_url
 from proxy.store.base import (
     LabelResult,
     LabelStatus,
@@ -141,7 +142,7 @@ class RedisStore(PredictionStore):
         self._put_shadow = self._client.register_script(_PUT_SHADOW)
         self._set_label = self._client.register_script(_SET_LABEL)
         self._remove_old = self._client.register_script(_REMOVE_OLD)
-        self._url = _redact(url)
+        self._url = redact_url(url)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -314,13 +315,3 @@ def _record(request_id: str, flat: list[bytes]) -> Record:
         label=None if label is None else orjson.loads(label),
         labelled_at=None if labelled_at is None else float(labelled_at),
     )
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, fit for error messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user + ':***@' if user else '***@'}{host}"

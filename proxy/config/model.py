@@ -1,0 +1,177 @@
+"""The validated config as frozen value objects, and ConfigError.
+
+Owns: the shape of a config and its defaults. Must not touch: YAML, validation, formatting, or
+any I/O (and asyncio, aiohttp, prometheus_client, redis, sqlite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from proxy.core.comparison import Comparator
+from proxy.core.extraction import Extractor
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The production upstream of a route.
+
+    ``origin`` is ``scheme://host[:port]``; ``path`` is the URL path without a trailing slash,
+    "" when the URL has none.
+    """
+
+    name: str
+    url: str
+    origin: str
+    path: str
+    timeout: float
+    connect_timeout: float
+    max_connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """A shadow upstream: receives a ``sample`` share of a route's requests, answers unseen."""
+
+    name: str
+    url: str
+    origin: str
+    path: str
+    sample: float
+    timeout: float
+    connect_timeout: float
+    max_in_flight: int
+    max_queue: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Requests whose path starts with ``match`` (and whose method is in ``methods``, if set)."""
+
+    name: str
+    match: str
+    methods: frozenset[str] | None
+    extractor: Extractor
+    comparator: Comparator
+    production: Target
+    shadows: tuple[Shadow, ...]
+    record: float = 0.0  # share of requests whose predictions are stored for labels
+    classes: tuple[str, ...] | None = None  # class labels of the class-mix metric
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where recorded predictions wait for their labels: ``sqlite`` (embedded) or ``redis``."""
+
+    backend: str = "sqlite"
+    path: str = "shadow-proxy-predictions.db"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "shadowproxy:"
+    ttl: float = 7 * 86400.0
+    tombstone_ttl: float = 86400.0
+    max_records: int = 1_000_000
+    timeout: float = 1.0
+    batch_size: int = 500
+    flush_interval: float = 0.05
+    queue: int = 10_000
+    sweep_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictConfig:
+    """How a shadow's verdict is reached, and how much history the report keeps."""
+
+    alpha: float = 0.05
+    min_labels: int = 100  # paired labelled instances before accuracy is judged
+    min_requests: int = 100  # shadow requests before the guardrails judge
+    max_error_rate: float = 0.01  # shadow errors (5xx, timeouts, connection errors)
+    max_latency_ratio: float = 1.5  # shadow p99 over production p99
+    max_disagreement: float | None = None  # judged on disagreement while labels are missing
+    history_interval: float = 60.0
+    history_points: int = 1440
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsConfig:
+    """The label endpoint, POST /labels."""
+
+    token: str | None = None
+    token_file: str | None = None  # where `token` was read from, when it was
+    max_body: int = 1024**2
+    max_batch: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API (/admin/...): off without a token. `listen` None serves it on the main
+    listener; an address of its own (like 127.0.0.1:9901) keeps it off the proxied port."""
+
+    token: str | None = None
+    token_file: str | None = None
+    listen: tuple[str, int] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Where /metrics is served: None on the main listener, else on an address of its own."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated config; ``routes`` are sorted longest match first.
+
+    >>> config = load_config("configs/demo.yaml")  # doctest: +SKIP
+    >>> config.routes[0].shadows[0].name  # doctest: +SKIP
+    'demo-candidate'
+    """
+
+    source: str
+    listen_host: str
+    listen_port: int
+    request_id_header: str
+    max_body: int
+    shadow_max_body: int
+    shadow_strip_headers: tuple[str, ...]
+    shutdown_timeout: float
+    shadow_drain_timeout: float
+    access_log: bool
+    log_level: str
+    routes: tuple[Route, ...]
+    store: StoreConfig = StoreConfig()
+    labels: LabelsConfig = LabelsConfig()
+    verdict: VerdictConfig = VerdictConfig()
+    admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @property
+    def records(self) -> bool:
+        """Whether any route records predictions, so that labels and the store are in use."""
+        return any(route.record > 0 for route in self.routes)
+
+
+class ConfigError(Exception):
+    """One or more problems in a config; ``errors`` holds one "FILE:LINE: key.path: ..." each.
+
+    >>> try:
+    ...     parse_config("routes: []", source="proxy.yaml")
+    ... except ConfigError as exc:
+    ...     print(exc)
+    proxy.yaml:1: routes: must be a non-empty list (got [])
+    """
+
+    errors: tuple[str, ...]
+
+    def __init__(self, errors: Iterable[str]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[tuple[str, ...]]]:
+        # The default reduce would pass the joined message back in as `errors`.
+        return (ConfigError, (self.errors,))
