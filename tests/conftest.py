@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
+from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from proxy.config import load_config, parse_config
@@ -51,7 +52,8 @@ Script = Callable[[Received], Answer]
 
 
 class FakeModel:
-    """An aiohttp model server on 127.0.0.1:0 that records every request and answers by script.
+    """An aiohttp model server on 127.0.0.1:0 (pytest-aiohttp's test server) that records every
+    request and answers by script.
 
     >>> model = await fake_model(lambda req: Answer(body=b'{"predictions": [1]}'))
     >>> await model.wait_for(3)        # until 3 requests have arrived
@@ -63,7 +65,6 @@ class FakeModel:
         self.answered = 0
         self._arrived = asyncio.Condition()
         self._hung: asyncio.Future[None] | None = None
-        self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -83,20 +84,10 @@ class FakeModel:
         self.answered += 1
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
-    async def start(self) -> None:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self.runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        return app
 
     async def wait_for(self, count: int) -> None:
         """Wait until `count` requests have arrived (event-driven, with a safety timeout)."""
@@ -108,18 +99,14 @@ FakeModelFactory = Callable[[Script], Awaitable[FakeModel]]
 
 
 @pytest.fixture
-async def fake_model() -> AsyncIterator[FakeModelFactory]:
-    started: list[FakeModel] = []
-
+async def fake_model(aiohttp_server: AiohttpServer) -> FakeModelFactory:
     async def factory(script: Script) -> FakeModel:
         model = FakeModel(script)
-        await model.start()
-        started.append(model)
+        server = await aiohttp_server(model.app(), host="127.0.0.1")
+        model.url = str(server.make_url("")).rstrip("/")
         return model
 
-    yield factory
-    for model in started:
-        await model.stop()
+    return factory
 
 
 @dataclass

@@ -156,7 +156,16 @@ class ProductionHandler:
             and route.record.admits(b)
             and recorder.has_room(route.name)  # a full queue is counted there
         )
-        tee = Tee(*request, production, created, recorded)
+        tee = Tee(
+            request.method,
+            request.suffix,
+            request.headers,
+            request.body,
+            request.request_id,
+            production,
+            created=created,
+            recorded=recorded,
+        )
         if recorded:
             assert recorder is not None
             recorder.record(route.name, tee)
