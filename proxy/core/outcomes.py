@@ -158,3 +158,12 @@ class Verdict(StrEnum):
     @property
     def gauge(self) -> float:
         return {"better": 1.0, "worse": -1.0}.get(self.value, 0.0)
+
+
+class Handoff(StrEnum):
+    """What became of an exchange the front handed to the analysis process."""
+
+    SENT = "sent"  # written to the channel
+    CHANNEL_FULL = "channel_full"  # the channel's buffer was full: the analysis is behind
+    ANALYSIS_DOWN = "analysis_down"  # no analysis process connected
+    TOO_LARGE = "too_large"  # the exchange is over shadow_max_body
