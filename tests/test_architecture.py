@@ -17,6 +17,7 @@ PACKAGE = ROOT / "proxy"
 PURE = (
     "proxy.core",
     "proxy.config",
+    "proxy.report.model",
     "proxy.report.build",
     "proxy.report.html",
     "proxy.metric_names",

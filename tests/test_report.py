@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints, is_typeddict
 
 import orjson
 import pytest
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from proxy.config import VerdictConfig
 from proxy.report.cli import format_table, report_from_prometheus
+from proxy.report.model import Report
 from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, Script, v1
 
 ROUTE = "/v1/models/m:predict"
@@ -344,3 +346,45 @@ async def test_a_regression_route_reports_errors_and_a_paired_verdict(
     assert p.value("shadowproxy_verdict", **labels) == 1
     assert p.value("shadowproxy_verdict_difference_lower", **labels) == -regression["high"]
     assert p.value("shadowproxy_verdict_difference_upper", **labels) == -regression["low"]
+
+
+# -- the model: what build_report makes is what proxy/report/model.py says -----------------------
+
+
+def assert_shape(value: Any, hint: Any, at: str = "report") -> None:
+    """`value` is of type `hint` at every level: a TypedDict's keys exactly, every item of a list,
+    null only where the model allows it, and leaves of their very type (an int is no float)."""
+    if is_typeddict(hint):
+        assert isinstance(value, dict), at
+        required, optional = hint.__required_keys__, hint.__optional_keys__
+        assert required <= value.keys() <= required | optional, (at, value.keys() ^ required)
+        for key, item in get_type_hints(hint).items():
+            if key in value:
+                assert_shape(value[key], item, f"{at}.{key}")
+    elif get_origin(hint) is list:
+        assert isinstance(value, list), at
+        [item] = get_args(hint)
+        for i, element in enumerate(value):
+            assert_shape(element, item, f"{at}[{i}]")
+    elif isinstance(hint, types.UnionType):
+        [member] = [a for a in get_args(hint) if a is not type(None)]
+        if value is not None:
+            assert_shape(value, member, at)
+    else:
+        assert type(value) is hint, (at, type(value))
+
+
+@pytest.mark.parametrize(
+    "compare", ["{kind: classification}", "{kind: regression, tolerance: 0.1}"]
+)
+async def test_a_built_report_has_the_shape_of_the_model(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, compare: str
+) -> None:
+    p = await labelled_traffic(fake_model, proxy, tmp_path, compare=compare)
+    p.state.reporter.sample()
+    report = p.state.reporter.report()
+    [shadow] = report["routes"][0]["shadows"]
+    # Every level is there to be checked: a history point, and the regression figures or null.
+    assert len(shadow["history"]) == 1
+    assert (shadow["regression"] is not None) == ("regression" in compare)
+    assert_shape(report, Report)

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints, is_typeddict
 
 import pytest
 
@@ -459,3 +460,22 @@ def test_sample_is_left_unchanged_by_rendering() -> None:
     before = copy.deepcopy(report)
     render_html(report)
     assert report == before
+
+
+def test_every_key_the_page_reads_by_name_is_a_key_of_the_model() -> None:
+    """mypy types an unknown key in TypedDict.get() as object without a word, and a misspelt key
+    would read as a dash for good."""
+    from proxy.report import html as page
+    from proxy.report import model
+
+    known = {key for t in vars(model).values() if is_typeddict(t) for key in get_type_hints(t)}
+    read = set()
+    for node in ast.walk(ast.parse(Path(page.__file__).read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            key = node.args[0] if node.func.attr == "get" else None
+        else:
+            key = node.slice if isinstance(node, ast.Subscript) else None
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            read.add(key.value)
+    assert len(read) > 40
+    assert read <= known, read - known

@@ -1,6 +1,7 @@
 """The verdict and the report: per route and shadow, every figure with its interval, computed from
 metric samples (the proxy's own, or Prometheus's summed over replicas), and the decision better,
-worse, inconclusive or insufficient_data with its reason in words. Pure: samples in, a dict out."""
+worse, inconclusive or insufficient_data with its reason in words. Pure: samples in, a `Report`
+(proxy.report.model) out."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ from proxy.core.stats import (
     sequential_paired_binary,
     sequential_paired_mean,
     wilson,
+)
+from proxy.report.model import (
+    Accuracy,
+    Disagreement,
+    ErrorFigures,
+    HistoryPoint,
+    LatencyFigures,
+    PairedClassification,
+    PairedOutcomes,
+    PairedRegression,
+    Proportion,
+    Report,
+    RouteReport,
+    ShadowReport,
 )
 
 
@@ -70,14 +85,15 @@ def _num(x: float) -> float | None:
     return None if x is None or math.isnan(x) or math.isinf(x) else x
 
 
-def _latency(samples: Samples, **labels: str) -> dict[str, Any]:
+def _latency(samples: Samples, **labels: str) -> LatencyFigures:
     name = names.UPSTREAM_DURATION.name
     buckets = samples.buckets(name, **labels)
     count = buckets[-1][1] if buckets else 0.0
-    figures: dict[str, Any] = {"count": int(count)}
-    for key, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-        figures[key] = _num(histogram_quantile(q, buckets)) if count else None
-    return figures
+
+    def quantile(q: float) -> float | None:
+        return _num(histogram_quantile(q, buckets)) if count else None
+
+    return {"count": int(count), "p50": quantile(0.5), "p95": quantile(0.95), "p99": quantile(0.99)}
 
 
 def _per_bucket(samples: Samples, **labels: str) -> tuple[list[float], list[int]]:
@@ -90,7 +106,7 @@ def _per_bucket(samples: Samples, **labels: str) -> tuple[list[float], list[int]
     return bounds, counts
 
 
-def _proportion(successes: float, n: float, confidence: float) -> dict[str, Any]:
+def _proportion(successes: float, n: float, confidence: float) -> Proportion:
     estimate = wilson(int(successes), int(n), confidence)
     return {
         "value": _num(estimate.value),
@@ -101,16 +117,19 @@ def _proportion(successes: float, n: float, confidence: float) -> dict[str, Any]
 
 def _model_figures(
     samples: Samples, route: str, model: str, role: str, confidence: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[Accuracy, ErrorFigures]:
     labels = {"route": route, "model": model, "role": role}
     labelled = samples.total(names.LABELLED_INSTANCES.total, **labels)
     correct = samples.total(names.CORRECT_INSTANCES.total, **labels)
-    accuracy = {"labelled": int(labelled), "correct": int(correct)}
-    accuracy.update(_proportion(correct, labelled, confidence))
+    accuracy: Accuracy = {
+        "labelled": int(labelled),
+        "correct": int(correct),
+        **_proportion(correct, labelled, confidence),
+    }
     errors = samples.total(names.ABSOLUTE_ERROR.count, **labels)
     error_sum = samples.total(names.ABSOLUTE_ERROR.sum, **labels)
     squares = samples.total(names.SQUARED_ERROR.total, **labels)
-    error = {
+    error: ErrorFigures = {
         "labelled": int(errors),
         "mae": error_sum / errors if errors else None,
         "rmse": math.sqrt(squares / errors) if errors else None,
@@ -118,7 +137,7 @@ def _model_figures(
     return accuracy, error
 
 
-def _cs_on_difference(theta: float, outcomes: Mapping[str, int], n: int) -> float | None:
+def _cs_on_difference(theta: float, outcomes: PairedOutcomes, n: int) -> float | None:
     if not n or math.isnan(theta):
         return None
     discordant = (outcomes["production_only"] + outcomes["shadow_only"]) / n
@@ -134,9 +153,9 @@ def decide(
     latency_ratio: float | None,
     shadow_p99: float | None,
     production_p99: float | None,
-    disagreement: dict[str, Any],
-    paired: dict[str, Any],
-    regression: dict[str, Any] | None,
+    disagreement: Proportion,
+    paired: PairedClassification,
+    regression: PairedRegression | None,
 ) -> tuple[Verdict, str]:
     """The verdict and its reason in words. Guardrails first: they can force `worse`."""
     if requests >= settings.min_requests:
@@ -169,9 +188,14 @@ def decide(
         )
     if regression is None:
         p, diff = paired["sequential_p"], paired["difference"]
+        low, high = paired["low"], paired["high"]
+        # n >= min_labels >= 1 labelled pairs: the difference and its interval are numbers.
+        assert diff is not None
+        assert low is not None
+        assert high is not None
         what = (
             f"accuracy difference {diff * 100:+.1f} points ({confidence:.0%} CI "
-            f"{paired['low'] * 100:+.1f} to {paired['high'] * 100:+.1f}), sequential p = {p:.3g}"
+            f"{low * 100:+.1f} to {high * 100:+.1f}), sequential p = {p:.3g}"
         )
         if p <= settings.alpha:
             better = diff > 0
@@ -180,6 +204,9 @@ def decide(
             )
         return Verdict.INCONCLUSIVE, f"no significant difference yet: {what}"
     p, mean = regression["sequential_p"], regression["mean_difference"]
+    # A mean needs 2 pairs: null only with min_labels 1 and a single pair, which fails here as
+    # its format below would.
+    assert mean is not None
     what = (
         f"mean absolute error difference {mean:+.4g} ({confidence:.0%} CI "
         f"{regression['low']:+.4g} to {regression['high']:+.4g}), sequential p = {p:.3g}"
@@ -198,8 +225,8 @@ def _shadow_report(
     route: str,
     kind: str,
     shadow: str,
-    production: dict[str, Any],
-) -> dict[str, Any]:
+    production_latency: LatencyFigures,
+) -> ShadowReport:
     confidence = 1 - settings.alpha
     upstream = {"route": route, "target": shadow, "role": "shadow"}
     requests = samples.total(names.UPSTREAM_REQUESTS.total, **upstream)
@@ -209,20 +236,28 @@ def _shadow_report(
     pair = {"route": route, "shadow": shadow}
     compared = samples.total(names.COMPARED_INSTANCES.total, **pair)
     disagreed = samples.total(names.DISAGREED_INSTANCES.total, **pair)
-    disagreement = {"compared": int(compared), "disagreed": int(disagreed)}
-    disagreement.update(_proportion(disagreed, compared, confidence))
+    disagreement: Disagreement = {
+        "compared": int(compared),
+        "disagreed": int(disagreed),
+        **_proportion(disagreed, compared, confidence),
+    }
     accuracy, error = _model_figures(samples, route, shadow, "shadow", confidence)
 
-    outcomes = {
-        o.value: int(samples.total(names.PAIRED_OUTCOMES.total, **pair, outcome=o))
-        for o in PairedOutcome
+    counts = {
+        o: int(samples.total(names.PAIRED_OUTCOMES.total, **pair, outcome=o)) for o in PairedOutcome
     }
-    n = sum(outcomes.values())
+    outcomes: PairedOutcomes = {
+        "both_right": counts[PairedOutcome.BOTH_RIGHT],
+        "production_only": counts[PairedOutcome.PRODUCTION_ONLY],
+        "shadow_only": counts[PairedOutcome.SHADOW_ONLY],
+        "both_wrong": counts[PairedOutcome.BOTH_WRONG],
+    }
+    n = sum(counts.values())
     difference = paired_accuracy_difference(**outcomes, confidence=confidence)
     sequential = sequential_paired_binary(
         outcomes["production_only"], outcomes["shadow_only"], alpha=settings.alpha
     )
-    paired = {
+    paired: PairedClassification = {
         **outcomes,
         "n": n,
         "difference": _num(difference.value),
@@ -236,7 +271,7 @@ def _shadow_report(
         "cs_low": _cs_on_difference(sequential.interval.low, outcomes, n),
         "cs_high": _cs_on_difference(sequential.interval.high, outcomes, n),
     }
-    regression = None
+    regression: PairedRegression | None = None
     if kind == "regression":
         d_n = int(samples.total(names.PAIRED_ERRORS.total, **pair))
         d_sum = samples.total(names.PAIRED_SHADOW_WORSE.total, **pair) - samples.total(
@@ -256,7 +291,7 @@ def _shadow_report(
         }
 
     error_rate = errors / requests if requests else None
-    prod_p99, shadow_p99 = production["latency"]["p99"], latency["p99"]
+    prod_p99, shadow_p99 = production_latency["p99"], latency["p99"]
     ratio = shadow_p99 / prod_p99 if shadow_p99 and prod_p99 else None
     verdict, reason = decide(
         settings,
@@ -294,10 +329,10 @@ def build_report(
     *,
     generated_at: float,
     config_hash: str = "",
-    history: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
-) -> dict[str, Any]:
+    history: Mapping[tuple[str, str], Sequence[HistoryPoint]] | None = None,
+) -> Report:
     """The whole report (its shape is the JSON of GET /report)."""
-    routes = []
+    routes: list[RouteReport] = []
     for info in sorted(samples.label_sets(names.ROUTE_INFO.name), key=lambda i: i["route"]):
         route, kind, production_name = info["route"], info["kind"], info["production"]
         upstream = {"route": route, "target": production_name, "role": "production"}
@@ -305,7 +340,7 @@ def build_report(
             samples, route, production_name, "production", 1 - settings.alpha
         )
         bounds, counts = _per_bucket(samples, **upstream)
-        production = {"latency": _latency(samples, **upstream)}
+        production_latency = _latency(samples, **upstream)
         shadows = sorted(
             {
                 labels["shadow"]
@@ -315,7 +350,7 @@ def build_report(
         )
         shadow_reports = []
         for shadow in shadows:
-            report = _shadow_report(samples, settings, route, kind, shadow, production)
+            report = _shadow_report(samples, settings, route, kind, shadow, production_latency)
             report["history"] = list((history or {}).get((route, shadow), ()))
             shadow_reports.append(report)
         routes.append(
@@ -323,7 +358,7 @@ def build_report(
                 "route": route,
                 "kind": kind,
                 "production": production_name,
-                "production_latency": production["latency"],
+                "production_latency": production_latency,
                 "production_accuracy": accuracy,
                 "production_error": error,
                 "latency_buckets": bounds,
@@ -339,7 +374,7 @@ def build_report(
     }
 
 
-def history_point(shadow: Mapping[str, Any], now: float) -> dict[str, Any]:
+def history_point(shadow: ShadowReport, now: float) -> HistoryPoint:
     """What the report's history keeps of a shadow at one moment."""
     paired = shadow["paired"]
     regression = shadow["regression"]
@@ -347,16 +382,15 @@ def history_point(shadow: Mapping[str, Any], now: float) -> dict[str, Any]:
         # mean_difference is the shadow's error minus production's; the advantage is its
         # negation, so that up is the shadow doing better, as for accuracy, and the interval's
         # ends swap.
-        def negated(key: str) -> float | None:
-            value = regression[key]
+        def negated(value: float | None) -> float | None:
             return None if value is None else -value
 
         return {
             "t": now,
             "labelled": regression["n"],
-            "difference": negated("mean_difference"),
-            "low": negated("high"),
-            "high": negated("low"),
+            "difference": negated(regression["mean_difference"]),
+            "low": negated(regression["high"]),
+            "high": negated(regression["low"]),
         }
     return {
         "t": now,
@@ -367,7 +401,7 @@ def history_point(shadow: Mapping[str, Any], now: float) -> dict[str, Any]:
     }
 
 
-def advantage_interval(shadow: Mapping[str, Any]) -> tuple[float | None, float | None]:
+def advantage_interval(shadow: ShadowReport) -> tuple[float | None, float | None]:
     """The interval of the shadow's advantage (up is better) for the gauges."""
     point = history_point(shadow, 0.0)
     return point["low"], point["high"]

@@ -13,6 +13,7 @@ from typing import Any
 from proxy import metric_names as names
 from proxy.config import VerdictConfig
 from proxy.report.build import Samples, build_report
+from proxy.report.model import Report
 
 # What the report reads, and the labels it reads them by; summed over everything else
 # (instance, pod, worker), so that replicas add up.
@@ -47,9 +48,10 @@ def _get_json(url: str, timeout: float) -> Any:
         return json.loads(resp.read())
 
 
-def fetch_report(url: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The report a proxy serves at URL/report."""
-    doc: dict[str, Any] = _get_json(url.rstrip("/") + "/report", timeout)
+def fetch_report(url: str, timeout: float = 10.0) -> Report:
+    """The report a proxy serves at URL/report, not validated: it is trusted as the proxy's own
+    output (its verdicts arrive as plain strings, which compare and format as the members do)."""
+    doc: Report = _get_json(url.rstrip("/") + "/report", timeout)
     return doc
 
 
@@ -67,7 +69,7 @@ def prometheus_samples(url: str, timeout: float = 10.0) -> Samples:
     return Samples(samples)
 
 
-def report_from_prometheus(url: str, settings: VerdictConfig) -> dict[str, Any]:
+def report_from_prometheus(url: str, settings: VerdictConfig) -> Report:
     return build_report(prometheus_samples(url), settings, generated_at=time.time())
 
 
@@ -89,7 +91,7 @@ def _p(x: float | None) -> str:
     return "<0.001" if x < 0.001 else f"{x:.3g}"
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_table(report: Report) -> str:
     """The report as plain text: one block per route, one row per shadow, then the reasons."""
     lines = []
     for route in report["routes"]:

@@ -1,10 +1,14 @@
 """The report as a self-contained HTML page for data scientists: verdicts, figures with their
-intervals, inline SVG charts. Pure: a report dict in, a string out.
+intervals, inline SVG charts. Pure: a report (proxy.report.model) in, a string out.
 
 Owns the page's markup, styles and hand-written SVG charts, and the display format of numbers.
 It computes no statistic (the report carries them all) and references no external asset (no CDN,
 font, script or image by URL), so the page opens offline, from a mail attachment or a bucket.
 Every string from the report is escaped; any figure may be missing and then reads as an en dash.
+The report is typed as the model but not trusted, for it may be a JSON file from disk: every part
+is read with .get() and coerced (_num, _str, _map, _list). mypy checks the key of each part read
+through _map and _list; an unknown key in .get() it types as object without a word, so a test
+checks the keys of the figures read against the model.
 
 >>> page = render_html(json.loads(Path("report.json").read_text()))
 >>> Path("report.html").write_text(page)
@@ -16,9 +20,17 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from proxy.core.outcomes import Verdict
+from proxy.report.model import (
+    Accuracy,
+    ErrorFigures,
+    HistoryPoint,
+    Report,
+    RouteReport,
+    ShadowReport,
+)
 
 __all__ = [
     "DASH",
@@ -44,6 +56,9 @@ _VERDICTS = {
     Verdict.INSUFFICIENT_DATA: ("○", "insufficient data"),
 }
 
+_Part = TypeVar("_Part", bound=Mapping[str, Any])
+_Item = TypeVar("_Item")
+
 _PRODUCTION_COLOUR = "#4c78a8"
 _SHADOW_COLOUR = "#e8871e"
 
@@ -62,11 +77,13 @@ def _num(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+def _map(value: _Part | None) -> _Part:
+    """A part of the report as the model types it, or an empty one if it is not a mapping: read
+    it with .get() only."""
+    return value if isinstance(value, Mapping) else cast("_Part", {})
 
 
-def _list(value: Any) -> list[Any]:
+def _list(value: Sequence[_Item] | None) -> list[_Item]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
@@ -242,7 +259,7 @@ footer { color: var(--muted); font-size: 0.85rem; padding: 0 2rem 2rem; max-widt
 """
 
 
-def render_html(report: Mapping[str, Any]) -> str:
+def render_html(report: Report) -> str:
     """The whole page for one report. Never raises on missing or null figures."""
     level = _level(report.get("alpha"))
     routes = [_map(r) for r in _list(report.get("routes"))]
@@ -307,7 +324,7 @@ def _footer(level: str) -> str:
     )
 
 
-def _summary(routes: Sequence[Mapping[str, Any]]) -> str:
+def _summary(routes: Sequence[RouteReport]) -> str:
     rows = []
     for i, route in enumerate(routes):
         regression = route.get("kind") == "regression"
@@ -346,7 +363,7 @@ def _summary(routes: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _route(i: int, route: Mapping[str, Any], level: str) -> str:
+def _route(i: int, route: RouteReport, level: str) -> str:
     kind = _str(route.get("kind")) or "unknown"
     production = _str(route.get("production"))
     latency = _map(route.get("production_latency"))
@@ -384,7 +401,7 @@ def _route(i: int, route: Mapping[str, Any], level: str) -> str:
     )
 
 
-def _verdict(shadow: Mapping[str, Any]) -> tuple[str, str, str]:
+def _verdict(shadow: ShadowReport) -> tuple[str, str, str]:
     """The verdict's CSS key, symbol and label; a value outside the four reads "unknown" in
     class names (it is never trusted there) and as itself, escaped, in text."""
     verdict = _str(shadow.get("verdict"))
@@ -393,7 +410,7 @@ def _verdict(shadow: Mapping[str, Any]) -> tuple[str, str, str]:
     return "unknown", "?", verdict or "unknown"
 
 
-def _card(i: int, j: int, route: Mapping[str, Any], shadow: Mapping[str, Any], level: str) -> str:
+def _card(i: int, j: int, route: RouteReport, shadow: ShadowReport, level: str) -> str:
     ident = f"shadow-{i}-{j}"
     name = _str(shadow.get("shadow"))
     key, symbol, label = _verdict(shadow)
@@ -466,7 +483,7 @@ def _of(part: Any, whole: Any, noun: str) -> str:
     return f"{fmt_count(part)} of {fmt_count(whole)} {noun}"
 
 
-def _figures(route: Mapping[str, Any], shadow: Mapping[str, Any], level: str) -> str:
+def _figures(route: RouteReport, shadow: ShadowReport, level: str) -> str:
     production, name = _str(route.get("production")), _str(shadow.get("shadow"))
     groups = [_labelled_figures(route, shadow)]
 
@@ -535,7 +552,7 @@ def _figures(route: Mapping[str, Any], shadow: Mapping[str, Any], level: str) ->
     )
 
 
-def _labelled_figures(route: Mapping[str, Any], shadow: Mapping[str, Any]) -> str:
+def _labelled_figures(route: RouteReport, shadow: ShadowReport) -> str:
     """Accuracy rows for classification routes, error rows for regression routes."""
     if route.get("kind") == "regression":
         prod_err, shadow_err = _map(route.get("production_error")), _map(shadow.get("error"))
@@ -613,7 +630,7 @@ def _labelled_figures(route: Mapping[str, Any], shadow: Mapping[str, Any]) -> st
     )
 
 
-def _labelled(figures: Mapping[str, Any]) -> str:
+def _labelled(figures: ErrorFigures) -> str:
     return (
         ""
         if _num(figures.get("labelled")) is None
@@ -621,7 +638,7 @@ def _labelled(figures: Mapping[str, Any]) -> str:
     )
 
 
-def _accuracy_cell(acc: Mapping[str, Any]) -> str:
+def _accuracy_cell(acc: Accuracy) -> str:
     labelled = _num(acc.get("labelled"))
     return _cell(
         fmt_percent(acc.get("value")),
@@ -695,7 +712,7 @@ def _y_axis(ticks: Sequence[float], y: Callable[[float], float], signed: bool, t
 
 
 def _accuracy_chart(
-    history: Sequence[Any], name: str, ident: str, *, regression: bool = False
+    history: Sequence[HistoryPoint], name: str, ident: str, *, regression: bool = False
 ) -> str:
     """The paired difference over time: a line, its interval as a shaded band, a dashed zero."""
     noun = "error" if regression else "accuracy"
@@ -704,7 +721,7 @@ def _accuracy_chart(
         if regression
         else f"{noun.capitalize()} difference over time for {name or DASH}"
     )
-    points: list[tuple[float, float, float | None, float | None, Any]] = []
+    points: list[tuple[float, float, float | None, float | None, HistoryPoint]] = []
     for item in history:
         entry = _map(item)
         t, d = _num(entry.get("t")), _num(entry.get("difference"))

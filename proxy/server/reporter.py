@@ -8,14 +8,12 @@ import collections
 import logging
 import math
 import time
-from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.config import VerdictConfig
-from proxy.core.outcomes import Verdict
 from proxy.metrics import Metrics
 from proxy.report.build import (
     advantage_interval,
@@ -24,6 +22,7 @@ from proxy.report.build import (
     samples_of,
 )
 from proxy.report.html import render_html
+from proxy.report.model import HistoryPoint, Report
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +50,14 @@ class Reporter:
         self._metrics = metrics
         self._settings = settings
         self._config_hash = config_hash
-        self._history: dict[tuple[str, str], collections.deque[dict[str, Any]]] = {}
+        self._history: dict[tuple[str, str], collections.deque[HistoryPoint]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def update(self, settings: VerdictConfig, config_hash: str) -> None:
         self._settings = settings
         self._config_hash = config_hash
 
-    def report(self, now: float | None = None) -> dict[str, Any]:
+    def report(self, now: float | None = None) -> Report:
         """The report as of now; also sets the verdict gauges to it."""
         now = time.time() if now is None else now
         report = build_report(
@@ -73,7 +72,7 @@ class Reporter:
             for shadow in route["shadows"]:
                 labels = (route["route"], shadow["shadow"])
                 low, high = advantage_interval(shadow)
-                m.verdict.labels(*labels).set(Verdict(shadow["verdict"]).gauge)
+                m.verdict.labels(*labels).set(shadow["verdict"].gauge)
                 p = shadow["paired"]["sequential_p"]
                 if shadow["regression"] is not None:
                     p = shadow["regression"]["sequential_p"]

@@ -1,0 +1,160 @@
+"""The report's shape, the JSON of GET /report, as TypedDicts, so that mypy checks every key the
+builder writes and the server, the page and the command line read; it owns that shape and nothing
+else (no figure is computed, read or formatted here). Pure. Every key is always there, a missing
+figure being null; `verdict` is a `Verdict` StrEnum, which in JSON, and in a report read back from
+it, is the member's plain string: it compares and formats alike."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from proxy.core.outcomes import Verdict
+
+__all__ = [
+    "Accuracy",
+    "Disagreement",
+    "ErrorFigures",
+    "HistoryPoint",
+    "LatencyFigures",
+    "PairedClassification",
+    "PairedOutcomes",
+    "PairedRegression",
+    "Proportion",
+    "Report",
+    "RouteReport",
+    "ShadowReport",
+]
+
+
+class LatencyFigures(TypedDict):
+    """An upstream's latency quantiles in seconds, from its histogram; null with no requests."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class Proportion(TypedDict):
+    """A share with its Wilson interval; the interval is null with nothing counted."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+class Accuracy(Proportion):
+    """A model's share of labelled instances it got right."""
+
+    labelled: int
+    correct: int
+
+
+class Disagreement(Proportion):
+    """The shadow's share of compared instances on which it disagrees with production."""
+
+    compared: int
+    disagreed: int
+
+
+class ErrorFigures(TypedDict):
+    """A model's errors on labelled instances of a regression route; null with no labels."""
+
+    labelled: int
+    mae: float | None
+    rmse: float | None
+
+
+class PairedOutcomes(TypedDict):
+    """McNemar's table: labelled instances scored for both models, by which was right
+    (the keys are the values of `PairedOutcome`)."""
+
+    both_right: int
+    production_only: int
+    shadow_only: int
+    both_wrong: int
+
+
+class PairedClassification(PairedOutcomes):
+    """The paired accuracy difference, shadow minus production, with its interval, McNemar's
+    p, and the sequential test's p and confidence sequence."""
+
+    n: int
+    difference: float | None
+    low: float | None
+    high: float | None
+    mcnemar_p: float
+    sequential_p: float
+    cs_low: float | None
+    cs_high: float | None
+
+
+class PairedRegression(TypedDict):
+    """The paired mean difference of absolute errors, shadow minus production (negative is the
+    shadow doing better), with its t interval and the sequential test's p and sequence."""
+
+    n: int
+    mean_difference: float | None
+    low: float | None
+    high: float | None
+    sequential_p: float
+    cs_low: float | None
+    cs_high: float | None
+
+
+class HistoryPoint(TypedDict):
+    """The shadow's advantage (up is better) at time t, with its interval."""
+
+    t: float
+    labelled: int
+    difference: float | None
+    low: float | None
+    high: float | None
+
+
+class ShadowReport(TypedDict):
+    """One shadow of a route: its verdict, the reason in words, and every figure."""
+
+    shadow: str
+    verdict: Verdict
+    reason: str
+    requests: int
+    errors: int
+    error_rate: float | None
+    latency: LatencyFigures
+    latency_counts: list[int]
+    disagreement: Disagreement
+    accuracy: Accuracy
+    error: ErrorFigures
+    paired: PairedClassification
+    regression: PairedRegression | None  # null on a route that is not a regression
+    history: list[HistoryPoint]
+
+
+class RouteReport(TypedDict):
+    """One route: its production model's figures and its shadows. Latency counts are per
+    histogram bucket, one more than the bounds (the last is +Inf)."""
+
+    route: str
+    kind: str
+    production: str
+    production_latency: LatencyFigures
+    production_accuracy: Accuracy
+    production_error: ErrorFigures
+    latency_buckets: list[float]
+    production_latency_counts: list[int]
+    shadows: list[ShadowReport]
+
+
+class Report(TypedDict):
+    """The whole report: the JSON of GET /report.
+
+    >>> report = build_report(samples, settings, generated_at=time.time())
+    >>> [shadow["verdict"] for route in report["routes"] for shadow in route["shadows"]]
+    [<Verdict.BETTER: 'better'>]
+    """
+
+    generated_at: float
+    config_hash: str
+    alpha: float
+    routes: list[RouteReport]
