@@ -8,11 +8,11 @@ import asyncio
 import http
 import json
 import logging
-import re
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -89,7 +89,6 @@ def _status_line(status: int) -> bytes:
 
 _STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_UNSAFE = re.compile(rb"[\x00\r\n]")  # in a response header: splitting or truncation
 _WRITE_APART = 64 * 1024  # bodies at least this big are written apart, not copied into one
 _IDLE, _HEAD, _BODY = 0, 1, 2  # where a connection is in reading a request
 
@@ -151,8 +150,7 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not one
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -573,7 +571,11 @@ def _encode(request: Request, response: Response, keep: bool) -> tuple[bytes, by
                 given_length = value
             continue
         parts += (name, b": ", value, b"\r\n")
-    if _UNSAFE.search(b"".join(parts[1:]) + response.reason):
+    # Each header line holds exactly one CR and one LF, its own: anything else would split
+    # the response (or truncate it, for NUL).
+    fields = b"".join(parts[1:]) + response.reason
+    lines = len(parts) // 4
+    if fields.count(b"\n") != lines or fields.count(b"\r") != lines or b"\x00" in fields:
         raise _BadResponse("a header or the reason holds CR, LF or NUL")
     body = response.body
     if status == 204:
@@ -606,6 +608,8 @@ class Server:
     >>> await server.close(grace=10.0)   # on SIGTERM
     """
 
+    connection_class: type[HttpConnection] = HttpConnection
+
     def __init__(
         self, app: Application, limits: Limits | None = None, *, count: CountFn | None = None
     ) -> None:
@@ -636,7 +640,7 @@ class Server:
             )
 
     def _protocol(self) -> HttpConnection:
-        return HttpConnection(self)
+        return self.connection_class(self)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
