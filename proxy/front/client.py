@@ -351,11 +351,14 @@ class Upstream:
         suffix: str | bytes,
         headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
+        *,
+        within: float | None = None,
     ) -> UpstreamResponse:
-        """Send one request and read the whole answer. Raises UpstreamTimeout,
-        UpstreamConnectError or UpstreamTooLarge when there is no usable answer."""
+        """Send one request and read the whole answer, in `within` seconds (the pool's
+        `timeout` when None). Raises UpstreamTimeout, UpstreamConnectError or UpstreamTooLarge when there
+        is no usable answer."""
         loop = self.loop
-        deadline = loop.time() + self.timeout
+        deadline = loop.time() + (self.timeout if within is None else within)
         data, replayable = self._encode(method, suffix, headers, body)
         head = method == "HEAD"
         retried = False
