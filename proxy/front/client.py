@@ -355,8 +355,8 @@ class Upstream:
         within: float | None = None,
     ) -> UpstreamResponse:
         """Send one request and read the whole answer, in `within` seconds (the pool's
-        `timeout` when None). Raises UpstreamTimeout, UpstreamConnectError or UpstreamTooLarge when there
-        is no usable answer."""
+        `timeout` when None). Raises UpstreamTimeout, UpstreamConnectError or
+        UpstreamTooLarge when there is no usable answer."""
         loop = self.loop
         deadline = loop.time() + (self.timeout if within is None else within)
         data, replayable = self._encode(method, suffix, headers, body)
