@@ -4,11 +4,13 @@ records exactly what it was handed."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import http.client
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +127,15 @@ class Front:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def raw(self) -> Raw:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+    async def raw(self, rcvbuf: int = 0) -> Raw:
+        """A raw client; `rcvbuf` shrinks its socket's receive buffer, so that not reading
+        fills the server's write buffer soon whatever the kernel's autotuning."""
+        sock = socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (self.host, self.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
         return Raw(reader, writer)
 
     def connection(self) -> HttpConnection:
@@ -376,7 +385,7 @@ async def test_reading_pauses_when_the_pipeline_is_full(front: Start) -> None:
 async def test_a_client_not_reading_stops_the_reading_then_times_out(front: Start) -> None:
     big = b"x" * (8 * 1024 * 1024)
     f = await front(Echo(answer=lambda r: Response(200, [], big)), send_timeout=0.2)
-    raw = await f.raw()
+    raw = await f.raw(rcvbuf=4096)
     await raw.send(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
     await f.app.arrived.wait()
     connection = f.connection()
@@ -392,7 +401,7 @@ async def test_a_client_not_reading_stops_the_reading_then_times_out(front: Star
 async def test_a_slow_reader_gets_every_answer_in_order(front: Start) -> None:
     big = b"y" * (4 * 1024 * 1024)
     f = await front(Echo(answer=lambda r: Response(200, [], big + r.target)))
-    raw = await f.raw()
+    raw = await f.raw(rcvbuf=4096)
     await raw.send(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
     await f.app.arrived.wait()
     await f.until(lambda: f.connection().write_paused)
@@ -924,3 +933,24 @@ async def test_close_aborts_what_outlives_the_grace(front: Start) -> None:
     assert await raw.rest() == b""
     await raw.close()
     assert (f.app.finished, f.server.connections) == (1, set())  # the call was cancelled
+
+
+def test_the_front_imports_nothing_heavy() -> None:
+    """The hot path stays lean: no aiohttp, YAML, metrics library, JSON parser or the old
+    server package anywhere in proxy/front."""
+    forbidden = ("aiohttp", "yaml", "prometheus_client", "orjson", "multidict", "proxy.server")
+    front = Path(__file__).parent.parent / "proxy" / "front"
+    found = []
+    for path in sorted(front.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [
+                (path.name, name)
+                for name in names
+                if any(name == f or name.startswith(f + ".") for f in forbidden)
+            ]
+    assert found == []
