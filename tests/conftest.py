@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import uvloop
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
@@ -25,6 +26,13 @@ from yarl import URL
 from proxy.config import load_config, parse_config
 from proxy.server.app import Serving, build_app, start_listeners
 from proxy.server.state import STATE, ProxyState
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The front runs on uvloop in production, so its tests do too; the rest keep asyncio's."""
+    if item.path.name.startswith("test_front_"):
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @dataclass
