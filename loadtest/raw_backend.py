@@ -223,6 +223,9 @@ class _Connection(asyncio.Protocol):
         self._queue(_Slot(data, ready=True, close=close))
 
     def _queue(self, slot: _Slot) -> None:
+        if slot.ready and not self._pending:
+            self._write(slot)  # the common case: nothing waits before it
+            return
         self._pending.append(slot)
         if slot.ready:
             self._flush()
@@ -232,19 +235,24 @@ class _Connection(asyncio.Protocol):
         self._flush()
 
     def _flush(self) -> None:
-        transport = self._transport
         pending = self._pending
         while pending and pending[0].ready:
-            slot = pending.popleft()
-            if transport is None or transport.is_closing():
+            if not self._write(pending.popleft()):
                 return
-            transport.write(slot.data)
-            for part in slot.tail:
-                transport.write(part)
-            self._server.answered += 1
-            if slot.close:
-                transport.close()
-                return
+
+    def _write(self, slot: _Slot) -> bool:
+        """Write one answer; False once the connection is closed or closing."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(slot.data)
+        for part in slot.tail:
+            transport.write(part)
+        self._server.answered += 1
+        if slot.close:
+            transport.close()
+            return False
+        return True
 
 
 class RawBackend:
