@@ -15,6 +15,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -22,8 +23,19 @@ import orjson
 import uvloop
 
 
+def _mark(path: Path) -> None:
+    """Tell the parent (bench.py) that the load starts now: start-up took its time."""
+    path.touch()
+
+
 async def _run(
-    url: str, body: bytes, connections: int, duration: float, max_requests: int, progress: bool
+    url: str,
+    body: bytes,
+    connections: int,
+    duration: float,
+    max_requests: int,
+    progress: bool,
+    started_file: Path | None = None,
 ) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
@@ -56,6 +68,8 @@ async def _run(
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         reporter = asyncio.create_task(report()) if progress else None
+        if started_file is not None:
+            _mark(started_file)
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(connections)))
         seconds = time.perf_counter() - started
@@ -83,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
     parser.add_argument("--requests", type=int, default=0, help="stop after this many (0: none)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--started-file", type=Path, help="created when the load starts (after start-up)"
+    )
     args = parser.parse_args(argv)
     result = uvloop.run(
         _run(
@@ -92,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.duration,
             args.requests,
             not args.no_progress,
+            args.started_file,
         )
     )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
