@@ -29,9 +29,9 @@ from proxy.config import (
 )
 from proxy.logs import configure_logging
 from proxy.report.cli import fetch_report, format_table, report_from_prometheus
-from proxy.server.app import build_app, start_listeners
-from proxy.server.reload import reload_config, reload_overrides
-from proxy.server.state import STATE, ProxyState
+from proxy.analysis.app import build_app, start_listeners
+from proxy.analysis.reload import reload_config, reload_overrides
+from proxy.analysis.state import STATE, ProxyState
 from proxy.supervisor import Supervisor
 
 log = logging.getLogger("proxy")

@@ -24,8 +24,8 @@ from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
 from proxy.config import load_config, parse_config
-from proxy.server.app import Serving, build_app, start_listeners
-from proxy.server.state import STATE, ProxyState
+from proxy.analysis.app import Serving, build_app, start_listeners
+from proxy.analysis.state import STATE, ProxyState
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

@@ -453,7 +453,7 @@ async def test_every_admin_action_is_logged(
 ) -> None:
     prod, shadow = models
     p = await proxy(config(prod.url, [{"name": "s", "url": shadow.url + ROUTE}]))
-    caplog.set_level(logging.INFO, logger="proxy.server.admin")
+    caplog.set_level(logging.INFO, logger="proxy.analysis.admin")
     await admin(p, "POST", "/admin/shadows/r/s/sample", {"sample": "10%"})
     await admin(p, "GET", "/admin/config", headers=None)
     await admin(p, "POST", "/admin/reload")  # from a string: no file to read

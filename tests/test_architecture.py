@@ -40,7 +40,7 @@ IMPURE_LIBRARIES = (
 )
 """What a pure module must not import: loops, sockets, servers and clients, stores, metrics."""
 
-SHELL = ("proxy.server", "proxy.store", "proxy.metrics", "proxy.supervisor", "proxy.__main__")
+SHELL = ("proxy.analysis", "proxy.store", "proxy.metrics", "proxy.supervisor", "proxy.__main__")
 """Modules that own a loop, a socket, a store, a process or a metric."""
 
 
@@ -84,9 +84,9 @@ def within(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def test_every_module_is_seen() -> None:
-    assert "proxy.server.app" in MODULES
+    assert "proxy.analysis.app" in MODULES
     assert "proxy.core.comparison" in MODULES
-    assert set(imports("proxy.server.app")) >= {"proxy.server.routes", "aiohttp"}
+    assert set(imports("proxy.analysis.app")) >= {"proxy.analysis.routes", "aiohttp"}
 
 
 @pytest.mark.parametrize("name", [m for m in MODULES if within(m, PURE)])
@@ -108,7 +108,7 @@ def test_the_core_imports_only_the_core(name: str) -> None:
 
 
 def test_only_the_entry_point_imports_the_wiring() -> None:
-    importers = sorted(m for m in MODULES if "proxy.server.app" in set(imports(m)))
+    importers = sorted(m for m in MODULES if "proxy.analysis.app" in set(imports(m)))
     assert importers == ["proxy.__main__"]
 
 
@@ -116,15 +116,15 @@ def test_the_running_proxy_is_entered_only_from_the_command_line() -> None:
     outside = sorted(
         m
         for m in MODULES
-        if not within(m, ("proxy.server", "proxy.__main__"))
-        and any(within(i, ("proxy.server",)) for i in imports(m))
+        if not within(m, ("proxy.analysis", "proxy.__main__"))
+        and any(within(i, ("proxy.analysis",)) for i in imports(m))
     )
     assert outside == []
 
 
 def test_stores_know_nothing_of_the_server() -> None:
     for name in (m for m in MODULES if within(m, ("proxy.store",))):
-        assert not any(within(i, ("proxy.server", "proxy.metrics")) for i in imports(name)), name
+        assert not any(within(i, ("proxy.analysis", "proxy.metrics")) for i in imports(name)), name
 
 
 def test_no_import_cycles() -> None:

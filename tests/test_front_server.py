@@ -938,7 +938,7 @@ async def test_close_aborts_what_outlives_the_grace(front: Start) -> None:
 def test_the_front_imports_nothing_heavy() -> None:
     """The hot path stays lean: no aiohttp, YAML, metrics library, JSON parser or the old
     server package anywhere in proxy/front."""
-    forbidden = ("aiohttp", "yaml", "prometheus_client", "orjson", "multidict", "proxy.server")
+    forbidden = ("aiohttp", "yaml", "prometheus_client", "orjson", "multidict", "proxy.analysis")
     front = Path(__file__).parent.parent / "proxy" / "front"
     found = []
     for path in sorted(front.glob("*.py")):

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 from proxy.core.exchange import Exchange, encode
 from proxy.core.outcomes import Handoff
 from proxy.front.handoff import HandoffChannel
-from proxy.server.intake import Intake
+from proxy.analysis.intake import Intake
 
 WAIT = 10.0
 

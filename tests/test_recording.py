@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 from proxy.config import parse_config
 from proxy.core.outcomes import StoreOperation
 from proxy.metrics import Metrics
-from proxy.server import recording
-from proxy.server.recording import MeasuredStore, Recorder
-from proxy.server.routes import recordings, scorers
-from proxy.server.shadow import Tee
-from proxy.server.upstream import UpstreamResponse
+from proxy.analysis import recording
+from proxy.analysis.recording import MeasuredStore, Recorder
+from proxy.analysis.routes import recordings, scorers
+from proxy.analysis.shadow import Tee
+from proxy.analysis.upstream import UpstreamResponse
 from proxy.store.base import (
     LabelResult,
     LabelStatus,

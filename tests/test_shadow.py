@@ -15,8 +15,8 @@ from proxy.core.comparison import CompareKind
 from proxy.core.extraction import Extractor, Protocol
 from proxy.core.sampling import Sampler, bucket
 from proxy.metrics import Metrics
-from proxy.server.shadow import Tee
-from proxy.server.upstream import UpstreamResponse
+from proxy.analysis.shadow import Tee
+from proxy.analysis.upstream import UpstreamResponse
 from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
 
 ROUTE = "/v1/models/m:predict"

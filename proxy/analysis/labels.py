@@ -17,9 +17,9 @@ from proxy.config import LabelsConfig
 from proxy.core.joining import InvalidLabel, Score
 from proxy.core.outcomes import LabelRejection, LabelResult
 from proxy.metrics import LabelMetrics
-from proxy.server.auth import CHALLENGE, BearerToken
-from proxy.server.responses import json_response
-from proxy.server.scoring import RouteScorer
+from proxy.analysis.auth import CHALLENGE, BearerToken
+from proxy.analysis.responses import json_response
+from proxy.analysis.scoring import RouteScorer
 from proxy.store.base import LabelStatus, PredictionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)

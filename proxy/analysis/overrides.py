@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from proxy.server.shadow import ShadowDispatcher
+from proxy.analysis.shadow import ShadowDispatcher
 from proxy.supervisor import RUNTIME_DIR_ENV, SUPERVISOR_ENV
 
 Key = tuple[str, str]  # (route, shadow)

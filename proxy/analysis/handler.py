@@ -18,10 +18,10 @@ from proxy.core.outcomes import Outcome, RejectReason
 from proxy.core.routing import Router
 from proxy.core.sampling import Sampler, WeightedSplit, bucket
 from proxy.metrics import RouteMetrics, UpstreamMetrics
-from proxy.server.recording import Recorder
-from proxy.server.responses import json_response
-from proxy.server.shadow import ShadowSet, Tee
-from proxy.server.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
+from proxy.analysis.recording import Recorder
+from proxy.analysis.responses import json_response
+from proxy.analysis.shadow import ShadowSet, Tee
+from proxy.analysis.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 

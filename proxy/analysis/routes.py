@@ -12,11 +12,11 @@ from proxy.core.outcomes import Role
 from proxy.core.routing import Router
 from proxy.core.sampling import Sampler, WeightedSplit
 from proxy.metrics import Metrics
-from proxy.server.handler import Generation, ProductionTarget, RouteRuntime
-from proxy.server.recording import Recorder, RouteRecording
-from proxy.server.scoring import RouteScorer
-from proxy.server.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
-from proxy.server.upstream import Upstream
+from proxy.analysis.handler import Generation, ProductionTarget, RouteRuntime
+from proxy.analysis.recording import Recorder, RouteRecording
+from proxy.analysis.scoring import RouteScorer
+from proxy.analysis.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
+from proxy.analysis.upstream import Upstream
 
 
 def scorers(config: Config, metrics: Metrics) -> dict[str, RouteScorer]:

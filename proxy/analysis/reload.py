@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from proxy.config import Config, ConfigError, config_hash, listen_text, load_config
 from proxy.core.outcomes import ReloadOutcome
-from proxy.server import routes as wiring
-from proxy.server.handler import RouteRuntime
-from proxy.server.overrides import Key
-from proxy.server.state import ProxyState
+from proxy.analysis import routes as wiring
+from proxy.analysis.handler import RouteRuntime
+from proxy.analysis.overrides import Key
+from proxy.analysis.state import ProxyState
 
 log = logging.getLogger(__name__)
 

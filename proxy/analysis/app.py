@@ -19,16 +19,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.config import Config, StoreConfig, config_hash
 from proxy.metrics import Metrics
-from proxy.server import routes as wiring
-from proxy.server.admin import AdminAPI
-from proxy.server.handler import ProductionHandler
-from proxy.server.labels import LabelEndpoint
-from proxy.server.overrides import OverrideTable
-from proxy.server.recording import MeasuredStore, Recorder
-from proxy.server.reload import reload_config, validate_reload
-from proxy.server.reporter import Reporter
-from proxy.server.responses import json_response, moved
-from proxy.server.state import STATE, ProxyState
+from proxy.analysis import routes as wiring
+from proxy.analysis.admin import AdminAPI
+from proxy.analysis.handler import ProductionHandler
+from proxy.analysis.labels import LabelEndpoint
+from proxy.analysis.overrides import OverrideTable
+from proxy.analysis.recording import MeasuredStore, Recorder
+from proxy.analysis.reload import reload_config, validate_reload
+from proxy.analysis.reporter import Reporter
+from proxy.analysis.responses import json_response, moved
+from proxy.analysis.state import STATE, ProxyState
 from proxy.store.base import PredictionStore
 
 log = logging.getLogger(__name__)

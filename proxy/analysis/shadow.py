@@ -18,7 +18,7 @@ from proxy.core.extraction import ExtractionError, Extractor, decoded
 from proxy.core.outcomes import ComparisonResult, Outcome, SkipReason
 from proxy.core.sampling import Sampler
 from proxy.metrics import ClassCounter, ShadowMetrics
-from proxy.server.upstream import Upstream, UpstreamError, UpstreamResponse
+from proxy.analysis.upstream import Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 

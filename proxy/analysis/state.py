@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Config
 from proxy.metrics import Metrics
-from proxy.server.handler import ProductionHandler, RouteRuntime
-from proxy.server.labels import LabelEndpoint
-from proxy.server.overrides import Key, OverrideTable
-from proxy.server.recording import Recorder
-from proxy.server.reporter import Reporter
-from proxy.server.shadow import ShadowDispatcher
-from proxy.server.upstream import Upstream
+from proxy.analysis.handler import ProductionHandler, RouteRuntime
+from proxy.analysis.labels import LabelEndpoint
+from proxy.analysis.overrides import Key, OverrideTable
+from proxy.analysis.recording import Recorder
+from proxy.analysis.reporter import Reporter
+from proxy.analysis.shadow import ShadowDispatcher
+from proxy.analysis.upstream import Upstream
 
 
 @dataclass(slots=True)

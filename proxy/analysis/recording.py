@@ -17,8 +17,8 @@ from proxy.config import StoreConfig
 from proxy.core.extraction import ExtractionError, Extractor
 from proxy.core.outcomes import RecordDrop, RecordKind, Removal, StoreOperation
 from proxy.metrics import Metrics
-from proxy.server.scoring import RouteScorer
-from proxy.server.shadow import Tee
+from proxy.analysis.scoring import RouteScorer
+from proxy.analysis.shadow import Tee
 from proxy.store.base import (
     LabelResult,
     PredictionStore,
