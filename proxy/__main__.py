@@ -18,6 +18,9 @@ import uvloop
 import yaml
 
 from proxy import __version__
+from proxy.analysis.app import build_app, start_listeners
+from proxy.analysis.reload import reload_config, reload_overrides
+from proxy.analysis.state import STATE, ProxyState
 from proxy.config import (
     Config,
     ConfigError,
@@ -29,9 +32,6 @@ from proxy.config import (
 )
 from proxy.logs import configure_logging
 from proxy.report.cli import fetch_report, format_table, report_from_prometheus
-from proxy.analysis.app import build_app, start_listeners
-from proxy.analysis.reload import reload_config, reload_overrides
-from proxy.analysis.state import STATE, ProxyState
 from proxy.supervisor import Supervisor
 
 log = logging.getLogger("proxy")

@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
-from proxy.config import load_config, parse_config
 from proxy.analysis.app import Serving, build_app, start_listeners
 from proxy.analysis.state import STATE, ProxyState
+from proxy.config import load_config, parse_config
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from proxy.analysis.intake import Intake
 from proxy.core.exchange import Exchange, encode
 from proxy.core.outcomes import Handoff
 from proxy.front.handoff import HandoffChannel
-from proxy.analysis.intake import Intake
 
 WAIT = 10.0
 

@@ -15,14 +15,14 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
-from proxy.config import parse_config
-from proxy.core.outcomes import StoreOperation
-from proxy.metrics import Metrics
 from proxy.analysis import recording
 from proxy.analysis.recording import MeasuredStore, Recorder
 from proxy.analysis.routes import recordings, scorers
 from proxy.analysis.shadow import Tee
 from proxy.analysis.upstream import UpstreamResponse
+from proxy.config import parse_config
+from proxy.core.outcomes import StoreOperation
+from proxy.metrics import Metrics
 from proxy.store.base import (
     LabelResult,
     LabelStatus,

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from proxy.config import config_hash, load_config
 from proxy.analysis.reload import reload_config
+from proxy.config import config_hash, load_config
 from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, free_port, v1
 
 ROUTE = "/v1/models/m:predict"

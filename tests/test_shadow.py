@@ -11,12 +11,12 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
+from proxy.analysis.shadow import Tee
+from proxy.analysis.upstream import UpstreamResponse
 from proxy.core.comparison import CompareKind
 from proxy.core.extraction import Extractor, Protocol
 from proxy.core.sampling import Sampler, bucket
 from proxy.metrics import Metrics
-from proxy.analysis.shadow import Tee
-from proxy.analysis.upstream import UpstreamResponse
 from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, RunningProxy, v1
 
 ROUTE = "/v1/models/m:predict"

@@ -13,14 +13,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.config import config_hash, config_to_dict, parse_fraction
-from proxy.core.outcomes import AdminAction, AdminResult
 from proxy.analysis.auth import CHALLENGE, BearerToken
 from proxy.analysis.overrides import Key, Overrides, ShadowOverride
 from proxy.analysis.reload import ReloadResult
 from proxy.analysis.responses import json_response
 from proxy.analysis.shadow import ShadowDispatcher
 from proxy.analysis.state import ProxyState
+from proxy.config import config_hash, config_to_dict, parse_fraction
+from proxy.core.outcomes import AdminAction, AdminResult
 from proxy.supervisor import signal_supervisor
 
 log = logging.getLogger(__name__)

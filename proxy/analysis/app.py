@@ -17,8 +17,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from proxy.config import Config, StoreConfig, config_hash
-from proxy.metrics import Metrics
 from proxy.analysis import routes as wiring
 from proxy.analysis.admin import AdminAPI
 from proxy.analysis.handler import ProductionHandler
@@ -29,6 +27,8 @@ from proxy.analysis.reload import reload_config, validate_reload
 from proxy.analysis.reporter import Reporter
 from proxy.analysis.responses import json_response, moved
 from proxy.analysis.state import STATE, ProxyState
+from proxy.config import Config, StoreConfig, config_hash
+from proxy.metrics import Metrics
 from proxy.store.base import PredictionStore
 
 log = logging.getLogger(__name__)

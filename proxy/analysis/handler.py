@@ -14,14 +14,14 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
-from proxy.core.outcomes import Outcome, RejectReason
-from proxy.core.routing import Router
-from proxy.core.sampling import Sampler, WeightedSplit, bucket
-from proxy.metrics import RouteMetrics, UpstreamMetrics
 from proxy.analysis.recording import Recorder
 from proxy.analysis.responses import json_response
 from proxy.analysis.shadow import ShadowSet, Tee
 from proxy.analysis.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
+from proxy.core.outcomes import Outcome, RejectReason
+from proxy.core.routing import Router
+from proxy.core.sampling import Sampler, WeightedSplit, bucket
+from proxy.metrics import RouteMetrics, UpstreamMetrics
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.analysis.auth import CHALLENGE, BearerToken
+from proxy.analysis.responses import json_response
+from proxy.analysis.scoring import RouteScorer
 from proxy.config import LabelsConfig
 from proxy.core.joining import InvalidLabel, Score
 from proxy.core.outcomes import LabelRejection, LabelResult
 from proxy.metrics import LabelMetrics
-from proxy.analysis.auth import CHALLENGE, BearerToken
-from proxy.analysis.responses import json_response
-from proxy.analysis.scoring import RouteScorer
 from proxy.store.base import LabelStatus, PredictionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)

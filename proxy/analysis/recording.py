@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 from prometheus_client import Gauge, Histogram
 
+from proxy.analysis.scoring import RouteScorer
+from proxy.analysis.shadow import Tee
 from proxy.config import StoreConfig
 from proxy.core.extraction import ExtractionError, Extractor
 from proxy.core.outcomes import RecordDrop, RecordKind, Removal, StoreOperation
 from proxy.metrics import Metrics
-from proxy.analysis.scoring import RouteScorer
-from proxy.analysis.shadow import Tee
 from proxy.store.base import (
     LabelResult,
     PredictionStore,

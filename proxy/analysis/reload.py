@@ -9,12 +9,12 @@ import logging
 import os
 from dataclasses import dataclass
 
-from proxy.config import Config, ConfigError, config_hash, listen_text, load_config
-from proxy.core.outcomes import ReloadOutcome
 from proxy.analysis import routes as wiring
 from proxy.analysis.handler import RouteRuntime
 from proxy.analysis.overrides import Key
 from proxy.analysis.state import ProxyState
+from proxy.config import Config, ConfigError, config_hash, listen_text, load_config
+from proxy.core.outcomes import ReloadOutcome
 
 log = logging.getLogger(__name__)
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proxy.config import Config, Route, config_hash
-from proxy.core.outcomes import Role
-from proxy.core.routing import Router
-from proxy.core.sampling import Sampler, WeightedSplit
-from proxy.metrics import Metrics
 from proxy.analysis.handler import Generation, ProductionTarget, RouteRuntime
 from proxy.analysis.recording import Recorder, RouteRecording
 from proxy.analysis.scoring import RouteScorer
 from proxy.analysis.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
 from proxy.analysis.upstream import Upstream
+from proxy.config import Config, Route, config_hash
+from proxy.core.outcomes import Role
+from proxy.core.routing import Router
+from proxy.core.sampling import Sampler, WeightedSplit
+from proxy.metrics import Metrics
 
 
 def scorers(config: Config, metrics: Metrics) -> dict[str, RouteScorer]:

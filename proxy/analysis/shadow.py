@@ -13,12 +13,12 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from proxy.analysis.upstream import Upstream, UpstreamError, UpstreamResponse
 from proxy.core.comparison import Comparator, classify
 from proxy.core.extraction import ExtractionError, Extractor, decoded
 from proxy.core.outcomes import ComparisonResult, Outcome, SkipReason
 from proxy.core.sampling import Sampler
 from proxy.metrics import ClassCounter, ShadowMetrics
-from proxy.analysis.upstream import Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.config import Config
-from proxy.metrics import Metrics
 from proxy.analysis.handler import ProductionHandler, RouteRuntime
 from proxy.analysis.labels import LabelEndpoint
 from proxy.analysis.overrides import Key, OverrideTable
@@ -18,6 +16,8 @@ from proxy.analysis.recording import Recorder
 from proxy.analysis.reporter import Reporter
 from proxy.analysis.shadow import ShadowDispatcher
 from proxy.analysis.upstream import Upstream
+from proxy.config import Config
+from proxy.metrics import Metrics
 
 
 @dataclass(slots=True)
