@@ -4,23 +4,17 @@ argv, loading the config, logging, the event loop, signals."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import uvloop
 import yaml
 
 from proxy import __version__
-from proxy.analysis.app import build_app, start_listeners
-from proxy.analysis.reload import reload_config, reload_overrides
-from proxy.analysis.state import STATE, ProxyState
 from proxy.config import (
     Config,
     ConfigError,
@@ -31,6 +25,9 @@ from proxy.config import (
     load_config,
 )
 from proxy.logs import configure_logging
+from proxy.processes.analysis import serve_analysis
+from proxy.processes.front import serve_front
+from proxy.processes.runtime import RuntimePaths, read_config, write_config
 from proxy.report.cli import fetch_report, format_table, report_from_prometheus
 from proxy.supervisor import Supervisor
 
@@ -38,49 +35,6 @@ log = logging.getLogger("proxy")
 
 DEFAULT_CONFIG = "/etc/shadow-proxy/config.yaml"
 CONFIG_ENV = "SHADOW_PROXY_CONFIG"
-
-
-async def serve(config: Config, *, reuse_port: bool = False) -> None:
-    """Serve `config` until SIGTERM or SIGINT, then shut down gracefully: stop accepting,
-    finish in-flight production requests (shutdown_timeout), drain shadows (shadow_drain_timeout).
-    SIGHUP reloads the config file.
-    """
-    app = build_app(config)
-    serving = await start_listeners(app, reuse_port=reuse_port)
-    state = app[STATE]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[object]] = set()
-
-    def run(job: Callable[[ProxyState], Coroutine[Any, Any, object]]) -> None:
-        task = asyncio.create_task(job(state), name=job.__name__)
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, run, reload_config)
-    # --workers: another worker's admin API changed the shared overrides.
-    loop.add_signal_handler(signal.SIGUSR1, run, reload_overrides)
-    # A worker starts with them blocked (supervisor.py): what came meanwhile is delivered now.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGUSR1})
-    log.info(
-        "listening",
-        extra={
-            # The proxy's own; then every listener by name (metrics, admin when apart).
-            "addresses": serving.addresses["proxy"],
-            "listeners": serving.addresses,
-            "config": config.source,
-            "config_hash": config_hash(config),
-            "version": __version__,
-            "pid": os.getpid(),
-        },
-    )
-    await stop.wait()
-    log.info("shutting down", extra={"shutdown_timeout": config.shutdown_timeout})
-    await asyncio.gather(*reloads)
-    await serving.stop()
-    log.info("stopped")
 
 
 def _load(path: str) -> Config | None:
@@ -104,7 +58,19 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _run(path: str, workers: int, reuse_port: bool) -> int:
+def _validate(path: str, out: str) -> list[str]:
+    """The supervisor's check at start-up: the errors of the config at `path`, or none, and
+    then the validated config left at `out` for the processes."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return list(exc.errors)
+    write_config(config, out)
+    return []
+
+
+def _run(path: str, workers: int) -> int:
+    """The supervisor: validates the config, then runs the analysis process and the fronts."""
     config = _load(path)
     if config is None:
         return 1
@@ -120,8 +86,17 @@ def _run(path: str, workers: int, reuse_port: bool) -> int:
             if port == 0:
                 print(f"{path}: {key}: --workers needs a fixed port, not 0", file=sys.stderr)
                 return 1
-        return Supervisor(path, workers).run()
-    uvloop.run(serve(config, reuse_port=reuse_port))
+    return Supervisor(path, workers, _validate).run()
+
+
+def _run_role(role: str, runtime_dir: str) -> int:
+    """One of the supervisor's processes, from the config it validated (never from YAML)."""
+    config = read_config(RuntimePaths(runtime_dir).config)
+    configure_logging(config.log_level)
+    if role == "front":
+        uvloop.run(serve_front(config, runtime_dir, reuse_port=True))
+    else:
+        uvloop.run(serve_analysis(config, runtime_dir))
     return 0
 
 
@@ -161,8 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--reuse-port",
         action="store_true",
-        help="bind with SO_REUSEPORT, so that several processes can share the port",
+        help="accepted for compatibility: the front processes always bind with SO_REUSEPORT",
     )
+    # The supervisor's own: which process to be, and where the validated config is.
+    run.add_argument("--role", choices=("front", "analysis"), help=argparse.SUPPRESS)
+    run.add_argument("--runtime-dir", help=argparse.SUPPRESS)
     check = commands.add_parser(
         "check-config", help="validate a config file and print the effective config"
     )
@@ -186,9 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "report":
         return _report(args)
+    if args.role is not None:
+        if args.runtime_dir is None:
+            parser.error("--role needs --runtime-dir")
+        return _run_role(args.role, args.runtime_dir)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1 (got {args.workers})")
-    return _run(args.config, args.workers, args.reuse_port)
+    return _run(args.config, args.workers)
 
 
 if __name__ == "__main__":

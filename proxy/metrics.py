@@ -15,6 +15,7 @@ from proxy import metric_names as n
 from proxy.core.comparison import OTHER_CLASS, ClassLabels, CompareKind
 from proxy.core.outcomes import (
     ComparisonResult,
+    Handoff,
     LabelRejection,
     LabelResult,
     Outcome,
@@ -25,6 +26,7 @@ from proxy.core.outcomes import (
     Role,
     SkipReason,
 )
+from proxy.front.faults import Fault
 from proxy.metric_names import Family
 
 # Millisecond resolution at the low end, where model servers live, up to the longest timeouts.
@@ -289,6 +291,47 @@ class Metrics:
             "Time a prediction-store operation took, by operation (failures included).",
             LATENCY_BUCKETS,
         )
+        self.handoff = self._counter(
+            n.HANDOFF,
+            "Exchanges the front processes handed to the analysis process, by result: sent,"
+            " channel_full (the analysis process is behind), analysis_down (none connected),"
+            " too_large (over the hand-off's frame cap). Only `sent` ones reach the shadows.",
+        )
+        self.intake_errors = self._counter(
+            n.INTAKE_ERRORS,
+            "Exchanges the analysis process received but could not handle, and broken hand-off"
+            " streams (the connection is reset; the front reconnects).",
+        )
+        self.client_faults = self._counter(
+            n.CLIENT_FAULTS,
+            "Client connections the front ended badly, by fault: bad_request, header_too_large,"
+            " body_too_large, timeout, disconnect, app_error.",
+        )
+        # liveall: one series per live process (a pid label is added), by role.
+        self.process_cpu = Gauge(
+            n.PROCESS_CPU.name,
+            "CPU seconds a proxy process has used (user and system), by role: front, analysis.",
+            n.PROCESS_CPU.labels,
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self.process_rss = Gauge(
+            n.PROCESS_RSS.name,
+            "Resident memory of a proxy process, in bytes, by role: front, analysis.",
+            n.PROCESS_RSS.labels,
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self.process_restarts = self._counter(
+            n.PROCESS_RESTARTS,
+            "Processes the supervisor restarted after they died, by role: front, analysis.",
+        )
+
+    def bind_handoff(self) -> dict[Handoff, Counter]:
+        return {h: self.handoff.labels(h) for h in Handoff}
+
+    def bind_faults(self) -> dict[Fault, Counter]:
+        return {f: self.client_faults.labels(f) for f in Fault}
 
     def bind_labels(self) -> LabelMetrics:
         return LabelMetrics(

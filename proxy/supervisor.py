@@ -1,6 +1,8 @@
-"""`run --workers N`: N proxy processes sharing one port through SO_REUSEPORT, with
-prometheus-client's multiprocess mode so that /metrics from any worker counts them all.
-Process concerns only: spawning, signals, restarts, the metrics directory."""
+"""`run`: the supervisor. It validates the config, then starts one analysis process and N front
+processes (--workers; they share the port through SO_REUSEPORT), restarts any that dies, and
+passes signals on: SIGHUP to the analysis process (which validates and applies a reload, then
+asks, by SIGUSR2, that the fronts follow), SIGTERM to the fronts first and to the analysis process
+once they are gone. Process concerns only: spawning, signals, restarts, the metrics directory."""
 
 from __future__ import annotations
 
@@ -14,82 +16,111 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
+
+from proxy.processes.runtime import RESTARTED_ENV, RuntimePaths
 
 log = logging.getLogger("proxy.supervisor")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_ENV = "SHADOW_PROXY_WORKER"
 RUNTIME_DIR_ENV = "SHADOW_PROXY_RUNTIME_DIR"
-"""Set for the workers: the directory their shared admin overrides live in."""
+"""Set for the processes: the directory of their sockets, config and admin overrides."""
 SUPERVISOR_ENV = "SHADOW_PROXY_SUPERVISOR_PID"
-"""Set by the supervisor for its workers: its pid, which passes SIGHUP and SIGUSR1 on to all."""
+"""Set by the supervisor for its processes: its pid, to which they send SIGUSR1 (overrides
+changed) and SIGUSR2 (a reload applied) to have them passed on."""
 
 
 def signal_supervisor(signum: int) -> None:
-    """Ask the supervisor to pass `signum` on to every worker (this one included)."""
+    """Ask the supervisor to pass `signum` on (SIGUSR1 to the analysis process, SIGUSR2 to the
+    fronts)."""
     os.kill(int(os.environ[SUPERVISOR_ENV]), signum)
 
 
-# A worker that dies sooner than this after starting is crash-looping: stop rather than spin.
+# A process that dies sooner than this after starting is crash-looping: stop rather than spin.
 _MIN_UPTIME = 5.0
 
 
-WORKER_SIGNALS = {signal.SIGHUP, signal.SIGUSR1}
-"""Passed on to every worker: reload, and admin overrides changed."""
-
-
-def _prepare_worker() -> None:
-    """In the child before exec. SIGHUP and SIGUSR1 stay blocked until the worker's loop handles
-    them (the mask survives exec), so that one passed on while a worker starts is delivered
+def _prepare_child() -> None:
+    """In the child before exec. SIGHUP, SIGUSR1 and SIGUSR2 stay blocked until the child's loop
+    handles them (the mask survives exec), so that one passed on while it starts is delivered
     then, instead of killing it or being lost. On Linux, SIGTERM comes when the supervisor dies,
-    even by SIGKILL, so that no worker is left serving on its own."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    even by SIGKILL, so that no process is left serving on its own."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_SIGNALS)
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+_CHILD_SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 _PR_SET_PDEATHSIG = 1
 
 
-class Supervisor:
-    """Starts `workers` copies of `shadow-proxy run --reuse-port` and restarts one that dies.
-    Passes SIGHUP (reload) and SIGUSR1 (admin overrides changed) on; on SIGTERM or SIGINT passes
-    the signal on and waits for every worker's graceful shutdown.
+ANALYSIS, FRONT = "analysis", "front"
 
-    >>> Supervisor("/etc/shadow-proxy/config.yaml", workers=2).run()
+
+class Supervisor:
+    """Runs the proxy's processes from the validated config `validate` leaves at the runtime
+    directory's config path, and keeps them running.
+
+    >>> Supervisor("/etc/shadow-proxy/config.yaml", workers=2, validate=check).run()
     0
     """
 
-    def __init__(self, config_path: str, workers: int) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        workers: int,
+        validate: Callable[[str, str], list[str]],
+    ) -> None:
         self.config_path = config_path
         self.workers = workers
+        self._validate = validate  # (yaml path, pickle path) -> errors; [] when valid
         self._stopping = False
-        self._children: dict[int, tuple[int, subprocess.Popen[bytes], float]] = {}
+        self._children: dict[int, tuple[str, int, float]] = {}  # pid -> role, index, started
+        self._analysis_stopped = False
 
-    def _spawn(self, index: int, env: dict[str, str]) -> None:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", self.config_path, "--reuse-port"],
-            env={**env, WORKER_ENV: str(index)},
-            preexec_fn=_prepare_worker,
-        )
-        self._children[proc.pid] = (index, proc, time.monotonic())
-        log.info("worker started", extra={"worker": index, "pid": proc.pid})
+    def _spawn(self, role: str, index: int, env: dict[str, str], *, restarted: bool) -> None:
+        argv = [sys.executable, "-m", "proxy", "run", "--role", role]
+        argv += ["--config", self.config_path, "--runtime-dir", env[RUNTIME_DIR_ENV]]
+        child_env = {**env, WORKER_ENV: str(index)}
+        if restarted:
+            child_env[RESTARTED_ENV] = "1"
+        proc = subprocess.Popen(argv, env=child_env, preexec_fn=_prepare_child)
+        self._children[proc.pid] = (role, index, time.monotonic())
+        log.info("process started", extra={"role": role, "worker": index, "pid": proc.pid})
 
-    def _signal(self, signum: int, frame: FrameType | None) -> None:
-        self._stopping = True
-        self._forward(signal.SIGTERM, frame)
+    def _pids(self, role: str) -> list[int]:
+        return [pid for pid, (r, _, _) in self._children.items() if r == role]
 
-    def _forward(self, signum: int, frame: FrameType | None) -> None:
-        # os.kill, not Popen.send_signal: that polls, and would reap a worker that just died
+    def _kill(self, pids: list[int], signum: int) -> None:
+        # os.kill, not Popen.send_signal: that polls, and would reap a child that just died
         # before os.wait() in run() sees it. Until os.wait() reaps it, its pid is still ours.
-        for pid in list(self._children):
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+        fronts = self._pids(FRONT)
+        self._kill(fronts, signal.SIGTERM)
+        if not fronts:
+            self._stop_analysis()
+
+    def _stop_analysis(self) -> None:
+        if not self._analysis_stopped:
+            self._analysis_stopped = True
+            self._kill(self._pids(ANALYSIS), signal.SIGTERM)
+
+    def _to_analysis(self, signum: int, frame: FrameType | None) -> None:
+        self._kill(self._pids(ANALYSIS), signum)
+
+    def _to_fronts(self, signum: int, frame: FrameType | None) -> None:
+        self._kill(self._pids(FRONT), signum)
 
     def run(self) -> int:
         metrics_dir = os.environ.get(MULTIPROC_ENV)
@@ -100,44 +131,60 @@ class Supervisor:
             # Files left by an earlier run would be summed in as if they were live.
             for stale in Path(metrics_dir).glob("*.db"):
                 stale.unlink()
-        # Beside the metrics files (a volume, on a read-only root): the admin API's overrides.
+        # Beside the metrics files (a volume, on a read-only root): the sockets between the
+        # processes, the validated config, the admin API's overrides. mkdtemp makes it 0700.
         runtime_dir = tempfile.mkdtemp(prefix="runtime-", dir=metrics_dir)
+        try:
+            errors = self._validate(self.config_path, RuntimePaths(runtime_dir).config)
+            if errors:
+                print(f"invalid config {self.config_path}:", file=sys.stderr)
+                for error in errors:
+                    print(f"  {error}", file=sys.stderr)
+                return 1
+            return self._supervise(metrics_dir, runtime_dir)
+        finally:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+            if owned:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _supervise(self, metrics_dir: str, runtime_dir: str) -> int:
         env = {
             **os.environ,
             MULTIPROC_ENV: metrics_dir,
             RUNTIME_DIR_ENV: runtime_dir,
             SUPERVISOR_ENV: str(os.getpid()),
         }
-        signal.signal(signal.SIGTERM, self._signal)
-        signal.signal(signal.SIGINT, self._signal)
-        signal.signal(signal.SIGHUP, self._forward)  # each worker re-reads the file
-        signal.signal(signal.SIGUSR1, self._forward)  # each worker re-reads the admin overrides
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._to_analysis)  # it validates and reloads
+        signal.signal(signal.SIGUSR1, self._to_analysis)  # it re-reads the admin overrides
+        signal.signal(signal.SIGUSR2, self._to_fronts)  # a reload applied: the fronts follow
         status = 0
-        try:
-            for index in range(self.workers):
-                self._spawn(index, env)
-            while self._children:
-                try:
-                    pid, code = os.wait()
-                except ChildProcessError:  # no child left to wait for
-                    break
-                if pid not in self._children:
-                    continue
-                index, _, started = self._children.pop(pid)
-                code = os.waitstatus_to_exitcode(code)
-                mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # untyped upstream
-                if self._stopping:
-                    status = status or code
-                    continue
-                log.error("worker died", extra={"worker": index, "pid": pid, "exit_code": code})
-                if time.monotonic() - started < _MIN_UPTIME:
-                    log.error("worker is crash-looping; stopping", extra={"worker": index})
-                    status = 1
-                    self._signal(signal.SIGTERM, None)
-                    continue
-                self._spawn(index, env)
-        finally:
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-            if owned:
-                shutil.rmtree(metrics_dir, ignore_errors=True)
+        self._spawn(ANALYSIS, 0, env, restarted=False)
+        for index in range(self.workers):
+            self._spawn(FRONT, index, env, restarted=False)
+        while self._children:
+            try:
+                pid, code = os.wait()
+            except ChildProcessError:  # no child left to wait for
+                break
+            if pid not in self._children:
+                continue
+            role, index, started = self._children.pop(pid)
+            code = os.waitstatus_to_exitcode(code)
+            mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # untyped upstream
+            if self._stopping:
+                status = status or code
+                if not self._pids(FRONT):
+                    self._stop_analysis()
+                continue
+            log.error(
+                "process died", extra={"role": role, "worker": index, "pid": pid, "exit_code": code}
+            )
+            if time.monotonic() - started < _MIN_UPTIME:
+                log.error("process is crash-looping; stopping", extra={"role": role})
+                status = 1
+                self._stop(signal.SIGTERM, None)
+                continue
+            self._spawn(role, index, env, restarted=True)
         return status

@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpServer
 from yarl import URL
 
-from proxy.analysis.app import Serving, build_app, start_listeners
 from proxy.analysis.state import STATE, ProxyState
 from proxy.config import load_config, parse_config
+from proxy.processes.inline import Inline, start_inline
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -123,13 +123,13 @@ class RunningProxy:
     app: web.Application
     registry: CollectorRegistry
     session: aiohttp.ClientSession
-    serving: Serving
+    inline: Inline  # the front and the analysis process, in this loop
     urls: dict[str, str]  # per listener: proxy, and metrics and admin when configured apart
 
     async def stop(self) -> None:
         """Shut down gracefully, as on SIGTERM (idempotent)."""
         await self.session.close()
-        await self.serving.stop()
+        await self.inline.stop()
 
     @property
     def admin_url(self) -> str:
@@ -146,6 +146,7 @@ class RunningProxy:
     async def settled(self) -> None:
         """Wait until every shadow request queued so far has been answered and compared, and
         every store write queued so far has been handled."""
+        await self.inline.handed_off()
         await asyncio.gather(*(r.shadows.join() for r in self.state.routes))
         if self.state.recorder is not None:
             await self.state.recorder.flush()
@@ -179,11 +180,10 @@ async def proxy() -> AsyncIterator[ProxyFactory]:
             await asyncio.to_thread(path.write_text, yaml_text)
             config = load_config(path, env={})
         registry = CollectorRegistry()
-        app = build_app(config, registry)
-        serving = await start_listeners(app, proxy_at=("127.0.0.1", 0))
+        inline = await start_inline(config, registry, at=("127.0.0.1", 0))
         session = aiohttp.ClientSession(auto_decompress=False)
-        urls = serving.urls
-        started.append(RunningProxy(urls["proxy"], app, registry, session, serving, urls))
+        urls = inline.urls
+        started.append(RunningProxy(urls["proxy"], inline.app, registry, session, inline, urls))
         return started[-1]
 
     yield factory

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +20,6 @@ from proxy.analysis.shadow import ShadowDispatcher
 from proxy.analysis.state import ProxyState
 from proxy.config import config_hash, config_to_dict, parse_fraction
 from proxy.core.outcomes import AdminAction, AdminResult
-from proxy.supervisor import signal_supervisor
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +152,9 @@ class AdminAPI:
             def edit(overrides: Overrides) -> None:
                 overrides.set(key, change(overrides.get(key)))
 
+            # Shared with the supervisor's runtime directory: a restarted analysis process
+            # takes them up again.
             await state.overrides.change(edit)
-            if state.overrides.shared is not None:
-                signal_supervisor(signal.SIGUSR1)  # which tells every worker
             state.overrides.apply(state.shadow_dispatchers())
         doc = _describe(key[0], dispatcher)
         return self._done(
@@ -176,17 +174,6 @@ class AdminAPI:
     async def _reload_handler(self, request: web.Request) -> web.Response:
         if (refused := self._refused(request, AdminAction.RELOAD)) is not None:
             return refused
-        if self._state.overrides.shared is not None:
-            # --workers: every worker must reload, so the supervisor passes SIGHUP on to all.
-            errors = await self._validate()
-            if errors:
-                doc = {"result": "failure", "errors": errors}
-                return self._done(
-                    request, AdminAction.RELOAD, AdminResult.FAILURE, 422, doc, errors=errors
-                )
-            signal_supervisor(signal.SIGHUP)
-            doc = {"result": "accepted", "detail": "every worker reloads the config file"}
-            return self._done(request, AdminAction.RELOAD, AdminResult.OK, 202, doc)
         result = await self._reload()
         if result.shutting_down:
             doc = {"result": "failure", "errors": list(result.errors)}

@@ -1,10 +1,12 @@
-"""build_app(config, registry): the only place that wires a validated config into a running
-aiohttp application (the prediction store, the recorder, the routes, the reporter, the label
-endpoint, the admin API and the proxy's own endpoints), and `start_listeners`, which serves it."""
+"""build_app(config, registry): the only place that wires a validated config into the analysis
+process (the prediction store, the recorder, the shadow routes, the reporter, the label endpoint,
+the admin API and /metrics: the control plane, an aiohttp application), and `start_analysis`,
+which serves it on a Unix socket beside the intake of the fronts' exchanges."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -19,7 +21,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.analysis import routes as wiring
 from proxy.analysis.admin import AdminAPI
-from proxy.analysis.handler import ProductionHandler
+from proxy.analysis.exchanges import ExchangeHandler
+from proxy.analysis.intake import Intake
 from proxy.analysis.labels import LabelEndpoint
 from proxy.analysis.overrides import OverrideTable
 from proxy.analysis.recording import MeasuredStore, Recorder
@@ -71,26 +74,22 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     exposition = _exposition(registry)
     reporter = Reporter(exposition, metrics, config.verdict, config_hash(config))
     labels = LabelEndpoint(store, config.labels, scorers, metrics.bind_labels())
-    handler = ProductionHandler(
-        wiring.generation(config, routes),
-        max_body=config.max_body,
-        rejected=metrics.bind_rejections(),
-    )
+    exchanges = ExchangeHandler({r.name: r for r in routes}, unknown=metrics.intake_errors)
     state = ProxyState(
         config,
         routes,
         exposition,
         reporter,
         metrics,
-        handler,
+        exchanges,
         labels,
         recorder=recorder,
         overrides=OverrideTable.for_process(),
     )
     state.overrides.apply(state.shadow_dispatchers())
 
-    # max_body caps proxied requests; /labels streams its body under labels.max_body.
-    app = web.Application(client_max_size=config.max_body, handler_args={"max_field_size": 16384})
+    # /labels streams its body under labels.max_body; the admin API's are small.
+    app = web.Application(client_max_size=64 * 1024, handler_args={"max_field_size": 16384})
     app[STATE] = state
     app.cleanup_ctx.append(_lifecycle)
     if config.metrics.listen is None:
@@ -109,7 +108,6 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         for path in ("/admin", "/admin/{tail:.*}"):
             app.router.add_route("*", path, moved("the admin API", "admin.listen"))
     app[ADMIN] = admin
-    app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
 
 
@@ -118,19 +116,19 @@ ADMIN = web.AppKey("admin", AdminAPI)
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """One address the proxy listens on, and the application served there."""
+    """One address the analysis process listens on, and the application served there."""
 
-    name: str  # proxy | metrics | admin
+    name: str  # control | metrics | admin
     app: web.Application
     host: str
     port: int
 
 
 def listeners(app: web.Application) -> list[Listener]:
-    """The proxy's listener first, then /metrics and the admin API when they have their own."""
+    """/metrics and the admin API when they have TCP addresses of their own."""
     state = app[STATE]
     config = state.config
-    found = [Listener("proxy", app, config.listen_host, config.listen_port)]
+    found = []
     if config.metrics.listen is not None:
         side = web.Application()
         side[STATE] = state
@@ -145,64 +143,92 @@ def listeners(app: web.Application) -> list[Listener]:
     return found
 
 
+MAX_FRAME = 512 * 1024 * 1024
+"""The largest hand-off frame the intake reads (the fronts send at most 256 MiB of bodies)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Serving:
-    """The running listeners of one app, the proxy's first: it is the one that drains
-    in-flight requests at shutdown.
+    """The running analysis process: the control plane on its Unix socket (the fronts pass
+    /labels, /report, /metrics and /admin to it), the intake, and the TCP listeners.
 
-    >>> serving = await start_listeners(app)
-    >>> serving.urls["proxy"]
-    'http://127.0.0.1:8080'
+    >>> serving = await start_analysis(app, control="/run/sp/control.sock",
+    ...                                intake="/run/sp/intake.sock")
+    >>> serving.urls["metrics"]
+    'http://127.0.0.1:9090'
     >>> await serving.stop()
     """
 
     runners: tuple[tuple[str, web.AppRunner], ...]
+    intake: Intake | None
 
     @property
     def addresses(self) -> dict[str, list[str]]:
-        """Per listener name, the host:port addresses it is bound to."""
-        return {name: [f"{a[0]}:{a[1]}" for a in runner.addresses] for name, runner in self.runners}
+        """Per TCP listener name, the host:port addresses it is bound to."""
+        return {
+            name: [f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
+            for name, runner in self.runners
+            if name != "control"
+        }
 
     @property
     def urls(self) -> dict[str, str]:
-        """Per listener name, the base URL of its first address."""
+        """Per TCP listener name, the base URL of its first address."""
         return {name: f"http://{addresses[0]}" for name, addresses in self.addresses.items()}
 
     async def stop(self) -> None:
-        """Stop accepting, finish in-flight requests (shutdown_timeout), then the app's
-        cleanup: shadows drain, the recorder flushes, the pools close."""
+        """Stop taking exchanges and requests, then the app's cleanup: shadows drain, the
+        recorder flushes, the pools close."""
+        if self.intake is not None:
+            await self.intake.close()
         for _, runner in self.runners:
             await runner.cleanup()
 
 
-async def start_listeners(
-    app: web.Application, *, reuse_port: bool = False, proxy_at: tuple[str, int] | None = None
+async def start_analysis(
+    app: web.Application, *, control: str | None, intake: str | None
 ) -> Serving:
-    """Bind and serve every listener of `app` at the addresses of its config; the proxy's own
-    at `proxy_at` instead when given (the tests take a free port of 127.0.0.1 that way)."""
-    config = app[STATE].config
+    """Serve the control plane of `app` on the Unix socket `control`, its TCP listeners at the
+    addresses of its config, and take the fronts' exchanges on the Unix socket `intake`."""
+    state = app[STATE]
+    config = state.config
     access_log = logging.getLogger("proxy.access") if config.access_log else None
     runners: list[tuple[str, web.AppRunner]] = []
-    for listener in listeners(app):
-        runner = web.AppRunner(
-            listener.app,
-            handle_signals=False,
-            access_log=access_log,
-            shutdown_timeout=config.shutdown_timeout,
-        )
-        await runner.setup()
-        host, port = listener.host, listener.port
-        if listener.name == "proxy" and proxy_at is not None:
-            host, port = proxy_at
-        site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=reuse_port or None)
-        try:
+    sites: list[tuple[Listener, str | None]] = [(Listener("control", app, "", 0), control)]
+    sites += [(listener, None) for listener in listeners(app)]
+    taken: Intake | None = None
+    try:
+        for listener, path in sites:
+            if listener.name == "control" and path is None:
+                continue
+            runner = web.AppRunner(
+                listener.app,
+                handle_signals=False,
+                access_log=access_log,
+                shutdown_timeout=config.shutdown_timeout,
+            )
+            await runner.setup()
+            runners.append((listener.name, runner))
+            site: web.BaseSite
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # a socket left by a process that died
+                site = web.UnixSite(runner, path)
+            else:
+                site = web.TCPSite(runner, listener.host, listener.port, backlog=2048)
             await site.start()
-        except BaseException:
-            await runner.cleanup()
-            await Serving(tuple(runners)).stop()
-            raise
-        runners.append((listener.name, runner))
-    return Serving(tuple(runners))
+        if intake is not None:
+            taken = Intake(
+                intake,
+                state.exchanges,
+                max_frame=MAX_FRAME,
+                on_error=state.metrics.intake_errors.inc,
+            )
+            await taken.start()
+    except BaseException:
+        await Serving(tuple(runners), taken).stop()
+        raise
+    return Serving(tuple(runners), taken)
 
 
 def _exposition(registry: CollectorRegistry) -> CollectorRegistry:
@@ -216,8 +242,8 @@ def _exposition(registry: CollectorRegistry) -> CollectorRegistry:
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """Open every pool and start every shadow worker; on shutdown (after in-flight production
-    requests have finished) give shadow queues their drain time, then close the pools."""
+    """Start the recorder and every shadow worker; on shutdown give shadow queues their drain
+    time, then flush the recorder and close the pools."""
     state = app[STATE]
     if state.recorder is not None:
         await state.recorder.start()
@@ -233,7 +259,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     # After the shadows: their last answers still add predictions to recorded requests.
     if state.recorder is not None:
         await state.recorder.stop(grace)
-    await wiring.close_production(state.routes)
 
 
 async def _healthz(request: web.Request) -> web.Response:

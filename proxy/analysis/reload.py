@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from proxy.analysis import routes as wiring
-from proxy.analysis.handler import RouteRuntime
+from proxy.analysis.exchanges import RouteRuntime
 from proxy.analysis.overrides import Key
 from proxy.analysis.state import ProxyState
 from proxy.config import Config, ConfigError, config_hash, listen_text, load_config
@@ -108,9 +108,9 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
         routes = wiring.build_routes(new, metrics, recorder)
         await _keep_overrides(state, routes)
         await wiring.start(routes)
-        old_generation, old_routes = state.handler.generation, state.routes
-        # The swap: one assignment, between two requests.
-        state.handler.generation = wiring.generation(new, routes)
+        old_routes = state.routes
+        # The swap: one assignment, between two exchanges.
+        state.exchanges.routes = {r.name: r for r in routes}
         old_config = state.config
         state.routes, state.config = routes, new
         state.labels.update(new.labels, scorers)
@@ -118,11 +118,13 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
         wiring.publish(metrics, old_config, 0.0)
         wiring.publish(metrics, new)
         task = asyncio.create_task(
-            wiring.retire(old_generation, old_routes, new.shadow_drain_timeout),
+            wiring.retire(old_routes, new.shadow_drain_timeout),
             name="retire-config",
         )
         state.retiring.add(task)
         task.add_done_callback(state.retiring.discard)
+        for follow in state.on_reload:
+            await follow(new)
         metrics.config_reloads.labels(ReloadOutcome.SUCCESS).inc()
         log.info("config reloaded", extra={"config": path, "config_hash": config_hash(new)})
         return ReloadResult(True, config_hash(new))

@@ -1,21 +1,20 @@
-"""One config's routes as the hot path runs them: production pools, shadow dispatchers, scorers
-and recordings, bound to their metrics; started, published and retired as one generation. Used
-by the wiring at start-up and by a reload; serves nothing itself."""
+"""One config's routes as the analysis process runs them: shadow dispatchers, scorers and
+recordings, bound to their metrics; started, published and retired together. Used by the wiring
+at start-up and by a reload; serves nothing itself."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from proxy.analysis.handler import Generation, ProductionTarget, RouteRuntime
+from proxy.analysis.exchanges import RouteRuntime
 from proxy.analysis.recording import Recorder, RouteRecording
 from proxy.analysis.scoring import RouteScorer
 from proxy.analysis.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
 from proxy.analysis.upstream import Upstream
 from proxy.config import Config, Route, config_hash
 from proxy.core.outcomes import Role
-from proxy.core.routing import Router
-from proxy.core.sampling import Sampler, WeightedSplit
+from proxy.core.sampling import Sampler
 from proxy.metrics import Metrics
 
 
@@ -47,25 +46,12 @@ def recordings(config: Config, scored: dict[str, RouteScorer]) -> dict[str, Rout
 def build_routes(
     config: Config, metrics: Metrics, recorder: Recorder | None
 ) -> tuple[RouteRuntime, ...]:
-    """Every route of `config`, its pools and dispatchers built but not started."""
+    """Every route of `config`, its shadow dispatchers built but not started."""
     runtimes = []
     for route in config.routes:
         records = recorder is not None and route.record > 0
         on_predictions = _shadow_writer(recorder, route.name) if records else None
         prod = route.production
-        route_metrics = metrics.bind_route(route.name, prod.name)
-        target = ProductionTarget(
-            prod.name,
-            Upstream(
-                prod.origin,
-                # A URL without a path forwards the request's own path.
-                prod.path or route.match,
-                timeout=prod.timeout,
-                connect_timeout=prod.connect_timeout,
-                max_connections=prod.max_connections,
-            ),
-            route_metrics.production,
-        )
         kind, classes = route.comparator.kind, route.classes
         production_classes = metrics.bind_classes(
             route.name, prod.name, Role.PRODUCTION, kind, classes
@@ -101,9 +87,7 @@ def build_routes(
         runtimes.append(
             RouteRuntime(
                 name=route.name,
-                production=WeightedSplit.of([(1.0, target)]),
                 shadows=ShadowSet(dispatchers, shadow_metrics, config.shadow_max_body),
-                metrics=route_metrics,
                 recorder=recorder if records else None,
                 record=Sampler(route.record if records else 0.0),
             )
@@ -119,12 +103,6 @@ def _shadow_writer(recorder: Recorder | None, route: str) -> PredictionsCallback
         recorder.shadow(route, tee.request_id, shadow, predictions)
 
     return write
-
-
-def generation(config: Config, routes: tuple[RouteRuntime, ...]) -> Generation:
-    """What the hot path reads per request: the router over `routes`, and the request id header."""
-    router = Router((r.match, r.methods, rt) for r, rt in zip(config.routes, routes, strict=True))
-    return Generation(router, config.request_id_header)
 
 
 def publish(metrics: Metrics, config: Config, value: float = 1.0) -> None:
@@ -143,21 +121,11 @@ def publish(metrics: Metrics, config: Config, value: float = 1.0) -> None:
 
 
 async def start(routes: tuple[RouteRuntime, ...]) -> None:
-    """Open every production pool and start every shadow's workers."""
+    """Start every shadow's workers."""
     for route in routes:
-        for target in route.production.targets:
-            await target.upstream.start()
         await route.shadows.start()
 
 
-async def retire(generation: Generation, routes: tuple[RouteRuntime, ...], grace: float) -> None:
-    """Once the last request on an old config is done: drain its shadows, close its pools."""
-    await generation.retire()
+async def retire(routes: tuple[RouteRuntime, ...], grace: float) -> None:
+    """The routes of a config a reload replaced: drain their shadows, close their pools."""
     await asyncio.gather(*(r.shadows.drain(grace) for r in routes))
-    await close_production(routes)
-
-
-async def close_production(routes: tuple[RouteRuntime, ...]) -> None:
-    for route in routes:
-        for target in route.production.targets:
-            await target.upstream.close()

@@ -4,18 +4,18 @@ reload swaps them and the admin API reads them. No wiring, no reloading and no s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.analysis.handler import ProductionHandler, RouteRuntime
+from proxy.analysis.exchanges import ExchangeHandler, RouteRuntime
 from proxy.analysis.labels import LabelEndpoint
 from proxy.analysis.overrides import Key, OverrideTable
 from proxy.analysis.recording import Recorder
 from proxy.analysis.reporter import Reporter
 from proxy.analysis.shadow import ShadowDispatcher
-from proxy.analysis.upstream import Upstream
 from proxy.config import Config
 from proxy.metrics import Metrics
 
@@ -34,17 +34,15 @@ class ProxyState:
     exposition: CollectorRegistry  # what /metrics serves
     reporter: Reporter
     metrics: Metrics
-    handler: ProductionHandler
+    exchanges: ExchangeHandler  # takes the fronts' exchanges to the running routes
     labels: LabelEndpoint
     recorder: Recorder | None = None
     ready: bool = False
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retiring: set[asyncio.Task[None]] = field(default_factory=set)  # generations closing
     overrides: OverrideTable = field(default_factory=OverrideTable)  # kept over reloads
-
-    @property
-    def production_upstreams(self) -> list[Upstream]:
-        return [t.upstream for r in self.routes for t in r.production.targets]
+    # Called with every config a reload applies: the fronts follow (in this loop, or signalled).
+    on_reload: list[Callable[[Config], Awaitable[None]]] = field(default_factory=list)
 
     def shadow_dispatchers(self) -> list[tuple[str, ShadowDispatcher]]:
         """(route, dispatcher) for every shadow of the running config."""

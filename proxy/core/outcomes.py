@@ -166,4 +166,4 @@ class Handoff(StrEnum):
     SENT = "sent"  # written to the channel
     CHANNEL_FULL = "channel_full"  # the channel's buffer was full: the analysis is behind
     ANALYSIS_DOWN = "analysis_down"  # no analysis process connected
-    TOO_LARGE = "too_large"  # the exchange is over shadow_max_body
+    TOO_LARGE = "too_large"  # its bodies together are over the hand-off's frame cap

@@ -270,6 +270,9 @@ class Upstream:
     >>> answer = await upstream.send("POST", "?x=1", [(b"Content-Type", b"...")], body)
     >>> await upstream.close()
 
+    With `unix_socket`, connections go to that Unix socket path and `origin` only names the
+    Host header (the front reaches the analysis process's control plane that way).
+
     `headers` are sent as given, in order; Host, Content-Length and Transfer-Encoding among
     them are dropped (the client frames the body and names the origin). Nothing else is
     added: no Accept-Encoding, no User-Agent. Hop-by-hop headers are the caller's to strip.
@@ -286,6 +289,7 @@ class Upstream:
         idle_timeout: float = 30.0,
         max_response: int = 64 * 1024 * 1024,
         ssl: ssl_module.SSLContext | None = None,
+        unix_socket: str | None = None,
     ) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -309,6 +313,7 @@ class Upstream:
         self._ssl: ssl_module.SSLContext | None = None
         if parts.scheme == "https":
             self._ssl = ssl if ssl is not None else ssl_module.create_default_context()
+        self._unix_socket = unix_socket  # connect here instead; the origin names the Host only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[_Connection] = []  # most recently used last: taken first
         self._all: set[_Connection] = set()
@@ -467,13 +472,16 @@ class Upstream:
 
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self.connect_timeout)):
-                _, protocol = await loop.create_connection(
-                    factory,
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                )
+                if self._unix_socket is not None:
+                    _, protocol = await loop.create_unix_connection(factory, self._unix_socket)
+                else:
+                    _, protocol = await loop.create_connection(
+                        factory,
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl is not None else None,
+                    )
         except BaseException as exc:
             if made and made[0].made:
                 made[0].abort()  # its connection_lost gives the slot back

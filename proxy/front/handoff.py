@@ -63,6 +63,7 @@ class HandoffChannel:
         self._max_retry = max_retry
         self._transport: asyncio.WriteTransport | None = None
         self._pending: list[bytes] = []
+        self.written = 0  # frames written to a connection, over the channel's life
         self._pending_bytes = 0
         self._flush_scheduled = False
         self._task: asyncio.Task[None] | None = None
@@ -114,6 +115,7 @@ class HandoffChannel:
             return
         self._transport.writelines(pending)
         self._sent.inc(len(pending))
+        self.written += len(pending)
 
     # -- connecting -------------------------------------------------------------------------------
 

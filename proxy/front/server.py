@@ -52,6 +52,7 @@ class Request:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     keep_alive: bool
+    peer: str = ""  # the client's address, without its port ("" on a Unix socket)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ class HttpConnection(asyncio.Protocol):
         self._expect: bytes | None = None
         self._hosts = 0
         self._keep_alive = True
+        self._peer = ""
         self._body: list[bytes] = []
         self._body_len = 0
         # answering
@@ -154,6 +156,9 @@ class HttpConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._peer = str(peer[0])
         self._idle_since = self._loop.time()
         self._server.connections.add(self)
         if self._server.closing:
@@ -316,7 +321,13 @@ class HttpConnection(asyncio.Protocol):
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body = []
         request = Request(
-            self._method, self._target, self._version, self._headers, body, self._keep_alive
+            self._method,
+            self._target,
+            self._version,
+            self._headers,
+            body,
+            self._keep_alive,
+            self._peer,
         )
         self._phase = _IDLE
         self._continue_pending = False

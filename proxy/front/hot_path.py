@@ -1,0 +1,360 @@
+"""The production hot path, as the front process runs it: match a route, forward the request to
+production through the lean client, answer the client exactly as production did, and hand a copy
+of the exchange to the analysis process without ever waiting for it. Must not parse JSON, read a
+config file, touch a metrics library or know what happens to a copy.
+
+The proxy's own endpoints are answered here (/healthz, /readyz) or passed whole to the analysis
+process's control plane (/labels, /report, /metrics, /admin), so every URL of the main port works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.core.exchange import Exchange, encode, join_headers
+from proxy.core.outcomes import Handoff, Outcome, RejectReason
+from proxy.core.routing import Router
+from proxy.core.sampling import WeightedSplit, bucket
+from proxy.front.client import Upstream, UpstreamError, UpstreamTimeout
+from proxy.front.handoff import Counts
+from proxy.front.server import Request, Response
+
+log = logging.getLogger("proxy.front.hot_path")
+access_log = logging.getLogger("proxy.access")
+
+
+class Observes(Protocol):
+    """What the hot path needs of a histogram."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+# RFC 9110 section 7.6.1, plus the legacy Proxy-Connection. Host, Content-Length and
+# Transfer-Encoding are the client's to set (it frames the body and names the origin).
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+        b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    }
+)  # fmt: skip
+_DROP_FROM_REQUEST = _HOP_BY_HOP | {b"host", b"content-length"}
+_DROP_FROM_RESPONSE = _HOP_BY_HOP | {b"content-length"}
+_XFF = b"X-Forwarded-For"
+_XFP = b"X-Forwarded-Proto"
+_XFH = b"X-Forwarded-Host"
+
+CONTROL_PATHS = frozenset({"/labels", "/report", "/report.html", "/metrics", "/admin"})
+"""Paths of the main port served by the analysis process's control plane (and /admin/...)."""
+_JSON = (b"Content-Type", b"application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class FrontTarget:
+    """One production target: its pool and its counters."""
+
+    name: str
+    upstream: Upstream
+    outcomes: Mapping[Outcome, Counts]
+    duration: Observes
+
+
+@dataclass(frozen=True, slots=True)
+class FrontRoute:
+    """What the front needs of a route, built once from the config.
+
+    `production` is a hash-sticky weighted split so that canary and A/B releases slot in; today
+    the config gives it exactly one target. `tees` is true when the analysis process wants a
+    copy of its exchanges (the route has shadows or records predictions).
+    """
+
+    name: str
+    production: WeightedSplit[FrontTarget]
+    requests: Counts
+    tees: bool
+
+
+class Generation:
+    """The routes of one config, its request id header and body limit, and the requests still
+    running on them: a reload retires a generation, which closes its pools once its last
+    request is done.
+
+    >>> generation = Generation([("/v1/models/iris", None, iris)], "X-Request-ID", max_body=1 << 20)
+    >>> await generation.retire()   # returns once no request uses it any more
+    """
+
+    def __init__(
+        self,
+        routes: Sequence[tuple[str, frozenset[str] | None, FrontRoute]],
+        request_id_header: str,
+        *,
+        max_body: int,
+    ) -> None:
+        self.routes = tuple(route for _, _, route in routes)
+        self.router = Router(routes)
+        self.id_header = request_id_header.encode("ascii")
+        self.id_header_lower = self.id_header.lower()
+        self.max_body = max_body
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._retired = False
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self._retired and not self.in_flight:
+            self._idle.set()
+
+    async def retire(self) -> None:
+        self._retired = True
+        if not self.in_flight:
+            self._idle.set()
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        for route in self.routes:
+            for target in route.production.targets:
+                await target.upstream.close()
+
+
+class HotPath:
+    """The front's application: one call per request (proxy.front.server's Application).
+
+    >>> hot_path = HotPath(generation, handoff=channel.offer, control=control_pool,
+    ...                    rejected=rejections, handoff_counts=counts, max_frame=64 << 20)
+    >>> server = Server(hot_path, limits)
+    """
+
+    def __init__(
+        self,
+        generation: Generation,
+        *,
+        handoff: Callable[[bytes], None] | None,
+        control: Upstream | None,
+        rejected: Mapping[RejectReason, Counts],
+        handoff_counts: Mapping[Handoff, Counts],
+        max_frame: int,
+        access_log: bool = False,
+    ) -> None:
+        self.generation = generation  # replaced as a whole by a reload
+        self._handoff = handoff
+        self._control = control
+        self._no_route = rejected[RejectReason.NO_ROUTE]
+        self._too_large = rejected[RejectReason.BODY_TOO_LARGE]
+        self._handoff_too_large = handoff_counts[Handoff.TOO_LARGE]
+        self._max_frame = max_frame
+        self.ready = False  # /readyz: set once serving, cleared when shutting down
+        self._access_log = access_log
+
+    async def __call__(self, request: Request) -> Response:
+        # The request runs to its end on the generation it started with, whatever a reload does.
+        generation = self.generation
+        generation.in_flight += 1
+        try:
+            response = await self._handle(request, generation)
+        finally:
+            generation.leave()
+        if self._access_log:
+            access_log.info(
+                "%s %s %d",
+                request.method,
+                request.target.decode("latin-1"),
+                response.status,
+                extra={"remote": request.peer, "status": response.status},
+            )
+        return response
+
+    async def _handle(self, request: Request, generation: Generation) -> Response:
+        target = request.target
+        query_at = target.find(b"?")
+        raw_path = (target if query_at < 0 else target[:query_at]).decode("latin-1")
+        method = request.method
+        # The proxy's own paths come first, as they did when one aiohttp app served them all.
+        if raw_path in CONTROL_PATHS or raw_path.startswith("/admin/"):
+            return await self._to_control(request)
+        if raw_path in ("/healthz", "/readyz") and method in ("GET", "HEAD"):
+            return self._health(raw_path)
+        found = generation.router.match(raw_path, method)
+        id_header = generation.id_header
+        request_id_bytes = b""
+        for name, value in request.headers:
+            if name.lower() == generation.id_header_lower:
+                request_id_bytes = value
+                break
+        if not request_id_bytes:
+            request_id_bytes = str(uuid.uuid4()).encode("ascii")
+        request_id = request_id_bytes.decode("utf-8", "surrogateescape")
+        if found is None:
+            self._no_route.inc()
+            return _error(
+                404,
+                f"no route matches {method} {raw_path}",
+                request_id,
+                id_header,
+                request_id_bytes,
+            )
+        prefix, route = found
+        route.requests.inc()
+        if len(request.body) > generation.max_body:
+            self._too_large.inc()
+            return _error(
+                413,
+                f"request body is larger than max_body ({generation.max_body} bytes)",
+                request_id,
+                id_header,
+                request_id_bytes,
+            )
+        headers = _forwarded_headers(request, generation.id_header_lower)
+        headers.append((id_header, request_id_bytes))
+        suffix = target[len(prefix) :]
+        production = route.production.single or route.production.pick(bucket(request_id))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            answer = await production.upstream.send(method, suffix, headers, request.body)
+        except UpstreamError as exc:
+            production.outcomes[Outcome(exc.outcome)].inc()
+            if route.tees:
+                self._hand_off(route, method, suffix, request_id, headers, request.body)
+            if isinstance(exc, UpstreamTimeout):
+                message = f"production target {production.name} timed out"
+                return _error(504, message, request_id, id_header, request_id_bytes)
+            message = f"production target {production.name} is unreachable"
+            return _error(502, message, request_id, id_header, request_id_bytes)
+        production.duration.observe(loop.time() - started)
+        production.outcomes[Outcome.OK if answer.status < 500 else Outcome.HTTP_ERROR].inc()
+        out = [(n, v) for n, v in answer.headers if n.lower() not in _DROP_FROM_RESPONSE]
+        connection = _connection_tokens(answer.headers)
+        if connection:
+            out = [(n, v) for n, v in out if n.lower() not in connection]
+        out = [(n, v) for n, v in out if n.lower() != generation.id_header_lower]
+        out.append((id_header, request_id_bytes))
+        if route.tees:
+            self._hand_off(
+                route,
+                method,
+                suffix,
+                request_id,
+                headers,
+                request.body,
+                answer.status,
+                answer.headers,
+                answer.body,
+            )
+        return Response(answer.status, out, answer.body, answer.reason.encode("latin-1"))
+
+    def _hand_off(
+        self,
+        route: FrontRoute,
+        method: str,
+        suffix: bytes,
+        request_id: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        status: int = 0,
+        response_headers: Sequence[tuple[bytes, bytes]] = (),
+        response_body: bytes = b"",
+    ) -> None:
+        """Queue a copy for the analysis process; never waits, never raises."""
+        if self._handoff is None:
+            return
+        if len(body) + len(response_body) > self._max_frame:
+            self._handoff_too_large.inc()
+            return
+        exchange = Exchange(
+            route=route.name,
+            method=method,
+            suffix=suffix.decode("utf-8", "surrogateescape"),
+            request_id=request_id,
+            headers=headers,
+            body=body,
+            status=status,
+            response_headers=response_headers,
+            response_body=response_body,
+            created=time.time() if status else 0.0,
+        )
+        self._handoff(encode(exchange, join_headers(headers)))
+
+    def _health(self, path: str) -> Response:
+        if path == "/healthz":
+            return Response(200, [_JSON], b'{"status":"ok"}')
+        if self.ready:
+            return Response(200, [_JSON], b'{"status":"ready"}')
+        return Response(503, [_JSON], b'{"status":"not ready"}')
+
+    async def _to_control(self, request: Request) -> Response:
+        """Pass a control-plane request to the analysis process as it came."""
+        control = self._control
+        if control is None:
+            return Response(
+                503, [_JSON], b'{"error":"the control plane is not served in this process"}'
+            )
+        headers = _forwarded_headers(request, b"")
+        try:
+            answer = await control.send(request.method, request.target, headers, request.body)
+        except UpstreamError as exc:
+            log.warning("control plane unreachable: %s", exc)
+            status = 504 if isinstance(exc, UpstreamTimeout) else 503
+            doc = {"error": "the analysis process is not answering; production is unaffected"}
+            return Response(status, [_JSON], json.dumps(doc).encode("ascii"))
+        out = [(n, v) for n, v in answer.headers if n.lower() not in _DROP_FROM_RESPONSE]
+        return Response(answer.status, out, answer.body, answer.reason.encode("latin-1"))
+
+
+def _connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> set[bytes]:
+    """Header names listed in Connection: hop-by-hop too (RFC 9110 section 7.6.1)."""
+    found: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            found.update(t.strip().lower() for t in value.split(b","))
+    return found
+
+
+def _forwarded_headers(request: Request, id_header_lower: bytes) -> list[tuple[bytes, bytes]]:
+    """The request's headers as they go upstream: hop-by-hop ones and the request id dropped
+    (the caller sets it), X-Forwarded-For extended, -Proto and -Host set when absent."""
+    out: list[tuple[bytes, bytes]] = []
+    forwarded_for = b""
+    host = b""
+    has_proto = has_host = False
+    connection: set[bytes] | None = None
+    for name, value in request.headers:
+        lname = name.lower()
+        if lname in _DROP_FROM_REQUEST:
+            if lname == b"host":
+                host = value
+            elif lname == b"connection":
+                connection = _connection_tokens(request.headers)
+            continue
+        if lname == id_header_lower:
+            continue
+        if lname == b"x-forwarded-for":
+            forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
+            continue
+        if lname == b"x-forwarded-proto":
+            has_proto = True
+        elif lname == b"x-forwarded-host":
+            has_host = True
+        out.append((name, value))
+    if connection:
+        out = [(n, v) for n, v in out if n.lower() not in connection]
+    peer = request.peer.encode("ascii", "replace")
+    out.append((_XFF, forwarded_for + b", " + peer if forwarded_for else peer))
+    if not has_proto:
+        out.append((_XFP, b"http"))
+    if not has_host and host:
+        out.append((_XFH, host))
+    return out
+
+
+def _error(
+    status: int, message: str, request_id: str, id_header: bytes, request_id_bytes: bytes
+) -> Response:
+    doc = {"error": message, "request_id": request_id}
+    body = json.dumps(doc, ensure_ascii=True).encode("ascii")
+    return Response(status, [_JSON, (id_header, request_id_bytes)], body)
