@@ -161,7 +161,11 @@ class RunningProxy:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         url = URL(self.url + path, encoded=True)  # sent exactly as written
         async with self.session.post(url, data=data, headers=headers, **kw) as r:
-            return r.status, CIMultiDict(r.headers), await r.read()
+            answer = r.status, CIMultiDict(r.headers), await r.read()
+        # The front hands the exchange off before it answers: once the analysis process has it,
+        # what it counts on arrival (queued, skipped) can be read.
+        await self.inline.handed_off()
+        return answer
 
 
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]

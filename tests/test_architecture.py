@@ -40,7 +40,15 @@ IMPURE_LIBRARIES = (
 )
 """What a pure module must not import: loops, sockets, servers and clients, stores, metrics."""
 
-SHELL = ("proxy.analysis", "proxy.store", "proxy.metrics", "proxy.supervisor", "proxy.__main__")
+SHELL = (
+    "proxy.analysis",
+    "proxy.front",
+    "proxy.processes",
+    "proxy.store",
+    "proxy.metrics",
+    "proxy.supervisor",
+    "proxy.__main__",
+)
 """Modules that own a loop, a socket, a store, a process or a metric."""
 
 
@@ -107,19 +115,27 @@ def test_the_core_imports_only_the_core(name: str) -> None:
     assert found == [], f"{name} is in the core but imports {found}"
 
 
-def test_only_the_entry_point_imports_the_wiring() -> None:
+def test_only_the_process_entries_import_the_wiring() -> None:
     importers = sorted(m for m in MODULES if "proxy.analysis.app" in set(imports(m)))
-    assert importers == ["proxy.__main__"]
+    assert importers == ["proxy.processes.analysis", "proxy.processes.inline"]
+    importers = sorted(m for m in MODULES if "proxy.processes.front" in set(imports(m)))
+    assert importers == ["proxy.__main__", "proxy.processes.inline"]
 
 
-def test_the_running_proxy_is_entered_only_from_the_command_line() -> None:
+def test_the_running_proxy_is_entered_only_from_the_process_entries() -> None:
     outside = sorted(
         m
         for m in MODULES
-        if not within(m, ("proxy.analysis", "proxy.__main__"))
+        if not within(m, ("proxy.analysis", "proxy.processes"))
         and any(within(i, ("proxy.analysis",)) for i in imports(m))
     )
     assert outside == []
+
+
+def test_the_front_never_imports_the_analysis() -> None:
+    for name in (m for m in MODULES if within(m, ("proxy.front", "proxy.processes.front"))):
+        found = [i for i in imports(name) if within(i, ("proxy.analysis", "proxy.store"))]
+        assert found == [], f"{name} is on the hot path but imports {found}"
 
 
 def test_stores_know_nothing_of_the_server() -> None:

@@ -475,8 +475,8 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
             assert r["extra"]["shadow_requests_received"] > 0
             assert r["shadow_compared"] is None
             continue
-        assert keys == ["run"]  # today: one process; tomorrow's roles will change this line
-        assert front == ["run"]
+        assert sorted(keys) == ["analysis", "front", "run"]  # run: the supervisor
+        assert front == ["front"]
         assert r["extra"]["production_errors_in_metrics"] == 0
     assert by_name["no_shadow"]["shadow_compared"] == 0
     assert by_name["fast_shadow"]["shadow_compared"] > 0

@@ -236,7 +236,13 @@ async def test_keep_alive_requests_are_handed_over_byte_for_byte(front: Start) -
     await raw.close()
     first, second = f.app.requests
     assert first == Request(
-        "GET", b"/a?x=1%20", "1.1", [(b"Host", b"h"), (b"X-Odd", b"\xff\xfe\x80")], b"", True
+        "GET",
+        b"/a?x=1%20",
+        "1.1",
+        [(b"Host", b"h"), (b"X-Odd", b"\xff\xfe\x80")],
+        b"",
+        True,
+        "127.0.0.1",
     )
     assert second == Request(
         "POST",
@@ -245,6 +251,7 @@ async def test_keep_alive_requests_are_handed_over_byte_for_byte(front: Start) -
         [(b"Host", b"h"), (b"Content-Length", b"5"), (b"content-type", b"application/json")],
         b"\x00\x01{}\xff",
         True,
+        "127.0.0.1",
     )
     assert len(f.server.connections) <= 1
     assert f.tally.as_dict() == {}

@@ -137,7 +137,6 @@ class HandoffChannel:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry)
                 continue
-            assert isinstance(transport, asyncio.WriteTransport)
             # Never let the kernel's buffer or ours make the hot path wait: writes only queue.
             transport.set_write_buffer_limits(high=self._max_buffer)
             self._transport = transport

@@ -5,6 +5,7 @@ its reloads. Never parses YAML: configs arrive validated (pickled by the supervi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,6 +36,8 @@ CHANNEL_BUFFER = 64 * 1024 * 1024
 """Bytes the front buffers for the analysis process before it drops copies (channel_full)."""
 PRODUCTION_MAX_RESPONSE = 256 * 1024 * 1024
 """The largest production answer the front passes on (a bigger one is a 502)."""
+CONNECT_GRACE = 5.0
+"""Seconds a starting front waits for the analysis process before it serves without it."""
 CONTROL_HOST = "http://shadow-proxy"  # the Host header of requests passed to the control plane
 
 
@@ -158,6 +161,11 @@ async def start_front(
         await control_pool.start()
     generation = build_generation(config, metrics)
     await _start(generation)
+    if channel is not None:
+        # At start-up the analysis process is usually a moment behind: give it that moment
+        # rather than drop the first copies, but never more (production does not depend on it).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.connected.wait(), CONNECT_GRACE)
     rejected = metrics.bind_rejections()
     faults = metrics.bind_faults()
     too_large = rejected[RejectReason.BODY_TOO_LARGE]
@@ -214,6 +222,7 @@ async def serve_front(config: Config, runtime_dir: str, *, reuse_port: bool) -> 
         task.add_done_callback(tasks.discard)
 
     loop.add_signal_handler(signal.SIGUSR2, reload)
+    loop.add_signal_handler(signal.SIGHUP, reload)  # sent to the whole group, say: the same
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PROCESS_SIGNALS)
     stats = asyncio.create_task(
         report_process(metrics.process_cpu, metrics.process_rss, "front"), name="front:stats"
