@@ -41,8 +41,9 @@ def signal_supervisor(signum: int) -> None:
     os.kill(int(os.environ[SUPERVISOR_ENV]), signum)
 
 
-# A process that dies sooner than this after starting is crash-looping: stop rather than spin.
-_MIN_UPTIME = 5.0
+# A role whose processes died this often within this many seconds is crash-looping: stop rather
+# than spin. One death (say a kill -9, or the OOM killer) is only restarted.
+_CRASH_LOOP = (5, 60.0)
 
 
 def _prepare_child() -> None:
@@ -83,6 +84,7 @@ class Supervisor:
         self._stopping = False
         self._children: dict[int, tuple[str, int, float]] = {}  # pid -> role, index, started
         self._analysis_stopped = False
+        self._deaths: dict[str, list[float]] = {}  # per role: when its processes died lately
 
     def _spawn(self, role: str, index: int, env: dict[str, str], *, restarted: bool) -> None:
         argv = [sys.executable, "-m", "proxy", "run", "--role", role]
@@ -170,7 +172,7 @@ class Supervisor:
                 break
             if pid not in self._children:
                 continue
-            role, index, started = self._children.pop(pid)
+            role, index, _ = self._children.pop(pid)
             code = os.waitstatus_to_exitcode(code)
             mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # untyped upstream
             if self._stopping:
@@ -181,7 +183,10 @@ class Supervisor:
             log.error(
                 "process died", extra={"role": role, "worker": index, "pid": pid, "exit_code": code}
             )
-            if time.monotonic() - started < _MIN_UPTIME:
+            now = time.monotonic()
+            deaths = self._deaths.setdefault(role, [])
+            deaths[:] = [t for t in deaths if now - t < _CRASH_LOOP[1]] + [now]
+            if len(deaths) >= _CRASH_LOOP[0]:
                 log.error("process is crash-looping; stopping", extra={"role": role})
                 status = 1
                 self._stop(signal.SIGTERM, None)
