@@ -40,7 +40,14 @@ IMPURE_LIBRARIES = (
 )
 """What a pure module must not import: loops, sockets, servers and clients, stores, metrics."""
 
-SHELL = ("proxy.analysis", "proxy.store", "proxy.metrics", "proxy.supervisor", "proxy.__main__")
+SHELL = (
+    "proxy.analysis",
+    "proxy.store",
+    "proxy.metrics",
+    "proxy.supervisor",
+    "proxy.validation",
+    "proxy.__main__",
+)
 """Modules that own a loop, a socket, a store, a process or a metric."""
 
 
@@ -120,6 +127,17 @@ def test_the_running_proxy_is_entered_only_from_the_command_line() -> None:
         and any(within(i, ("proxy.analysis",)) for i in imports(m))
     )
     assert outside == []
+
+
+def test_the_validator_runs_no_server_and_counts_no_metric() -> None:
+    """It serves and counts nothing: it runs a child process that loads the config."""
+    found = sorted(
+        i
+        for i in set(imports("proxy.validation"))
+        if within(i, ("aiohttp", "uvloop", "prometheus_client", "redis", "sqlite3", "socket"))
+        or (i.startswith("proxy") and not within(i, ("proxy.config",)))
+    )
+    assert found == []
 
 
 def test_stores_know_nothing_of_the_server() -> None:
