@@ -41,6 +41,8 @@ class ProxyState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retiring: set[asyncio.Task[None]] = field(default_factory=set)  # generations closing
     overrides: OverrideTable = field(default_factory=OverrideTable)  # kept over reloads
+    # Where the running config is pickled (reload.config_pickle()); None until a reload.
+    config_pickle: str | None = None
 
     @property
     def production_upstreams(self) -> list[Upstream]:
