@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 
 import uvloop
 import yaml
@@ -27,9 +28,10 @@ from proxy.config import (
 from proxy.logs import configure_logging
 from proxy.processes.analysis import serve_analysis
 from proxy.processes.front import serve_front
-from proxy.processes.runtime import RuntimePaths, read_config, write_config
+from proxy.processes.runtime import RuntimePaths
 from proxy.report.cli import fetch_report, format_table, report_from_prometheus
 from proxy.supervisor import Supervisor
+from proxy.validation import load_pickled, validate_in_child
 
 log = logging.getLogger("proxy")
 
@@ -58,25 +60,17 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _validate(path: str, out: str) -> list[str]:
-    """The supervisor's check at start-up: the errors of the config at `path`, or none, and
-    then the validated config left at `out` for the processes."""
+def _check(path: str, out: str, workers: int) -> list[str]:
+    """The supervisor's check at start-up, in a child process under time and memory limits:
+    the errors of the config at `path`, or none and the validated config left at `out`."""
     try:
-        config = load_config(path)
+        config = validate_in_child(path, out)
     except ConfigError as exc:
         return list(exc.errors)
-    write_config(config, out)
-    return []
-
-
-def _run(path: str, workers: int) -> int:
-    """The supervisor: validates the config, then runs the analysis process and the fronts."""
-    config = _load(path)
-    if config is None:
-        return 1
     configure_logging(config.log_level)
     for warning in config_warnings(config):
         log.warning(warning)
+    errors = []
     if workers > 1:
         for key, port in (
             ("listen", config.listen_port),
@@ -84,14 +78,18 @@ def _run(path: str, workers: int) -> int:
             ("metrics.listen", config.metrics.listen and config.metrics.listen[1]),
         ):
             if port == 0:
-                print(f"{path}: {key}: --workers needs a fixed port, not 0", file=sys.stderr)
-                return 1
-    return Supervisor(path, workers, _validate).run()
+                errors.append(f"{path}: {key}: --workers needs a fixed port, not 0")
+    return errors
+
+
+def _run(path: str, workers: int) -> int:
+    """The supervisor: validates the config, then runs the analysis process and the fronts."""
+    return Supervisor(path, workers, partial(_check, workers=workers)).run()
 
 
 def _run_role(role: str, runtime_dir: str) -> int:
     """One of the supervisor's processes, from the config it validated (never from YAML)."""
-    config = read_config(RuntimePaths(runtime_dir).config)
+    config = load_pickled(RuntimePaths(runtime_dir).config)
     configure_logging(config.log_level)
     if role == "front":
         uvloop.run(serve_front(config, runtime_dir, reuse_port=True))

@@ -47,6 +47,7 @@ SHELL = (
     "proxy.store",
     "proxy.metrics",
     "proxy.supervisor",
+    "proxy.validation",
     "proxy.__main__",
 )
 """Modules that own a loop, a socket, a store, a process or a metric."""
@@ -136,6 +137,17 @@ def test_the_front_never_imports_the_analysis() -> None:
     for name in (m for m in MODULES if within(m, ("proxy.front", "proxy.processes.front"))):
         found = [i for i in imports(name) if within(i, ("proxy.analysis", "proxy.store"))]
         assert found == [], f"{name} is on the hot path but imports {found}"
+
+
+def test_the_validator_runs_no_server_and_counts_no_metric() -> None:
+    """It serves and counts nothing: it runs a child process that loads the config."""
+    found = sorted(
+        i
+        for i in set(imports("proxy.validation"))
+        if within(i, ("aiohttp", "uvloop", "prometheus_client", "redis", "sqlite3", "socket"))
+        or (i.startswith("proxy") and not within(i, ("proxy.config",)))
+    )
+    assert found == []
 
 
 def test_stores_know_nothing_of_the_server() -> None:

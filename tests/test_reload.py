@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
-from proxy.analysis.reload import reload_config
+from loadtest.hostile_configs import padded_config, yaml_bomb
+from proxy.analysis.reload import config_pickle, reload_config
 from proxy.config import config_hash, load_config
+from proxy.supervisor import RUNTIME_DIR_ENV
+from proxy.validation import load_pickled
 from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, free_port, v1
 
 ROUTE = "/v1/models/m:predict"
@@ -138,6 +144,92 @@ async def test_an_invalid_reload_keeps_the_running_config(
     assert status == 200
     await p.settled()
     assert len(s1.received) == 1
+
+
+HOSTILE = {
+    "alias-bomb": lambda doc: yaml_bomb(doc),
+    "10MB": lambda doc: padded_config(json.dumps(doc), 10 * 2**20),
+}
+
+
+@pytest.mark.parametrize("hostile", sorted(HOSTILE))
+async def test_a_hostile_reload_is_one_failure_while_production_is_answered(
+    fake_model: FakeModelFactory,
+    proxy: ProxyFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hostile: str,
+) -> None:
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path / "run"))
+    prod, s1 = [await fake_model(echo) for _ in range(2)]
+    path = tmp_path / "proxy.json"
+    text = config(prod.url, [{"name": "s1", "url": s1.url + ROUTE}])
+    p = await proxy(text, path)
+    before = p.state.config
+    traffic = Traffic(p, clients=2)
+    await traffic.more(10)
+    await asyncio.to_thread(path.write_text, HOSTILE[hostile](json.loads(text)))
+    reload = asyncio.create_task(reload_config(p.state))
+    await traffic.more(10)
+    # Validated in a child process: the loop answered these while the reload ran.
+    assert not reload.done()
+    result = await reload
+    await traffic.stop()
+
+    expected = {
+        "alias-bomb": f"{path}:20: the config has more than 100000 YAML nodes once its aliases "
+        "are expanded; at most 100000 are accepted",
+        "10MB": f"{path}: the config is 10485760 bytes; at most 1048576 are accepted",
+    }[hostile]
+    assert (result.ok, result.errors, result.pickle) == (False, (expected,), None)
+    assert set(traffic.statuses) == {200}
+    assert p.value("shadowproxy_config_reloads_total", result="failure") == 1
+    assert p.value("shadowproxy_config_reloads_total", result="success") == 0
+    assert p.state.config is before
+    assert p.state.config_pickle is None
+    assert os.listdir(tmp_path / "run") == []  # nothing left of the refused validation
+    await p.settled()
+    assert len(s1.received) == len(traffic.statuses)
+
+
+async def test_a_reload_keeps_the_running_config_pickled_for_other_processes(
+    fake_model: FakeModelFactory,
+    proxy: ProxyFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = tmp_path / "run"
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(run))
+    prod, s1 = [await fake_model(echo) for _ in range(2)]
+    path = tmp_path / "proxy.json"
+    p = await proxy(config(prod.url, []), path)
+    await asyncio.to_thread(path.write_text, config(prod.url, [{"name": "s1", "url": s1.url}]))
+    result = await reload_config(p.state)
+    kept = str(run / f"config-{os.getpid()}.pickle")
+    assert (result.ok, result.pickle, p.state.config_pickle, config_pickle()) == (
+        True,
+        kept,
+        kept,
+        kept,
+    )
+    assert load_pickled(kept) == p.state.config == load_config(path)
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o600
+    assert os.listdir(run) == [os.path.basename(kept)]
+    # A refused reload leaves the running config's pickle as it was.
+    await asyncio.to_thread(path.write_text, '{"routes": []}')
+    assert not await reload_config(p.state)
+    assert load_pickled(kept) == p.state.config
+    assert (p.state.config_pickle, os.listdir(run)) == (kept, [os.path.basename(kept)])
+
+
+def test_without_a_runtime_directory_the_pickle_is_kept_in_one_of_the_process_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(RUNTIME_DIR_ENV, raising=False)
+    kept = config_pickle()
+    assert kept == config_pickle()
+    assert os.path.basename(kept) == f"config-{os.getpid()}.pickle"
+    assert stat.S_IMODE(os.stat(os.path.dirname(kept)).st_mode) == 0o700
 
 
 async def test_sighup_reloads_a_running_proxy(fake_model: FakeModelFactory, tmp_path: Path) -> None:

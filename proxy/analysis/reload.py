@@ -1,20 +1,28 @@
-"""Reloads of a running proxy: re-read and validate the config file (SIGHUP or the admin API),
-refuse what needs a restart, and swap to the new routes between two requests while the old ones
-drain; and, with --workers, re-read the overrides another worker changed (SIGUSR1)."""
+"""Reloads of a running proxy: re-read and validate the config file in a child process
+(SIGHUP or the admin API), refuse what needs a restart, and swap to the new routes between two
+requests while the old ones drain; and, with --workers, re-read the overrides another worker
+changed (SIGUSR1)."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import functools
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 from proxy.analysis import routes as wiring
 from proxy.analysis.exchanges import RouteRuntime
 from proxy.analysis.overrides import Key
 from proxy.analysis.state import ProxyState
-from proxy.config import Config, ConfigError, config_hash, listen_text, load_config
+from proxy.config import Config, ConfigError, config_hash, listen_text
 from proxy.core.outcomes import ReloadOutcome
+from proxy.supervisor import RUNTIME_DIR_ENV
+from proxy.validation import validate_in_child_async
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,7 @@ class ReloadResult:
     config_hash: str
     errors: tuple[str, ...] = ()
     shutting_down: bool = False  # refused because the proxy is stopping, not for the file
+    pickle: str | None = None  # ok: where the running config is pickled (see config_pickle)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -57,13 +66,49 @@ def _needs_restart(running: Config, new: Config) -> list[str]:
     return problems
 
 
-def _load_for_reload(running: Config, path: str) -> Config:
-    """The config at `path`, if a reload can apply it; else ConfigError."""
-    new = load_config(path)
-    problems = _needs_restart(running, new)
-    if problems:
-        raise ConfigError(problems)
-    return new
+@functools.cache
+def _own_runtime_dir() -> str:
+    own = tempfile.mkdtemp(prefix="shadow-proxy-runtime-")
+    atexit.register(shutil.rmtree, own, ignore_errors=True)  # the pickles hold tokens
+    return own
+
+
+def config_pickle() -> str:
+    """Where this process keeps its running config pickled once a reload has validated it:
+    config-PID.pickle in $SHADOW_PROXY_RUNTIME_DIR (the supervisor's), else in a private
+    directory of this process's own. Replaced atomically by each successful reload, so a reader
+    finds a whole pickle of the config running now or just before; see load_pickled."""
+    directory = os.environ.get(RUNTIME_DIR_ENV) or _own_runtime_dir()
+    return os.path.join(directory, f"config-{os.getpid()}.pickle")
+
+
+async def _load_for_reload(running: Config, path: str) -> tuple[Config, str]:
+    """The config at `path`, validated in a child process (never parsed here: a hostile file
+    would stall every request), if a reload can apply it; and where the child pickled it, beside
+    config_pickle(). Else ConfigError, and no pickle is left."""
+    directory, name = os.path.split(config_pickle())
+    try:
+        # Again if a cleaner of /tmp removed it while the proxy ran.
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, candidate = tempfile.mkstemp(dir=directory, prefix=f"{name}.", suffix=".candidate")
+    except OSError as exc:
+        message = f"{path}: cannot write the validated config in {directory}: {exc.strerror}"
+        raise ConfigError([message]) from None
+    os.close(fd)
+    try:
+        new = await validate_in_child_async(path, candidate)
+        problems = _needs_restart(running, new)
+        if problems:
+            raise ConfigError(problems)
+    except BaseException:
+        _discard(candidate)
+        raise
+    return new, candidate
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 async def validate_reload(state: ProxyState) -> list[str]:
@@ -71,10 +116,11 @@ async def validate_reload(state: ProxyState) -> list[str]:
     before every worker reloads); a failure is counted and logged as a reload's would be."""
     path = state.config.source
     try:
-        await asyncio.to_thread(_load_for_reload, state.config, path)
+        _, candidate = await _load_for_reload(state.config, path)
     except ConfigError as exc:
         _reload_failed(state, path, exc)
         return list(exc.errors)
+    _discard(candidate)  # only checked: each worker's reload validates it again
     return []
 
 
@@ -97,7 +143,7 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
             errors = ("the proxy is shutting down; nothing was reloaded",)
             return ReloadResult(False, config_hash(state.config), errors, shutting_down=True)
         try:
-            new = _load_for_reload(state.config, path)
+            new, candidate = await _load_for_reload(state.config, path)
         except ConfigError as exc:
             _reload_failed(state, path, exc)
             return ReloadResult(False, config_hash(state.config), exc.errors)
@@ -113,6 +159,7 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
         state.exchanges.routes = {r.name: r for r in routes}
         old_config = state.config
         state.routes, state.config = routes, new
+        _keep_pickle(state, candidate)
         state.labels.update(new.labels, scorers)
         state.reporter.update(new.verdict, config_hash(new))
         wiring.publish(metrics, old_config, 0.0)
@@ -127,7 +174,22 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
             await follow(new)
         metrics.config_reloads.labels(ReloadOutcome.SUCCESS).inc()
         log.info("config reloaded", extra={"config": path, "config_hash": config_hash(new)})
-        return ReloadResult(True, config_hash(new))
+        return ReloadResult(True, config_hash(new), pickle=state.config_pickle)
+
+
+def _keep_pickle(state: ProxyState, candidate: str) -> None:
+    """The validated pickle becomes config_pickle(), by a rename, right after the swap."""
+    kept = config_pickle()
+    try:
+        os.replace(candidate, kept)
+    except OSError as exc:
+        _discard(candidate)
+        state.config_pickle = None
+        log.error(
+            "cannot keep the reloaded config pickled", extra={"pickle": kept, "error": str(exc)}
+        )
+    else:
+        state.config_pickle = kept
 
 
 async def _keep_overrides(state: ProxyState, routes: tuple[RouteRuntime, ...]) -> None:

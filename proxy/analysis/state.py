@@ -43,6 +43,8 @@ class ProxyState:
     overrides: OverrideTable = field(default_factory=OverrideTable)  # kept over reloads
     # Called with every config a reload applies: the fronts follow (in this loop, or signalled).
     on_reload: list[Callable[[Config], Awaitable[None]]] = field(default_factory=list)
+    # Where the running config is pickled (reload.config_pickle()); None until a reload.
+    config_pickle: str | None = None
 
     def shadow_dispatchers(self) -> list[tuple[str, ShadowDispatcher]]:
         """(route, dispatcher) for every shadow of the running config."""

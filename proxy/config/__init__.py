@@ -7,9 +7,11 @@ key path and value, and all of them are collected before raising, so one run of 
 shows everything that is wrong.
 
 Modules: ``model`` (the frozen objects, ConfigError), ``units`` (durations, sizes, fractions
-and the other single values), ``yamlcheck`` (node locations, ``${VAR}``, duplicate keys, the
-error collector), ``load`` (the sections; parse_config, load_config), ``dump`` (config_to_dict,
-redaction, config_hash, config_warnings). This package re-exports their public names.
+and the other single values), ``limits`` (the caps on a file's size and its YAML aliases, nodes
+and nesting, counted while composing), ``yamlcheck`` (node locations, ``${VAR}``, duplicate
+keys, the error collector), ``load`` (the sections; parse_config, load_config), ``dump``
+(config_to_dict, redaction, config_hash, config_warnings). This package re-exports their public
+names.
 
     >>> config = parse_config('''
     ... routes:
@@ -154,6 +156,10 @@ metrics.listen                       the main listener            host:port of a
 literal ``${``. Substitution happens after YAML parsing, so a value cannot inject YAML; an unquoted
 value that was substituted is then typed like a plain YAML scalar (``max_queue: ${Q}`` with
 Q=500 is the integer 500).
+
+A config is at most 1 MiB (MAX_CONFIG_BYTES), uses at most 100 YAML aliases, expands to at most
+100,000 YAML nodes with every alias resolved, and nests lists and mappings at most 64 deep: a
+file over a cap is refused with the cap it broke, before an alias bomb can expand.
 """
 
 from __future__ import annotations
@@ -166,6 +172,12 @@ from proxy.config.dump import (
     config_warnings,
     listen_text,
     redact_url,
+)
+from proxy.config.limits import (
+    MAX_CONFIG_BYTES,
+    MAX_YAML_ALIASES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
 )
 from proxy.config.load import load_config, parse_config
 from proxy.config.model import (
@@ -183,6 +195,10 @@ from proxy.config.model import (
 from proxy.config.units import parse_duration, parse_fraction, parse_size
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_YAML_ALIASES",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
     "REDACTED",
     "RESERVED_PATHS",
     "AdminConfig",

@@ -12,10 +12,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Final
 
 import yaml
 
+from proxy.config.limits import MAX_CONFIG_BYTES, _BoundedLoader, too_big
 from proxy.config.model import (
     AdminConfig,
     Config,
@@ -536,10 +538,15 @@ def parse_config(
 ) -> Config:
     """Validate YAML ``text``; ``source`` names it in errors, ``env`` feeds ``${VAR}``.
 
-    Raises ConfigError listing every problem found.
+    Raises ConfigError listing every problem found; or the one cap (limits.py) the text is
+    over: its size, its YAML aliases, nodes or nesting.
     """
+    # The bytes the file would have: surrogatepass counts a lone surrogate instead of failing.
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise too_big(source, size)
     checker = _Checker(source, os.environ if env is None else env)
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text, source)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -558,12 +565,22 @@ def parse_config(
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the YAML file at ``path``; see parse_config."""
+    """Read and validate the YAML file at ``path``; see parse_config. A file over
+    MAX_CONFIG_BYTES is refused before it is read."""
     source = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            stat = os.fstat(file.fileno())
+            if S_ISREG(stat.st_mode) and stat.st_size > MAX_CONFIG_BYTES:
+                raise too_big(source, stat.st_size)
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read config: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:  # not a regular file, or one that grew
+        raise too_big(source, None)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{source}: config is not UTF-8: {exc.reason}"]) from None
-    return parse_config(text, source, env)
+    # As a text-mode read would (the file used to be read so): universal newlines.
+    return parse_config(text.replace("\r\n", "\n").replace("\r", "\n"), source, env)

@@ -24,8 +24,9 @@ from proxy.front.handoff import HandoffChannel
 from proxy.front.hot_path import FrontRoute, FrontTarget, Generation, HotPath
 from proxy.front.server import Limits, Server
 from proxy.metrics import Metrics
-from proxy.processes.runtime import PROCESS_SIGNALS, RESTARTED_ENV, RuntimePaths, read_config
+from proxy.processes.runtime import PROCESS_SIGNALS, RESTARTED_ENV, RuntimePaths
 from proxy.processes.stats import report_process
+from proxy.validation import load_pickled
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ async def serve_front(config: Config, runtime_dir: str, *, reuse_port: bool) -> 
     tasks: set[asyncio.Task[None]] = set()
 
     async def follow() -> None:
-        new = read_config(paths.config)
+        new = load_pickled(paths.config)
         if config_hash(new) != config_hash(front.config):
             await front.reload(new)
 

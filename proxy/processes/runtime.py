@@ -49,13 +49,3 @@ def write_config(config: Config, path: str) -> None:
     except BaseException:
         os.unlink(temp)
         raise
-
-
-def read_config(path: str) -> Config:
-    """The validated config another process left (in the runtime directory only it and its
-    siblings can write: 0700)."""
-    with open(path, "rb") as f:
-        config = pickle.load(f)  # our own file, in our private directory
-    if not isinstance(config, Config):
-        raise TypeError(f"{path} does not hold a config")
-    return config
