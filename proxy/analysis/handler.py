@@ -21,6 +21,7 @@ from proxy.analysis.upstream import Upstream, UpstreamError, UpstreamResponse, U
 from proxy.core.outcomes import Outcome, RejectReason
 from proxy.core.routing import Router
 from proxy.core.sampling import Sampler, WeightedSplit, bucket
+from proxy.front import client
 from proxy.metrics import RouteMetrics, UpstreamMetrics
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ class _Forwarded(NamedTuple):
     headers: CIMultiDict[str]
     body: bytes
     request_id: str
+
+
+def _raw(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> list[tuple[bytes, bytes]]:
+    """aiohttp's headers as the bytes they came as (it decodes them utf-8, surrogateescape)."""
+    return [
+        (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+        for name, value in headers.items()
+    ]
 
 
 def _strip(headers: CIMultiDictProxy[str], drop: tuple[str, ...]) -> CIMultiDict[str]:
@@ -147,7 +156,8 @@ class ProductionHandler:
         production: UpstreamResponse | None,
         created: float = 0.0,
     ) -> None:
-        """Hand the exchange to the store and the shadows; queues only, never awaits."""
+        """Hand the exchange to the store and the shadows; queues only, never awaits. The Tee
+        holds what the front process will hand over: headers and production's answer as bytes."""
         b = bucket(request.request_id)
         recorder = route.recorder
         recorded = (
@@ -156,13 +166,18 @@ class ProductionHandler:
             and route.record.admits(b)
             and recorder.has_room(route.name)  # a full queue is counted there
         )
+        answer = None
+        if production is not None:
+            answer = client.UpstreamResponse(
+                production.status, production.reason, _raw(production.headers), production.body
+            )
         tee = Tee(
             request.method,
             request.suffix,
-            request.headers,
+            _raw(request.headers),
             request.body,
             request.request_id,
-            production,
+            answer,
             created=created,
             recorded=recorded,
         )
