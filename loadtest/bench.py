@@ -569,6 +569,18 @@ class _Run:
             if not scenario.baseline:
                 try:
                     metrics = scrape(base + "/metrics")
+                    # A reload is validated in a child process, which may outlast a short
+                    # window: its result is read once it is counted.
+                    deadline = time.monotonic() + 30
+                    while (
+                        scenario.event in (Event.RELOAD_YAML_BOMB, Event.RELOAD_BIG_CONFIG)
+                        and not any(
+                            k.startswith("config_reloads_") and v for k, v in metrics.items()
+                        )
+                        and time.monotonic() < deadline
+                    ):
+                        time.sleep(0.1)
+                        metrics = scrape(base + "/metrics")
                 except (OSError, ValueError) as exc:
                     after["metrics_error"] = str(exc)
         finally:

@@ -86,7 +86,8 @@ class Metrics:
         self.upstream_requests = self._counter(
             n.UPSTREAM_REQUESTS,
             "Requests sent to upstreams, by outcome: ok (status < 500), http_error (status >= 500),"
-            " timeout, connect_error (could not connect, or the connection broke).",
+            " timeout, connect_error (could not connect, or the connection broke), too_large (an"
+            " answer over the size cap, cut while it was read).",
         )
         self.requests = self._counter(
             n.REQUESTS,

@@ -25,6 +25,7 @@ from yarl import URL
 
 from proxy.analysis.state import STATE, ProxyState
 from proxy.config import load_config, parse_config
+from proxy.front import client
 from proxy.processes.inline import Inline, start_inline
 
 
@@ -54,6 +55,8 @@ class Answer:
     delay: float = 0.0
     hang: bool = False
     wait: asyncio.Event | None = None  # answer only once this is set
+    stream: bool = False  # write the body 64 KiB at a time, each write awaited
+    chunked: bool = False  # stream it chunked, without a Content-Length
 
 
 Script = Callable[[Received], Answer]
@@ -65,13 +68,16 @@ class FakeModel:
 
     >>> model = await fake_model(lambda req: Answer(body=b'{"predictions": [1]}'))
     >>> await model.wait_for(3)        # until 3 requests have arrived
+    >>> await model.until(lambda: model.cut == 3)
     """
 
     def __init__(self, script: Script) -> None:
         self.script = script
         self.received: list[Received] = []
         self.answered = 0
-        self._arrived = asyncio.Condition()
+        self.cut = 0  # streamed answers the client stopped reading before their end
+        self.streamed = 0  # bytes of streamed bodies written
+        self._arrived = asyncio.Condition()  # notified as requests arrive and streams are cut
         self._hung: asyncio.Future[None] | None = None
         self.url = ""
 
@@ -89,8 +95,38 @@ class FakeModel:
             await answer.wait.wait()
         if answer.delay:
             await asyncio.sleep(answer.delay)
+        if answer.stream or answer.chunked:
+            return await self._stream(request, answer)
         self.answered += 1
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    async def _stream(self, request: web.Request, answer: Answer) -> web.StreamResponse:
+        response = web.StreamResponse(status=answer.status, headers=answer.headers)
+        if answer.chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(answer.body)
+        body = memoryview(answer.body)
+        try:
+            await response.prepare(request)
+            for start in range(0, len(body), 65536):
+                piece = body[start : start + 65536]
+                await response.write(piece)
+                self.streamed += len(piece)
+            await response.write_eof()
+        except asyncio.CancelledError:  # the client went: the test server cancels handlers
+            await self._cut()
+            raise
+        except ConnectionError:  # the client went, found by a write
+            await self._cut()
+            return response
+        self.answered += 1
+        return response
+
+    async def _cut(self) -> None:
+        self.cut += 1
+        async with self._arrived:
+            self._arrived.notify_all()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -99,8 +135,12 @@ class FakeModel:
 
     async def wait_for(self, count: int) -> None:
         """Wait until `count` requests have arrived (event-driven, with a safety timeout)."""
+        await self.until(lambda: len(self.received) >= count)
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait until `done()`, checked as requests arrive and streams are cut."""
         async with asyncio.timeout(10), self._arrived:
-            await self._arrived.wait_for(lambda: len(self.received) >= count)
+            await self._arrived.wait_for(done)
 
 
 FakeModelFactory = Callable[[Script], Awaitable[FakeModel]]
@@ -193,6 +233,26 @@ async def proxy() -> AsyncIterator[ProxyFactory]:
     yield factory
     for running in started:
         await running.stop()
+
+
+class BodyHeld:
+    """The most bytes of one answer's body that any connection of the front's client held at
+    once: what its answer cap bounds (memory), seen by a spy on its parser callback."""
+
+    most = 0
+
+
+@pytest.fixture
+def body_held(monkeypatch: pytest.MonkeyPatch) -> BodyHeld:
+    held = BodyHeld()
+
+    class Spy(client._Connection):
+        def on_body(self, chunk: bytes) -> None:
+            super().on_body(chunk)  # raises, holding nothing more, past the cap
+            held.most = max(held.most, self._size)
+
+    monkeypatch.setattr(client, "_Connection", Spy)
+    return held
 
 
 def v1(predictions: list[Any]) -> Answer:

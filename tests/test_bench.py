@@ -475,7 +475,11 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
             assert r["extra"]["shadow_requests_received"] > 0
             assert r["shadow_compared"] is None
             continue
-        assert sorted(keys) == ["analysis", "front", "run"]  # run: the supervisor
+        # run: the supervisor; validation: the child that checks a reloaded config.
+        expected = ["analysis", "front", "run"]
+        if r["scenario"].startswith("reload_"):
+            expected = ["analysis", "front", "run", "validation"]
+        assert sorted(keys) == expected
         assert front == ["front"]
         assert r["extra"]["production_errors_in_metrics"] == 0
     assert by_name["no_shadow"]["shadow_compared"] == 0

@@ -11,6 +11,7 @@ import pytest
 
 from proxy.core.comparison import (
     MAX_CLASSES,
+    MAX_INSTANCES,
     OTHER_CLASS,
     Classified,
     ClassLabels,
@@ -45,6 +46,12 @@ def test_comparator_rejects_bad_tolerances(value: float) -> None:
         Comparator(CompareKind.REGRESSION, tolerance=value)
     with pytest.raises(ValueError, match=r"^relative_tolerance must be a finite number >= 0"):
         Comparator(CompareKind.REGRESSION, relative_tolerance=value)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_comparator_rejects_a_bad_instance_cap(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"^max_instances must be an integer >= 1"):
+        Comparator(CompareKind.CLASSIFICATION, max_instances=value)
 
 
 # --- classification --------------------------------------------------------------------------
@@ -435,4 +442,19 @@ def test_classify_keeps_the_shadow_predictions_once_parsed() -> None:
     )
     assert classify(200, 503, _never, _never, comparator) == Classified(
         ComparisonResult.STATUS_MISMATCH
+    )
+
+
+def test_classify_compares_no_more_than_max_instances() -> None:
+    assert Comparator(CompareKind.CLASSIFICATION).max_instances == MAX_INSTANCES == 10_000
+    comparator = Comparator(CompareKind.CLASSIFICATION, max_instances=3)
+    at_the_cap = classify(200, 200, lambda: [1, 2, 3], lambda: [1, 2, 3], comparator)
+    assert at_the_cap == Classified(ComparisonResult.AGREE, [1, 2, 3], Comparison(3, 0))
+    # Production's count is known before the shadow's answer is parsed: it never is.
+    assert classify(200, 200, lambda: [1, 2, 3, 4], _never, comparator) == Classified(
+        ComparisonResult.TOO_MANY_INSTANCES
+    )
+    # Nor are a shadow's predictions handed on to be counted by class or recorded.
+    assert classify(200, 200, lambda: [1], lambda: [1, 2, 3, 4], comparator) == Classified(
+        ComparisonResult.TOO_MANY_INSTANCES
     )

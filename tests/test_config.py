@@ -43,6 +43,7 @@ listen: 0.0.0.0:8080
 request_id_header: X-Request-ID
 max_body: 10MiB
 shadow_max_body: 1MiB
+shadow_max_response: 4MiB
 shadow_strip_headers: [Authorization, Cookie]
 shutdown_timeout: 10s
 shadow_drain_timeout: 5s
@@ -100,6 +101,7 @@ def test_reference_parses_to_exact_objects() -> None:
         request_id_header="X-Request-ID",
         max_body=10 * 1024 * 1024,
         shadow_max_body=1024 * 1024,
+        shadow_max_response=4 * 1024 * 1024,
         shadow_strip_headers=("Authorization", "Cookie"),
         shutdown_timeout=10.0,
         shadow_drain_timeout=5.0,
@@ -144,7 +146,7 @@ def test_reference_with_prediction_path_for_a_non_custom_protocol_is_rejected() 
         "    output: predict\n", "    output: predict\n    prediction_path: result.scores\n"
     )
     assert errors_of(text) == [
-        "c.yaml:16: routes[0].prediction_path: only allowed with protocol 'custom' "
+        "c.yaml:17: routes[0].prediction_path: only allowed with protocol 'custom' "
         "(protocol is 'open-inference-v2') (got 'result.scores')"
     ]
 
@@ -159,6 +161,7 @@ def test_defaults() -> None:
     assert (config.listen_host, config.listen_port) == ("0.0.0.0", 8080)
     assert config.request_id_header == "X-Request-ID"
     assert (config.max_body, config.shadow_max_body) == (10_485_760, 1_048_576)
+    assert config.shadow_max_response == 4_194_304
     assert config.shadow_strip_headers == ("Authorization", "Cookie")
     assert (config.shutdown_timeout, config.shadow_drain_timeout) == (10.0, 5.0)
     assert (config.access_log, config.log_level) == (False, "info")
@@ -205,6 +208,7 @@ def test_top_level_values() -> None:
             request_id_header: X-Trace
             max_body: 512KiB
             shadow_max_body: 0
+            shadow_max_response: 100MB
             shadow_strip_headers: []
             shutdown_timeout: 1m
             shadow_drain_timeout: 250ms
@@ -218,6 +222,7 @@ def test_top_level_values() -> None:
     assert (config.listen_host, config.listen_port) == ("::", 9000)
     assert config.request_id_header == "X-Trace"
     assert (config.max_body, config.shadow_max_body) == (524_288, 0)
+    assert config.shadow_max_response == 100_000_000
     assert config.shadow_strip_headers == ()
     assert (config.shutdown_timeout, config.shadow_drain_timeout) == (60.0, 0.25)
     assert (config.access_log, config.log_level) == (True, "warning")
@@ -252,6 +257,28 @@ def test_custom_protocol_and_comparators() -> None:
     assert a.comparator == Comparator(CompareKind.REGRESSION, 1.0, 0.01)
     assert b.extractor == Extractor(Protocol.TFSERVING, output="probs")
     assert b.comparator == Comparator(CompareKind.PROBABILITIES, distance=Distance.JENSEN_SHANNON)
+
+
+def test_compare_max_instances() -> None:
+    config = parse_config(MINIMAL + "    compare: {kind: regression, max_instances: 3}\n", env={})
+    assert config.routes[0].comparator == Comparator(CompareKind.REGRESSION, max_instances=3)
+    assert errors_of(MINIMAL + "    compare: {max_instances: 0}\n") == [
+        "c.yaml:5: routes[0].compare.max_instances: must be at least 1 (got 0)"
+    ]
+
+
+def test_shadow_max_response_is_at_least_a_byte() -> None:
+    assert errors_of("shadow_max_response: 0\n" + MINIMAL) == [
+        "c.yaml:1: shadow_max_response: must be at least 1 byte (got 0)"
+    ]
+
+
+def test_a_match_must_be_ascii() -> None:
+    # With a URL of no path, the match is the start of the upstream request's path.
+    assert errors_of(MINIMAL.replace("/predict", "/prédire")) == [
+        "c.yaml:2: routes[0].match: must be ASCII: percent-encode it, as clients send it "
+        "(got '/prédire')"
+    ]
 
 
 def test_compare_classes_become_distinct_string_labels() -> None:
@@ -454,9 +481,9 @@ def test_unknown_keys_at_every_level() -> None:
         """
     ) == [
         "c.yaml:1: lsten: unknown key 'lsten' (did you mean 'listen'?); allowed: listen, "
-        "request_id_header, max_body, shadow_max_body, shadow_strip_headers, shutdown_timeout, "
-        "shadow_drain_timeout, access_log, log_level, routes, store, labels, verdict, admin, "
-        "metrics",
+        "request_id_header, max_body, shadow_max_body, shadow_max_response, shadow_strip_headers, "
+        "shutdown_timeout, shadow_drain_timeout, access_log, log_level, routes, store, labels, "
+        "verdict, admin, metrics",
         "c.yaml:3: routes[0].protocol: required key missing",
         "c.yaml:4: routes[0].protocl: unknown key 'protocl' (did you mean 'protocol'?); "
         "allowed: name, match, methods, protocol, output, prediction_path, production, "
@@ -467,9 +494,9 @@ def test_unknown_keys_at_every_level() -> None:
         "c.yaml:6: routes[0].shadows[0].sampel: unknown key 'sampel' (did you mean 'sample'?); "
         "allowed: name, url, sample, timeout, connect_timeout, max_in_flight, max_queue",
         "c.yaml:7: routes[0].compare.knd: unknown key 'knd' (did you mean 'kind'?); "
-        "allowed: kind, tolerance, relative_tolerance, distance, classes",
+        "allowed: kind, tolerance, relative_tolerance, distance, classes, max_instances",
         "c.yaml:7: routes[0].compare.zzz: unknown key 'zzz'; "
-        "allowed: kind, tolerance, relative_tolerance, distance, classes",
+        "allowed: kind, tolerance, relative_tolerance, distance, classes, max_instances",
     ]
 
 
@@ -659,6 +686,16 @@ def test_protocol_specific_keys() -> None:
         ("http://a:99999", "not a valid URL: Port out of range 0-65535"),
         ("http://a:x", "not a valid URL: Port could not be cast to integer value as 'x'"),
         ("http://[::1", "not a valid URL: Invalid IPv6 URL"),
+        (
+            "http://a/modèle",
+            "URL must be ASCII: percent-encode its path, and write a non-ASCII host in its "
+            "IDNA (xn--) form",
+        ),
+        (
+            "http://bücher.example",
+            "URL must be ASCII: percent-encode its path, and write a non-ASCII host in its "
+            "IDNA (xn--) form",
+        ),
     ],
 )
 def test_bad_urls(url: str, message: str) -> None:
@@ -920,6 +957,7 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
         "request_id_header": "X-Request-ID",
         "max_body": "10MiB",
         "shadow_max_body": "1MiB",
+        "shadow_max_response": "4MiB",
         "shadow_strip_headers": ["Authorization", "Cookie"],
         "shutdown_timeout": "10s",
         "shadow_drain_timeout": "5s",
@@ -957,6 +995,7 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
                     "relative_tolerance": 0.0,
                     "distance": "total_variation",
                     "classes": None,
+                    "max_instances": 10000,
                 },
                 "record": "0%",
             }

@@ -4,6 +4,8 @@ MLServer samples among others."""
 from __future__ import annotations
 
 import copy
+import gzip
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from proxy.core.comparison import (
     Comparison,
     ShapeMismatch,
 )
-from proxy.core.extraction import ExtractionError, Extractor, Protocol
+from proxy.core.extraction import ExtractionError, Extractor, Protocol, decoded
 
 SAMPLES = Path(__file__).resolve().parent / "protocol-samples"  # captured from MLServer 1.7.1
 
@@ -378,3 +380,34 @@ def test_differences_in_ids_and_versions_are_not_disagreements() -> None:
     assert Comparator(CompareKind.CLASSIFICATION).compare(
         labels.extract_parsed(label_doc), labels.extract_parsed(other)
     ) == Comparison(instances=3, disagreements=0)
+
+
+# --- content-encoding --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "X-Gzip", "deflate"])
+def test_decoded_undoes_gzip_and_deflate(encoding: str) -> None:
+    body = b'{"predictions": [1]}'
+    packed = gzip.compress(body) if "gzip" in encoding.lower() else zlib.compress(body)
+    assert decoded(packed, encoding) == body
+    assert decoded(packed, encoding, limit=len(body)) == body
+    assert decoded(body, None) == decoded(body, "identity") == body
+
+
+def test_decoded_stops_at_the_limit() -> None:
+    bomb = gzip.compress(b"0" * 10_000_000)  # about 10 KB that decode to 10 MB
+    with pytest.raises(ExtractionError, match=r"^gzip body decodes to more than 1000 bytes$"):
+        decoded(bomb, "gzip", limit=1000)
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "message"),
+    [
+        (gzip.compress(b"[1, 2]")[:-4], "gzip", "incomplete or truncated stream"),
+        (b"not gzip", "gzip", "cannot decode gzip body"),
+        (b"x", "br", "unsupported content-encoding 'br'"),
+    ],
+)
+def test_decoded_refuses_what_it_cannot_undo(body: bytes, encoding: str, message: str) -> None:
+    with pytest.raises(ExtractionError, match=message):
+        decoded(body, encoding, limit=100)

@@ -24,7 +24,7 @@ from proxy.front.client import (
     UpstreamTimeout,
     UpstreamTooLarge,
 )
-from tests.conftest import Answer, FakeModelFactory, free_port
+from tests.conftest import Answer, BodyHeld, FakeModelFactory, free_port
 
 # -- a raw upstream --------------------------------------------------------------------------------
 
@@ -522,7 +522,7 @@ async def test_connection_refused_is_a_connect_error(client: Client) -> None:
     ids=["content-length", "chunked", "until-close"],
 )
 async def test_an_answer_over_the_cap_is_cut(
-    raw_upstream: RawFactory, client: Client, head: bytes
+    raw_upstream: RawFactory, client: Client, head: bytes, body_held: BodyHeld
 ) -> None:
     chunked = b"chunked" in head
 
@@ -539,6 +539,36 @@ async def test_an_answer_over_the_cap_is_cut(
         await c.send("GET", "/", [], b"")
     assert caught.value.outcome == "too_large"
     await c.until_no_connection()
+    # Never more than the cap in memory: a declared length is refused at the head, an
+    # undeclared one is read up to the cap and no further.
+    if b"Content-Length" in head:
+        assert body_held.most == 0
+    else:
+        assert 1024 * 1024 - 256 * 1024 < body_held.most <= 1024 * 1024
+
+
+async def test_a_declared_length_over_the_cap_fails_without_waiting_for_the_body(
+    raw_upstream: RawFactory, client: Client
+) -> None:
+    async def script(conn: Conn) -> None:
+        await conn.request()
+        await conn.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 52428800\r\n\r\n")
+        await asyncio.Future()  # the body never comes: waiting for it would time out
+
+    up = await raw_upstream(script)
+    c = await client(up.url, max_response=4 * 1024 * 1024, timeout=30.0)
+    with pytest.raises(UpstreamTooLarge, match="over 4194304 bytes"):
+        await c.send("POST", "/", [], b"{}")
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_a_length_on_an_answer_without_a_body_is_not_too_large(
+    raw_upstream: RawFactory, client: Client, status: int
+) -> None:
+    # A 304's Content-Length is the resource's, not a body's (RFC 9110 8.6).
+    up = await raw_upstream(answering(b"HTTP/1.1 %d X\r\nContent-Length: 999999\r\n\r\n" % status))
+    c = await client(up.url, max_response=1000)
+    assert (await c.send("GET", "/", [], b"")).status == status
 
 
 async def test_an_answer_at_the_cap_is_whole(raw_upstream: RawFactory, client: Client) -> None:

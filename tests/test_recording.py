@@ -12,16 +12,15 @@ from typing import Any
 
 import orjson
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
 from proxy.analysis import recording
 from proxy.analysis.recording import MeasuredStore, Recorder
 from proxy.analysis.routes import recordings, scorers
 from proxy.analysis.shadow import Tee
-from proxy.analysis.upstream import UpstreamResponse
 from proxy.config import parse_config
 from proxy.core.outcomes import StoreOperation
+from proxy.front.client import UpstreamResponse
 from proxy.metrics import Metrics
 from proxy.store.base import (
     LabelResult,
@@ -201,8 +200,9 @@ def tee(
     """Production's exchange: a KServe v1 answer of `predictions` (default [1]), or `body`."""
     if body is None:
         body = orjson.dumps({"predictions": [1] if predictions is None else predictions})
-    answer = UpstreamResponse(status, "OK", CIMultiDictProxy(CIMultiDict()), body)
-    return Tee("POST", "", CIMultiDict(), b"{}", request_id, answer if answered else None, T0)
+    answer = UpstreamResponse(status, "OK", [(b"Content-Type", b"application/json")], body)
+    headers = [(b"Content-Type", b"application/json")]
+    return Tee("POST", "", headers, b"{}", request_id, answer if answered else None, T0)
 
 
 def stored(request_id: str, predictions: list[Any] | None = None, **shadows: list[Any]) -> Record:

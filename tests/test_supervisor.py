@@ -89,7 +89,8 @@ async def test_two_workers_share_the_port_and_their_metrics(
                 assert _sample(text, "shadowproxy_shadow_enqueued_total", shadow="s") == 40
         # Each process writes its own files, named by its pid: the fronts and the analysis one.
         written = {int(f.stem.rsplit("_", 1)[1]) for f in metrics_dir.glob("counter_*.db")}
-        assert pids < written and len(written) == 3
+        assert pids < written
+        assert len(written) == 3
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         for pid in pids:  # reaped by the supervisor: no such process any more

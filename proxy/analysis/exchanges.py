@@ -8,14 +8,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
 from proxy.analysis.recording import Recorder
 from proxy.analysis.shadow import ShadowSet, Tee
-from proxy.analysis.upstream import UpstreamResponse
 from proxy.core.exchange import Exchange
 from proxy.core.sampling import Sampler, bucket
+from proxy.front.client import UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +29,17 @@ class RouteRuntime:
     recorder: Recorder | None = None  # set when the route records predictions for labels
 
 
-def _headers(fields: object) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in fields:  # type: ignore[attr-defined]
-        out.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-    return out
-
-
 def tee_of(exchange: Exchange) -> Tee:
     """The exchange as the recorder and the shadows take it."""
     production = None
     if exchange.answered:
         production = UpstreamResponse(
-            exchange.status,
-            "",
-            CIMultiDictProxy(_headers(exchange.response_headers)),
-            exchange.response_body,
+            exchange.status, "", list(exchange.response_headers), exchange.response_body
         )
     return Tee(
         exchange.method,
         exchange.suffix,
-        _headers(exchange.headers),
+        exchange.headers,
         exchange.body,
         exchange.request_id,
         production,

@@ -11,10 +11,10 @@ from proxy.analysis.exchanges import RouteRuntime
 from proxy.analysis.recording import Recorder, RouteRecording
 from proxy.analysis.scoring import RouteScorer
 from proxy.analysis.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
-from proxy.analysis.upstream import Upstream
 from proxy.config import Config, Route, config_hash
 from proxy.core.outcomes import Role
 from proxy.core.sampling import Sampler
+from proxy.front import client
 from proxy.metrics import Metrics
 
 
@@ -65,13 +65,15 @@ def build_routes(
                 max_in_flight=shadow.max_in_flight,
                 max_queue=shadow.max_queue,
                 strip_headers=config.shadow_strip_headers,
-                upstream=Upstream(
-                    shadow.origin,
+                upstream=client.Upstream(
+                    shadow.origin,  # scheme://host[:port], as the config checked it
+                    # A URL without a path forwards the request's own path.
                     shadow.path or route.match,
                     timeout=shadow.timeout,
                     connect_timeout=shadow.connect_timeout,
                     # One connection per worker: a shadow can never open more than it uses.
                     max_connections=shadow.max_in_flight,
+                    max_response=config.shadow_max_response,
                 ),
                 extractor=route.extractor,
                 comparator=route.comparator,

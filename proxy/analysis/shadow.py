@@ -1,6 +1,7 @@
 """The shadow dispatcher: per shadow, a bounded queue and a fixed set of workers that send the
-teed copy through the shadow's own pool, compare its answer with production's, and count it.
-A full queue drops and counts; nothing here can hold up or fail a production response."""
+teed copy through the shadow's own pool (the front's lean client, its answers capped at
+`shadow_max_response`), compare its answer with production's, and count it. A full queue drops
+and counts; nothing here can hold up or fail a production response."""
 
 from __future__ import annotations
 
@@ -11,18 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from multidict import CIMultiDict
-
-from proxy.analysis.upstream import Upstream, UpstreamError, UpstreamResponse
 from proxy.core.comparison import Comparator, classify
+from proxy.core.exchange import Headers
 from proxy.core.extraction import ExtractionError, Extractor, decoded
 from proxy.core.outcomes import ComparisonResult, Outcome, SkipReason
 from proxy.core.sampling import Sampler
+from proxy.front.client import Upstream, UpstreamError, UpstreamResponse
 from proxy.metrics import ClassCounter, ShadowMetrics
 
 log = logging.getLogger(__name__)
 
-SHADOW_MARKER_HEADER = "X-Shadow-Request"
+SHADOW_MARKER_HEADER = b"X-Shadow-Request"
 
 _NOT_PARSED: Any = object()
 
@@ -40,11 +40,11 @@ class Tee:
     """
 
     method: str
-    suffix: str  # path and query after the route's matched prefix
-    headers: CIMultiDict[str]  # as forwarded to production
+    suffix: str  # path and query after the matched prefix (bytes not UTF-8: surrogate-escaped)
+    headers: Headers  # (name, value) bytes, in order, as forwarded to production
     body: bytes
     request_id: str
-    production: UpstreamResponse | None
+    production: UpstreamResponse | None  # its headers as (name, value) bytes too
     created: float = 0.0  # unix seconds when production answered (for label delays)
     recorded: bool = False  # queued for the prediction store: shadows add their predictions
     _predictions: Any = field(default=_NOT_PARSED)
@@ -70,17 +70,22 @@ class Tee:
         return result
 
 
-def decoded_body(response: UpstreamResponse) -> bytes:
-    """The body with gzip or deflate content-encoding undone (production's is kept as sent)."""
-    return decoded(response.body, response.headers.get("Content-Encoding"))
+def decoded_body(response: UpstreamResponse, limit: int | None = None) -> bytes:
+    """The body with gzip or deflate content-encoding undone (production's is kept as sent);
+    with `limit`, a body that decodes to more than `limit` bytes raises ExtractionError."""
+    for name, value in response.headers:
+        if name.lower() == b"content-encoding":
+            return decoded(response.body, value.decode("latin-1").strip(), limit)
+    return response.body
 
 
 class ShadowDispatcher:
     """A bounded queue and `max_in_flight` workers for one shadow of one route.
 
     >>> dispatcher = ShadowDispatcher(
-    ...     "iris-rf", sample=0.1, max_in_flight=4, max_queue=1000, strip_headers=(),
-    ...     upstream=Upstream("http://iris-rf:8080", "/predict", timeout=2.0),
+    ...     "iris-rf", sample=0.1, max_in_flight=4, max_queue=1000, strip_headers=("Cookie",),
+    ...     upstream=Upstream("http://iris-rf:8080", "/predict", timeout=2.0,
+    ...                       max_connections=4, max_response=4 << 20),
     ...     extractor=route.extractor, comparator=route.comparator,
     ...     metrics=metrics.bind_shadow("iris", "iris-rf"))
     >>> await dispatcher.start()
@@ -116,7 +121,13 @@ class ShadowDispatcher:
         self.upstream = upstream
         self._extractor = extractor
         self._comparator = comparator
-        self._strip = tuple(strip_headers)
+        # Compared lower-cased. Accept-Encoding: ask for an uncompressed answer, as it is only
+        # parsed, never passed on. The marker: ours replaces any the client sent.
+        self._drop = frozenset(
+            {h.encode("ascii").lower() for h in strip_headers}
+            | {b"accept-encoding", SHADOW_MARKER_HEADER.lower()}
+        )
+        self._marker = (SHADOW_MARKER_HEADER, name.encode("ascii"))
         self._max_in_flight = max_in_flight
         self._queue: asyncio.Queue[Tee] = asyncio.Queue(max_queue)
         self._workers: list[asyncio.Task[None]] = []
@@ -209,13 +220,12 @@ class ShadowDispatcher:
                 self._in_flight.dec()
                 queue.task_done()
 
-    def _headers(self, tee: Tee) -> CIMultiDict[str]:
-        headers = tee.headers.copy()
-        for name in self._strip:
-            headers.popall(name, None)
-        # Ask for an uncompressed answer: it is only parsed, never passed on.
-        headers.popall("Accept-Encoding", None)
-        headers[SHADOW_MARKER_HEADER] = self.name
+    def _headers(self, tee: Tee) -> list[tuple[bytes, bytes]]:
+        """The copy's headers: production's, minus `strip_headers` and Accept-Encoding (names
+        compared case-insensitively), plus `X-Shadow-Request: <shadow name>`."""
+        drop = self._drop
+        headers = [(name, value) for name, value in tee.headers if name.lower() not in drop]
+        headers.append(self._marker)
         return headers
 
     async def _shadow(self, tee: Tee) -> None:
@@ -223,9 +233,12 @@ class ShadowDispatcher:
         m = self._m.upstream
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # The suffix's bytes as they arrived (the front and aiohttp decode them so).
+        suffix = tee.suffix.encode("utf-8", "surrogateescape")
         try:
-            answer = await self.upstream.send(tee.method, tee.suffix, self._headers(tee), tee.body)
+            answer = await self.upstream.send(tee.method, suffix, self._headers(tee), tee.body)
         except UpstreamError as exc:
+            # too_large included: the client stopped reading at the cap and dropped the part.
             m.outcomes[exc.outcome].inc()
             self._m.results[ComparisonResult.SHADOW_FAILED].inc()
             return
@@ -255,7 +268,8 @@ class ShadowDispatcher:
             None if production is None else production.status,
             shadow.status,
             lambda: tee.production_predictions(self._extractor),
-            lambda: self._extractor.extract(decoded_body(shadow)),
+            # Decoding is capped as the answer was: a small gzip body can inflate without end.
+            lambda: self._extractor.extract(decoded_body(shadow, self.upstream.max_response)),
             self._comparator,
         )
         got = found.shadow_predictions

@@ -36,6 +36,10 @@ max_body                             10MiB                        request body c
 shadow_max_body                      1MiB                         request or production answer
                                                                   bodies above this are not teed to
                                                                   shadows
+shadow_max_response                  4MiB                         a shadow's answer above this is
+                                                                  cut while it is read (too_large);
+                                                                  its gzip or deflate body may not
+                                                                  decode to more either
 shadow_strip_headers                 [Authorization, Cookie]      headers removed from shadow copies
 shutdown_timeout                     10s                          time for in-flight production
                                                                   requests on SIGTERM
@@ -85,6 +89,9 @@ routes[].compare.classes             none                         the classes na
                                                                   metric (probabilities: by index);
                                                                   others count as "other"; without,
                                                                   the first 20 seen; not regression
+routes[].compare.max_instances       10000                        answers holding more instances
+                                                                  are not compared (counted as
+                                                                  too_many_instances)
 routes[].record                      0%                           share of requests whose
                                                                   predictions are stored to be
                                                                   joined with labels; 0: no labels
@@ -127,7 +134,8 @@ verdict.min_labels                   100                          instances labe
 verdict.min_requests                 100                          shadow requests before the
                                                                   guardrails judge
 verdict.max_error_rate               1%                           guardrail: share of shadow errors
-                                                                  (5xx, timeouts, connection errors)
+                                                                  (5xx, timeouts, connection errors,
+                                                                  answers over shadow_max_response)
 verdict.max_latency_ratio            1.5                          guardrail: shadow p99 over
                                                                   production p99; at least 1
 verdict.max_disagreement             none                         guardrail while labels are

@@ -80,6 +80,7 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                     "relative_tolerance": route.comparator.relative_tolerance,
                     "distance": route.comparator.distance.value,
                     "classes": None if route.classes is None else list(route.classes),
+                    "max_instances": route.comparator.max_instances,
                 },
                 "record": _format_fraction(route.record),
             }
@@ -91,6 +92,7 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
             "request_id_header": config.request_id_header,
             "max_body": _format_size(config.max_body),
             "shadow_max_body": _format_size(config.shadow_max_body),
+            "shadow_max_response": _format_size(config.shadow_max_response),
             "shadow_strip_headers": list(config.shadow_strip_headers),
             "shutdown_timeout": _format_duration(config.shutdown_timeout),
             "shadow_drain_timeout": _format_duration(config.shadow_drain_timeout),

@@ -67,7 +67,7 @@ from proxy.config.yamlcheck import (
     _syntax_error,
     _value_loc,
 )
-from proxy.core.comparison import Comparator, CompareKind, Distance
+from proxy.core.comparison import MAX_INSTANCES, Comparator, CompareKind, Distance
 from proxy.core.extraction import Extractor, Protocol
 
 _TOP_KEYS: Final = (
@@ -75,6 +75,7 @@ _TOP_KEYS: Final = (
     "request_id_header",
     "max_body",
     "shadow_max_body",
+    "shadow_max_response",
     "shadow_strip_headers",
     "shutdown_timeout",
     "shadow_drain_timeout",
@@ -109,7 +110,14 @@ _SHADOW_KEYS: Final = (
     "max_in_flight",
     "max_queue",
 )
-_COMPARE_KEYS: Final = ("kind", "tolerance", "relative_tolerance", "distance", "classes")
+_COMPARE_KEYS: Final = (
+    "kind",
+    "tolerance",
+    "relative_tolerance",
+    "distance",
+    "classes",
+    "max_instances",
+)
 _STORE_KEYS: Final = tuple(StoreConfig.__dataclass_fields__)
 _LABELS_KEYS: Final = tuple(LabelsConfig.__dataclass_fields__)
 _VERDICT_KEYS: Final = tuple(VerdictConfig.__dataclass_fields__)
@@ -173,6 +181,7 @@ def _comparator(c: _Checker, loc: _Loc | None) -> Comparator:
     tolerance = c.optional(items, "tolerance", _tolerance, 0.0)
     relative = c.optional(items, "relative_tolerance", _tolerance, 0.0)
     distance = c.optional(items, "distance", _choice(Distance), Distance.TOTAL_VARIATION)
+    max_instances = c.optional(items, "max_instances", _count, MAX_INSTANCES)
     # A tolerance on a classification route would be silently ignored: say so instead. Default
     # values stay allowed so config_to_dict can print every key for every kind.
     if kind_ok and kind is not CompareKind.REGRESSION:
@@ -191,7 +200,7 @@ def _comparator(c: _Checker, loc: _Loc | None) -> Comparator:
             f"only applies to kind 'probabilities' (kind is {kind.value!r})",
             items["distance"].value,
         )
-    return Comparator(kind, tolerance, relative, distance)
+    return Comparator(kind, tolerance, relative, distance, max_instances)
 
 
 def _classes(c: _Checker, compare: _Loc | None, kind: CompareKind) -> tuple[str, ...] | None:
@@ -493,6 +502,7 @@ def _config(c: _Checker, root: _Loc) -> Config | None:
         request_id_header=c.optional(items, "request_id_header", _header, "X-Request-ID"),
         max_body=c.optional(items, "max_body", _body_cap, 10 * 1024**2),
         shadow_max_body=c.optional(items, "shadow_max_body", parse_size, 1024**2),
+        shadow_max_response=c.optional(items, "shadow_max_response", _body_cap, 4 * 1024**2),
         shadow_strip_headers=strip,
         shutdown_timeout=c.optional(items, "shutdown_timeout", _timeout, 10.0),
         shadow_drain_timeout=c.optional(items, "shadow_drain_timeout", _timeout, 5.0),

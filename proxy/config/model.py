@@ -138,6 +138,7 @@ class Config:
     request_id_header: str
     max_body: int
     shadow_max_body: int
+    shadow_max_response: int  # a shadow's answer over it is cut while read (too_large)
     shadow_strip_headers: tuple[str, ...]
     shutdown_timeout: float
     shadow_drain_timeout: float

@@ -298,6 +298,9 @@ def _match(value: object) -> str:
         raise ValueError("must be a path prefix starting with '/'")
     if any(ch.isspace() or ch in "?#" for ch in prefix):
         raise ValueError("must be a plain path: no whitespace, query or fragment")
+    if not prefix.isascii():
+        # It may become an upstream request's path, which is sent as ASCII.
+        raise ValueError("must be ASCII: percent-encode it, as clients send it")
     return prefix
 
 
@@ -326,6 +329,11 @@ def _url(value: object) -> _Url:
     url = _text(value)
     if any(ch.isspace() for ch in url):
         raise ValueError("URL must not contain whitespace")
+    if not url.isascii():
+        raise ValueError(
+            "URL must be ASCII: percent-encode its path, and write a non-ASCII host in its"
+            " IDNA (xn--) form"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port

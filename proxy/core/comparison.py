@@ -19,6 +19,7 @@ from proxy.core.outcomes import ComparisonResult
 
 __all__ = [
     "MAX_CLASSES",
+    "MAX_INSTANCES",
     "OTHER_CLASS",
     "ClassLabels",
     "Classified",
@@ -43,6 +44,11 @@ OTHER_CLASS = "other"
 MAX_CLASSES = 20
 """Without configured classes, how many distinct classes a process names before the rest are
 "other": the first ones it sees, so that a model answering free text cannot flood the metrics."""
+
+MAX_INSTANCES = 10_000
+"""The default of `compare.max_instances`: the most instances one answer may hold for it to be
+compared. The answer size cap bounds parsing; this bounds the per-instance work after it
+(comparing, counting classes, recording), which is plain Python for small or irregular batches."""
 
 # A longer class name is taken for free text rather than a class: it counts as "other".
 _MAX_CLASS_NAME = 100
@@ -86,7 +92,8 @@ class Comparator:
 
     ``tolerance`` and ``relative_tolerance`` apply to regression only, with numpy.isclose's
     meaning: agree when ``|shadow - production| <= tolerance + relative_tolerance*|production|``.
-    ``distance`` applies to probabilities only.
+    ``distance`` applies to probabilities only. ``max_instances`` is read by `classify`: an answer
+    holding more instances than that is not compared.
 
         >>> Comparator(CompareKind.REGRESSION, tolerance=0.5).compare([1.0, 2.0], [1.5, 3.0])
         Comparison(instances=2, disagreements=1, distances=())
@@ -98,12 +105,16 @@ class Comparator:
     tolerance: float = 0.0
     relative_tolerance: float = 0.0
     distance: Distance = Distance.TOTAL_VARIATION
+    max_instances: int = MAX_INSTANCES
 
     def __post_init__(self) -> None:
         for name in ("tolerance", "relative_tolerance"):
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        limit = self.max_instances
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_instances must be an integer >= 1, got {limit!r}")
 
     def compare(self, production: Sequence[Any], shadow: Sequence[Any]) -> Comparison:
         """Compare two batches; raises ShapeMismatch when they cannot be paired up."""
@@ -430,7 +441,10 @@ def classify(
 ) -> Classified:
     """The decision on one shadow answer. `production_status` is None when production gave no
     answer; `production` and `shadow` extract each side's predictions (raising ExtractionError),
-    and are called only when the statuses leave something to compare.
+    and are called only when the statuses leave something to compare. A side holding more than
+    `comparator.max_instances` instances ends it there (too_many_instances, without the shadow's
+    predictions, so that nothing downstream walks them either); production's is checked before
+    the shadow's answer is parsed.
 
     >>> classify(200, 200, lambda: [1, 0], lambda: [1, 1], Comparator(CompareKind.CLASSIFICATION))
     Classified(result=<ComparisonResult.DISAGREE: 'disagree'>, shadow_predictions=[1, 1], ...)
@@ -445,10 +459,14 @@ def classify(
         expected = production()
     except ExtractionError:
         return Classified(ComparisonResult.PRODUCTION_UNPARSEABLE)
+    if len(expected) > comparator.max_instances:
+        return Classified(ComparisonResult.TOO_MANY_INSTANCES)
     try:
         got = shadow()
     except ExtractionError:
         return Classified(ComparisonResult.SHADOW_UNPARSEABLE)
+    if len(got) > comparator.max_instances:
+        return Classified(ComparisonResult.TOO_MANY_INSTANCES)
     try:
         comparison = comparator.compare(expected, got)
     except ShapeMismatch:

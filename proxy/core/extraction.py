@@ -31,8 +31,10 @@ class ExtractionError(ValueError):
     """The body holds no predictions where the protocol says they are."""
 
 
-def decoded(body: bytes, content_encoding: str | None) -> bytes:
-    """`body` with a gzip or deflate content-encoding undone; ExtractionError for another one.
+def decoded(body: bytes, content_encoding: str | None, limit: int | None = None) -> bytes:
+    """`body` with a gzip or deflate content-encoding undone; ExtractionError for another one,
+    and, with `limit`, for a body that decodes to more than `limit` bytes (found having decoded
+    at most one byte more: a few kilobytes of gzip can decode to gigabytes).
 
     >>> decoded(gzip.compress(b'{"predictions": [1]}'), "gzip")
     b'{"predictions": [1]}'
@@ -40,12 +42,18 @@ def decoded(body: bytes, content_encoding: str | None) -> bytes:
     encoding = (content_encoding or "identity").lower()
     if encoding in ("identity", ""):
         return body
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        try:
-            return zlib.decompress(body, wbits=47)  # 47: gzip or zlib, detected
-        except zlib.error as exc:
-            raise ExtractionError(f"cannot decode {encoding} body: {exc}") from exc
-    raise ExtractionError(f"unsupported content-encoding {encoding!r}")
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise ExtractionError(f"unsupported content-encoding {encoding!r}")
+    inflater = zlib.decompressobj(wbits=47)  # 47: gzip or zlib, detected
+    try:
+        data = inflater.decompress(body, 0 if limit is None else limit + 1)
+    except zlib.error as exc:
+        raise ExtractionError(f"cannot decode {encoding} body: {exc}") from exc
+    if limit is not None and len(data) > limit:
+        raise ExtractionError(f"{encoding} body decodes to more than {limit} bytes")
+    if not inflater.eof:
+        raise ExtractionError(f"cannot decode {encoding} body: incomplete or truncated stream")
+    return data
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ class Outcome(StrEnum):
     HTTP_ERROR = "http_error"  # an answer of 500 or above
     TIMEOUT = "timeout"  # no answer in time
     CONNECT_ERROR = "connect_error"  # no connection, or it broke
+    TOO_LARGE = "too_large"  # an answer over the size cap, cut while it was being read
 
     @classmethod
     def of_status(cls, status: int) -> Outcome:
@@ -51,8 +52,10 @@ class ComparisonResult(StrEnum):
     SHADOW_UNPARSEABLE = "shadow_unparseable"  # the shadow's 2xx answer holds no predictions
     PRODUCTION_UNPARSEABLE = "production_unparseable"  # production's 2xx answer holds none
     SHAPE_MISMATCH = "shape_mismatch"  # different instance counts or vector lengths
-    SHADOW_FAILED = "shadow_failed"  # the shadow gave no answer (timeout or connection error)
+    SHADOW_FAILED = "shadow_failed"  # the shadow gave no usable answer (timeout, connection
+    # error, or an answer over shadow_max_response)
     PRODUCTION_FAILED = "production_failed"  # production gave no answer
+    TOO_MANY_INSTANCES = "too_many_instances"  # either side holds more than compare.max_instances
 
 
 class RejectReason(StrEnum):

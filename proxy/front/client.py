@@ -27,23 +27,28 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from proxy.core.outcomes import Outcome
+
 
 class UpstreamError(Exception):
     """The upstream gave no usable answer. `outcome` is the metric label for it."""
 
-    outcome = "connect_error"
+    outcome = Outcome.CONNECT_ERROR
 
 
 class UpstreamTimeout(UpstreamError):
-    outcome = "timeout"
+    outcome = Outcome.TIMEOUT
 
 
 class UpstreamConnectError(UpstreamError):
-    outcome = "connect_error"
+    outcome = Outcome.CONNECT_ERROR
 
 
 class UpstreamTooLarge(UpstreamError):
-    outcome = "too_large"
+    """The answer is over `max_response`: it declared a longer Content-Length, or its body grew
+    past the cap while being read (never more than the cap is held)."""
+
+    outcome = Outcome.TOO_LARGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,7 @@ class _Connection(asyncio.Protocol):
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._has_length = False
+        self._length = 0  # the Content-Length declared, when it was
         self._chunked = False
         self._body: list[bytes] = []
         self._size = 0
@@ -163,6 +169,7 @@ class _Connection(asyncio.Protocol):
         self._reason = b""
         self._headers = []
         self._has_length = False
+        self._length = 0
         self._chunked = False
         self._body = []
         self._size = 0
@@ -175,6 +182,9 @@ class _Connection(asyncio.Protocol):
         lname = name.lower()
         if lname == b"content-length":
             self._has_length = True
+            length = value.rstrip(b" \t")
+            if length.isdigit():  # llhttp refuses any other value itself
+                self._length = int(length)
         elif lname == b"transfer-encoding":
             self._chunked = value.rstrip(b" \t").lower().endswith(b"chunked")
 
@@ -197,7 +207,13 @@ class _Connection(asyncio.Protocol):
             self._finish()
             self._stop = _HEAD_DONE
             raise _Stop
-        if not (self._has_length or self._chunked or status == 204 or status == 304):
+        if status == 204 or status == 304:
+            return  # no body, whatever Content-Length says
+        if self._length > self._pool.max_response:
+            # Declared too long: fail now rather than read up to the cap first.
+            self._stop = _TOO_LARGE
+            raise _Stop
+        if not (self._has_length or self._chunked):
             self._until_close = True
             self.keep_alive = False
 
@@ -247,6 +263,7 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
+        self._body = []  # let the part read go now, not when the connection is collected
         self.abort()
 
     def expire(self) -> None:
