@@ -225,3 +225,65 @@ async def test_every_process_stops_when_the_supervisor_is_killed(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_production_is_answered_while_the_analysis_process_is_killed_and_restarted(
+    fake_model: FakeModelFactory, tmp_path: Path
+) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    shadow = await fake_model(lambda r: v1([1]))
+    port = _free_port()
+    cfg = tmp_path / "proxy.yaml"
+    route = {
+        "match": "/predict",
+        "protocol": "kserve-v1",
+        "production": {"name": "prod", "url": prod.url + "/predict"},
+        "shadows": [{"name": "s", "url": shadow.url + "/predict"}],
+    }
+    cfg.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "routes": [route]}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run", "--config", str(cfg),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    url = f"http://127.0.0.1:{port}"
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def load(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            async with session.post(url + "/predict", data=b'{"instances": [1]}') as r:
+                statuses.append(r.status)
+
+    try:
+        started = await _until(proc.stderr, "process started", 2)
+        analysis = next(int(str(s["pid"])) for s in started if s["role"] == "analysis")
+        await _until(proc.stderr, "listening", 1)
+        async with aiohttp.ClientSession() as session:
+            loader = asyncio.create_task(load(session))
+            await shadow.wait_for(5)  # the copies flow
+            os.kill(analysis, signal.SIGKILL)
+            died = await _until(proc.stderr, "process died", 1)
+            assert (died[0]["role"], died[0]["pid"]) == ("analysis", analysis)
+            again = await _until(proc.stderr, "analysis started", 1)
+            assert again[0]["pid"] != analysis
+            # The front reconnects by itself: copies flow to the new analysis process.
+            seen = len(shadow.received)
+            await shadow.wait_for(seen + 5)
+            stop.set()
+            await loader
+            async with session.get(url + "/metrics") as r:
+                text = await r.text()
+        assert len(statuses) > 10
+        assert set(statuses) == {200}  # not one production request failed
+        assert _sample(text, "shadowproxy_process_restarts_total", role="analysis") == 1
+        dropped = _sample(text, "shadowproxy_handoff_total", result="analysis_down")
+        sent = _sample(text, "shadowproxy_handoff_total", result="sent")
+        assert dropped + sent == len(statuses)  # every copy is sent or counted as dropped
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        stop.set()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
