@@ -3,7 +3,7 @@ and bound to its label values when the config is loaded, so the hot path never f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -27,6 +27,15 @@ from proxy.core.outcomes import (
     SkipReason,
 )
 from proxy.front.faults import Fault
+from proxy.metric_batching import (
+    BatchedCounter,
+    BatchedGauge,
+    BatchedHistogram,
+    Batcher,
+    Inc,
+    IncDec,
+    Observe,
+)
 from proxy.metric_names import Family
 
 # Millisecond resolution at the low end, where model servers live, up to the longest timeouts.
@@ -73,8 +82,9 @@ class Metrics:
     >>> route_metrics.outcomes[Outcome.OK].inc()
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, batcher: Batcher | None = None) -> None:
         self.registry = registry
+        self.batcher = batcher  # the per-request metrics are batched with it
         self._counter = partial(_counter, registry)
         self._gauge = partial(_gauge, registry)
         self.upstream_duration = _histogram(
@@ -328,6 +338,11 @@ class Metrics:
             "Processes the supervisor restarted after they died, by role: front, analysis.",
         )
 
+    def flush(self) -> None:
+        """Write what the batched metrics hold now (before a scrape, say)."""
+        if self.batcher is not None:
+            self.batcher.flush()
+
     def bind_handoff(self) -> dict[Handoff, Counter]:
         return {h: self.handoff.labels(h) for h in Handoff}
 
@@ -391,19 +406,39 @@ class Metrics:
         )
 
     def bind_shadow(self, route: str, shadow: str) -> ShadowMetrics:
+        """With a batcher, the per-request ones are written once per loop iteration."""
+        c, h, g = self.counting, self.observing, self.moving
+        upstream = self.bind_upstream(route, shadow, Role.SHADOW)
         return ShadowMetrics(
-            upstream=self.bind_upstream(route, shadow, Role.SHADOW),
-            enqueued=self.shadow_enqueued.labels(route, shadow),
-            skipped={r: self.shadow_skipped.labels(route, shadow, r) for r in SkipReason},
-            results={r: self.comparisons.labels(route, shadow, r) for r in ComparisonResult},
-            compared=self.compared_instances.labels(route, shadow),
-            disagreed=self.disagreed_instances.labels(route, shadow),
-            distance=self.probability_distance.labels(route, shadow),
-            queue_depth=self.shadow_queue_depth.labels(route, shadow),
-            in_flight=self.shadow_in_flight.labels(route, shadow),
+            upstream=UpstreamMetrics(
+                duration=h(upstream.duration),
+                outcomes={o: c(child) for o, child in upstream.outcomes.items()},
+            ),
+            enqueued=c(self.shadow_enqueued.labels(route, shadow)),
+            skipped={r: c(self.shadow_skipped.labels(route, shadow, r)) for r in SkipReason},
+            results={r: c(self.comparisons.labels(route, shadow, r)) for r in ComparisonResult},
+            compared=c(self.compared_instances.labels(route, shadow)),
+            disagreed=c(self.disagreed_instances.labels(route, shadow)),
+            distance=h(self.probability_distance.labels(route, shadow)),
+            queue_depth=g(self.shadow_queue_depth.labels(route, shadow)),
+            in_flight=g(self.shadow_in_flight.labels(route, shadow)),
             paused=self.shadow_paused.labels(route, shadow),
             sample=self.shadow_sample_ratio.labels(route, shadow),
         )
+
+    def counting(self, child: Inc) -> Inc:
+        """`child` written once per loop iteration, when this Metrics has a batcher."""
+        if self.batcher is None or not isinstance(child, Counter):
+            return child
+        return BatchedCounter(self.batcher, child)
+
+    def moving(self, child: Gauge) -> IncDec:
+        return child if self.batcher is None else BatchedGauge(self.batcher, child)
+
+    def observing(self, child: Observe) -> Observe:
+        if self.batcher is None or not isinstance(child, Histogram):
+            return child
+        return BatchedHistogram(self.batcher, child)
 
     def bind_classes(
         self,
@@ -422,7 +457,10 @@ class Metrics:
         counter = self._class_counters.get(key)
         if counter is None:
             counter = ClassCounter(
-                self.predicted_instances, (route, model, role), ClassLabels(kind, classes)
+                self.predicted_instances,
+                (route, model, role),
+                ClassLabels(kind, classes),
+                self.counting,
             )
             self._class_counters[key] = counter
         return counter
@@ -434,8 +472,8 @@ class Metrics:
 # prometheus-client gives bound children no type of their own: labels() returns the family type.
 @dataclass(frozen=True, slots=True)
 class UpstreamMetrics:
-    duration: Histogram
-    outcomes: dict[Outcome, Counter]
+    duration: Observe
+    outcomes: dict[Outcome, Inc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,15 +484,17 @@ class RouteMetrics:
 
 @dataclass(frozen=True, slots=True)
 class ShadowMetrics:
+    """Counted per shadow request: batched (metric_batching.py) when Metrics has a batcher."""
+
     upstream: UpstreamMetrics
-    enqueued: Counter
-    skipped: dict[SkipReason, Counter]
-    results: dict[ComparisonResult, Counter]
-    compared: Counter
-    disagreed: Counter
-    distance: Histogram
-    queue_depth: Gauge
-    in_flight: Gauge
+    enqueued: Inc
+    skipped: dict[SkipReason, Inc]
+    results: dict[ComparisonResult, Inc]
+    compared: Inc
+    disagreed: Inc
+    distance: Observe
+    queue_depth: IncDec
+    in_flight: IncDec
     paused: Gauge
     sample: Gauge
 
@@ -501,20 +541,28 @@ class ClassCounter:
     >>> counter.count(["setosa", "virginica", "setosa"])  # setosa += 2, other += 1
     """
 
-    __slots__ = ("_children", "_family", "_labels", "_values")
+    __slots__ = ("_children", "_family", "_labels", "_values", "_wrap")
 
-    def __init__(self, family: Counter, values: tuple[str, str, str], labels: ClassLabels) -> None:
+    def __init__(
+        self,
+        family: Counter,
+        values: tuple[str, str, str],
+        labels: ClassLabels,
+        wrap: Callable[[Inc], Inc] = lambda child: child,
+    ) -> None:
         self._family = family
         self._values = values
         self._labels = labels
-        self._children: dict[str, Counter] = {}
+        self._wrap = wrap  # batches each class's child
+        self._children: dict[str, Inc] = {}
         for name in (*sorted(labels.named), OTHER_CLASS):
             self._child(name)
 
-    def _child(self, name: str) -> Counter:
+    def _child(self, name: str) -> Inc:
         child = self._children.get(name)
         if child is None:
-            child = self._children[name] = self._family.labels(*self._values, name)
+            child = self._wrap(self._family.labels(*self._values, name))
+            self._children[name] = child
         return child
 
     def count(self, predictions: Sequence[Any]) -> None:

@@ -193,6 +193,7 @@ class RunningProxy:
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's value, 0.0 when the series does not exist yet."""
+        self.state.metrics.flush()  # the batched ones: what a scrape would see
         return self.registry.get_sample_value(name, labels) or 0.0
 
     async def post(

@@ -31,6 +31,7 @@ from proxy.analysis.reporter import Reporter
 from proxy.analysis.responses import json_response, moved
 from proxy.analysis.state import STATE, ProxyState
 from proxy.config import Config, StoreConfig, config_hash
+from proxy.metric_batching import Batcher
 from proxy.metrics import Metrics
 from proxy.store.base import PredictionStore
 
@@ -62,7 +63,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     >>> serving = await start_listeners(app)
     """
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, Batcher())
     store: PredictionStore | None = None
     recorder: Recorder | None = None
     scorers = wiring.scorers(config, metrics)
@@ -273,6 +274,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.metrics.flush()
     try:
         state.reporter.report()  # the verdict gauges are current at every scrape
     except Exception:

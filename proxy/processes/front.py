@@ -23,6 +23,7 @@ from proxy.front.faults import Fault
 from proxy.front.handoff import HandoffChannel
 from proxy.front.hot_path import FrontRoute, FrontTarget, Generation, HotPath
 from proxy.front.server import Limits, Server
+from proxy.metric_batching import Batcher
 from proxy.metrics import Metrics
 from proxy.processes.runtime import PROCESS_SIGNALS, RESTARTED_ENV, RuntimePaths
 from proxy.processes.stats import report_process
@@ -43,7 +44,8 @@ CONTROL_HOST = "http://shadow-proxy"  # the Host header of requests passed to th
 
 
 def build_generation(config: Config, metrics: Metrics) -> Generation:
-    """Every route of `config` as the front runs it, its pools built but not started."""
+    """Every route of `config` as the front runs it, its pools built but not started; its
+    per-request metrics written once per loop iteration (when `metrics` has a batcher)."""
     entries = []
     for route in config.routes:
         prod = route.production
@@ -59,13 +61,13 @@ def build_generation(config: Config, metrics: Metrics) -> Generation:
                 max_connections=prod.max_connections,
                 max_response=PRODUCTION_MAX_RESPONSE,
             ),
-            upstream_metrics.outcomes,
-            upstream_metrics.duration,
+            {o: metrics.counting(c) for o, c in upstream_metrics.outcomes.items()},
+            metrics.observing(upstream_metrics.duration),
         )
         front_route = FrontRoute(
             route.name,
             WeightedSplit.of([(1.0, target)]),
-            metrics.requests.labels(route.name),
+            metrics.counting(metrics.requests.labels(route.name)),
             tees=bool(route.shadows) or (config.records and route.record > 0),
         )
         entries.append((route.match, route.methods, front_route))
@@ -126,6 +128,7 @@ class Front:
             await self.channel.close()
         if self.control is not None:
             await self.control.close()
+        self.metrics.flush()
 
 
 async def _retire(generation: Generation) -> None:
@@ -151,7 +154,7 @@ async def start_front(
 ) -> Front:
     """Serve `config`'s routes at `at` (the config's listen address when None), handing
     exchanges to the Unix socket `intake` and passing control-plane paths to `control`."""
-    handoff_counts = metrics.bind_handoff()
+    handoff_counts = {h: metrics.counting(c) for h, c in metrics.bind_handoff().items()}
     channel: HandoffChannel | None = None
     if intake is not None:
         channel = HandoffChannel(intake, max_buffer=CHANNEL_BUFFER, counts=handoff_counts)
@@ -199,7 +202,8 @@ async def serve_front(config: Config, runtime_dir: str, *, reuse_port: bool) -> 
     """The front process, until SIGTERM: then stop accepting and finish what is in flight.
     SIGUSR2 (from the supervisor, once the analysis process has applied a reload) re-reads
     the validated config the analysis process left in `runtime_dir`."""
-    metrics = Metrics(CollectorRegistry())  # prometheus-client's multiprocess mode: files
+    # prometheus-client's multiprocess mode: files, written once per loop iteration.
+    metrics = Metrics(CollectorRegistry(), Batcher())
     if os.environ.get(RESTARTED_ENV):
         metrics.process_restarts.labels("front").inc()
     paths = RuntimePaths(runtime_dir)
