@@ -372,6 +372,8 @@ def scrape(url: str) -> dict[str, float]:
         for s in family.samples:
             if s.name == "shadowproxy_shadow_skipped_total" and s.labels["reason"] != "sampled_out":
                 add("dropped", s.value)
+            elif s.name == "shadowproxy_handoff_total" and s.labels["result"] != "sent":
+                add("dropped", s.value)  # never reached the analysis process
             elif s.name == "shadowproxy_compared_instances_total":
                 add("compared", s.value)
             elif s.name in ("shadowproxy_recorded_total", "shadowproxy_recording_dropped_total"):
