@@ -127,6 +127,12 @@ class Metrics:
             "1 while a shadow is paused through the admin API, else 0.",
             "livemax",
         )
+        self.shadow_ejected = self._gauge(
+            n.SHADOW_EJECTED,
+            "1 while a shadow is ejected: it failed eject_after times in a row, and copies are"
+            " skipped (reason ejected) until a probe after eject_for gets an answer.",
+            "livemax",
+        )
         self.shadow_sample_ratio = self._gauge(
             n.SHADOW_SAMPLE_RATIO,
             "The share of requests a shadow is sent: the config's, or the admin API's override.",
@@ -424,6 +430,7 @@ class Metrics:
             in_flight=g(self.shadow_in_flight.labels(route, shadow)),
             paused=self.shadow_paused.labels(route, shadow),
             sample=self.shadow_sample_ratio.labels(route, shadow),
+            ejected=self.shadow_ejected.labels(route, shadow),
         )
 
     def counting(self, child: Inc) -> Inc:
@@ -497,6 +504,7 @@ class ShadowMetrics:
     in_flight: IncDec
     paused: Gauge
     sample: Gauge
+    ejected: Gauge
 
 
 @dataclass(frozen=True, slots=True)

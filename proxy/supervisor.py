@@ -31,13 +31,12 @@ WORKER_ENV = "SHADOW_PROXY_WORKER"
 RUNTIME_DIR_ENV = "SHADOW_PROXY_RUNTIME_DIR"
 """Set for the processes: the directory of their sockets, config and admin overrides."""
 SUPERVISOR_ENV = "SHADOW_PROXY_SUPERVISOR_PID"
-"""Set by the supervisor for its processes: its pid, to which they send SIGUSR1 (overrides
-changed) and SIGUSR2 (a reload applied) to have them passed on."""
+"""Set by the supervisor for its processes: its pid, to which the analysis process sends SIGUSR2
+(a reload applied) to have it passed on to the fronts."""
 
 
 def signal_supervisor(signum: int) -> None:
-    """Ask the supervisor to pass `signum` on (SIGUSR1 to the analysis process, SIGUSR2 to the
-    fronts)."""
+    """Ask the supervisor to pass `signum` on (SIGUSR2: to the fronts)."""
     os.kill(int(os.environ[SUPERVISOR_ENV]), signum)
 
 
@@ -47,7 +46,7 @@ _CRASH_LOOP = (5, 60.0)
 
 
 def _prepare_child() -> None:
-    """In the child before exec. SIGHUP, SIGUSR1 and SIGUSR2 stay blocked until the child's loop
+    """In the child before exec. SIGHUP and SIGUSR2 stay blocked until the child's loop
     handles them (the mask survives exec), so that one passed on while it starts is delivered
     then, instead of killing it or being lost. On Linux, SIGTERM comes when the supervisor dies,
     even by SIGKILL, so that no process is left serving on its own."""
@@ -57,7 +56,7 @@ def _prepare_child() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-_CHILD_SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+_CHILD_SIGNALS = {signal.SIGHUP, signal.SIGUSR2}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -159,7 +158,6 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._to_analysis)  # it validates and reloads
-        signal.signal(signal.SIGUSR1, self._to_analysis)  # it re-reads the admin overrides
         signal.signal(signal.SIGUSR2, self._to_fronts)  # a reload applied: the fronts follow
         status = 0
         self._spawn(ANALYSIS, 0, env, restarted=False)

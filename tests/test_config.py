@@ -492,7 +492,8 @@ def test_unknown_keys_at_every_level() -> None:
         "(did you mean 'max_connections'?); allowed: name, url, timeout, connect_timeout, "
         "max_connections",
         "c.yaml:6: routes[0].shadows[0].sampel: unknown key 'sampel' (did you mean 'sample'?); "
-        "allowed: name, url, sample, timeout, connect_timeout, max_in_flight, max_queue",
+        "allowed: name, url, sample, timeout, connect_timeout, max_in_flight, max_queue, "
+        "eject_after, eject_for",
         "c.yaml:7: routes[0].compare.knd: unknown key 'knd' (did you mean 'kind'?); "
         "allowed: kind, tolerance, relative_tolerance, distance, classes, max_instances",
         "c.yaml:7: routes[0].compare.zzz: unknown key 'zzz'; "
@@ -987,6 +988,8 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
                         "connect_timeout": "250ms",
                         "max_in_flight": 16,
                         "max_queue": 1000,
+                        "eject_after": 20,
+                        "eject_for": "1s",
                     }
                 ],
                 "compare": {

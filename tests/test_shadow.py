@@ -584,3 +584,60 @@ def test_production_classes_are_counted_once_whoever_parses_first() -> None:
     labels = {"route": "r", "model": "prod", "role": "production"}
     assert registry.get_sample_value(f"{MIX}_total", {**labels, "class": "a"}) == 1
     assert registry.get_sample_value(f"{MIX}_total", {**labels, "class": "b"}) == 1
+
+
+async def test_a_shadow_that_keeps_failing_is_ejected_probed_and_taken_back(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(echo)
+    broken = [True]
+
+    def answer(r: Received) -> Answer:
+        # Broken: an answer over shadow_max_response, so no usable answer (too_large).
+        return v1([0] * 1000) if broken[0] else echo(r)
+
+    flaky = await fake_model(answer)
+    p = await proxy(
+        config(
+            prod.url,
+            shadow("flaky", flaky.url, eject_after=3, eject_for="10s"),
+            extra="shadow_max_response: 1KiB",
+        )
+    )
+    dispatcher = p.state.dispatcher((ROUTE, "flaky"))
+    assert dispatcher is not None
+    now = [1000.0]
+    dispatcher.clock = lambda: now[0]
+    labels = {"route": ROUTE, "shadow": "flaky"}
+
+    async def send(count: int) -> None:
+        for i in range(count):
+            status, _, _ = await p.post(ROUTE, {"instances": [i]})
+            assert status == 200  # production, whatever the shadow does
+        await p.settled()
+
+    def skipped() -> float:
+        return p.value("shadowproxy_shadow_skipped_total", **labels, reason="ejected")
+
+    await send(3)  # three failures in a row: ejected for 10 s
+    assert p.value("shadowproxy_shadow_ejected", **labels) == 1
+    await send(2)
+    assert (skipped(), len(flaky.received)) == (2, 3)
+
+    now[0] += 10  # the ejection is over: one probe goes, fails, and it is ejected for 20 s
+    await send(2)
+    assert (skipped(), len(flaky.received)) == (3, 4)
+    now[0] += 19
+    await send(1)
+    assert (skipped(), len(flaky.received)) == (4, 4)
+
+    broken[0] = False
+    now[0] += 1  # the probe gets an answer: taken back at once
+    await send(3)
+    assert (skipped(), len(flaky.received)) == (4, 7)
+    assert p.value("shadowproxy_shadow_ejected", **labels) == 0
+    results = {
+        r: p.value("shadowproxy_comparisons_total", **labels, result=r)
+        for r in ("shadow_failed", "agree")
+    }
+    assert results == {"shadow_failed": 4, "agree": 3}

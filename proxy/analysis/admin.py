@@ -26,20 +26,18 @@ log = logging.getLogger(__name__)
 PREFIX = "/admin"
 
 Reload = Callable[[], Awaitable[ReloadResult]]
-Validate = Callable[[], Awaitable[list[str]]]
 
 
 class AdminAPI:
     """The /admin/ endpoints of one proxy, on the main listener or on admin.listen.
 
-    >>> admin = AdminAPI(state, reload=lambda: reload_config(app), validate=...)
+    >>> admin = AdminAPI(state, reload=lambda: reload_config(state))
     >>> admin.add_routes(app.router)
     """
 
-    def __init__(self, state: ProxyState, reload: Reload, validate: Validate) -> None:
+    def __init__(self, state: ProxyState, reload: Reload) -> None:
         self._state = state
         self._reload = reload
-        self._validate = validate  # --workers: check the file before every worker reloads it
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get(f"{PREFIX}/config", self._config)

@@ -26,7 +26,7 @@ from proxy.analysis.intake import Intake
 from proxy.analysis.labels import LabelEndpoint
 from proxy.analysis.overrides import OverrideTable
 from proxy.analysis.recording import MeasuredStore, Recorder
-from proxy.analysis.reload import reload_config, validate_reload
+from proxy.analysis.reload import reload_config
 from proxy.analysis.reporter import Reporter
 from proxy.analysis.responses import json_response, moved
 from proxy.analysis.state import STATE, ProxyState
@@ -102,7 +102,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     app.router.add_post("/labels", labels.handle)
     app.router.add_get("/report", reporter.handle_json)
     app.router.add_get("/report.html", reporter.handle_html)
-    admin = AdminAPI(state, partial(reload_config, state), partial(validate_reload, state))
+    admin = AdminAPI(state, partial(reload_config, state))
     if config.admin.listen is None:
         admin.add_routes(app.router)
     else:

@@ -1,6 +1,7 @@
 """The admin API's overrides of the YAML, per shadow: paused, and a sample rate. `Overrides` is
-the plain table; `OverridesFile` keeps it where every worker of a supervisor re-reads it (on
-SIGUSR1); `OverrideTable` is the one in force, local or shared, and sets it on the dispatchers.
+the plain table; `OverridesFile` keeps it in the supervisor's runtime directory, where a
+restarted analysis process takes it up again; `OverrideTable` is the one in force, local or kept
+there, and sets it on the dispatchers.
 Nothing here serves HTTP or reloads a config."""
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Overrides:
 
 
 class OverridesFile:
-    """The overrides shared by the workers of one supervisor: a JSON file changed under an
+    """The overrides kept in the runtime directory of one supervisor: a JSON file changed under an
     exclusive lock (read, change, write, rename), so that concurrent changes in two workers
     both land. Blocking file I/O: call it from a thread.
 
@@ -116,8 +117,8 @@ class OverridesFile:
 
 
 class OverrideTable:
-    """The overrides in force: this process's own table, or with --workers the table every
-    worker shares through an `OverridesFile`. The one place that knows which.
+    """The overrides in force: this process's own table, or under a supervisor the table
+    kept in its `OverridesFile`. The one place that knows which.
 
     >>> table = OverrideTable.for_process()
     >>> await table.change(lambda overrides: overrides.set(key, ShadowOverride(paused=True)))
@@ -126,12 +127,12 @@ class OverrideTable:
 
     def __init__(self, shared: OverridesFile | None = None) -> None:
         self.shared = shared
-        # A restarted worker picks up the table the others changed meanwhile.
+        # A restarted analysis process picks up the table it had before.
         self.overrides = shared.read() if shared is not None else Overrides()
 
     @classmethod
     def for_process(cls) -> OverrideTable:
-        """Shared when this process is a worker of a supervisor (both variables set)."""
+        """Kept in the runtime directory under a supervisor (both variables set)."""
         runtime_dir = os.environ.get(RUNTIME_DIR_ENV)
         if runtime_dir is not None and SUPERVISOR_ENV in os.environ:
             return cls(OverridesFile(Path(runtime_dir)))
@@ -143,11 +144,6 @@ class OverrideTable:
             edit(self.overrides)
         else:
             self.overrides = await asyncio.to_thread(self.shared.change, edit)
-
-    async def reread(self) -> None:
-        """--workers: take the table another worker changed."""
-        if self.shared is not None:
-            self.overrides = await asyncio.to_thread(self.shared.read)
 
     def apply(self, shadows: Iterable[tuple[str, ShadowDispatcher]]) -> None:
         """Set every (route, dispatcher)'s pause and sample rate from the table."""

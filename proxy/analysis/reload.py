@@ -1,7 +1,6 @@
 """Reloads of a running proxy: re-read and validate the config file in a child process
 (SIGHUP or the admin API), refuse what needs a restart, and swap to the new routes between two
-requests while the old ones drain; and, with --workers, re-read the overrides another worker
-changed (SIGUSR1)."""
+exchanges while the old ones drain; then have the fronts follow (ProxyState.on_reload)."""
 
 from __future__ import annotations
 
@@ -111,19 +110,6 @@ def _discard(path: str) -> None:
         os.unlink(path)
 
 
-async def validate_reload(state: ProxyState) -> list[str]:
-    """The errors a reload of the running config's file would meet (--workers: checked once
-    before every worker reloads); a failure is counted and logged as a reload's would be."""
-    path = state.config.source
-    try:
-        _, candidate = await _load_for_reload(state.config, path)
-    except ConfigError as exc:
-        _reload_failed(state, path, exc)
-        return list(exc.errors)
-    _discard(candidate)  # only checked: each worker's reload validates it again
-    return []
-
-
 def _reload_failed(state: ProxyState, path: str, exc: ConfigError) -> None:
     state.metrics.config_reloads.labels(ReloadOutcome.FAILURE).inc()
     log.error(
@@ -209,17 +195,3 @@ async def _keep_overrides(state: ProxyState, routes: tuple[RouteRuntime, ...]) -
             state.metrics.shadow_paused.labels(route, dispatcher.name).set(0)
             state.metrics.shadow_sample_ratio.labels(route, dispatcher.name).set(0)
     state.overrides.apply(new)
-
-
-async def reload_overrides(state: ProxyState) -> None:
-    """--workers, on SIGUSR1: apply the overrides another worker's admin API changed (after any
-    reload in progress, which would otherwise apply the table it read before)."""
-    if state.overrides.shared is None:
-        return
-    async with state.reload_lock:
-        await state.overrides.reread()
-        state.overrides.apply(state.shadow_dispatchers())
-        log.info(
-            "admin overrides applied",
-            extra={"overrides": state.overrides.overrides.to_list(), "pid": os.getpid()},
-        )

@@ -83,6 +83,8 @@ def build_routes(
                 shadow_classes=metrics.bind_classes(
                     route.name, shadow.name, Role.SHADOW, kind, classes
                 ),
+                eject_after=shadow.eject_after,
+                eject_for=shadow.eject_for,
             )
             dispatchers.append(dispatcher)
             shadow_metrics.append(sm)

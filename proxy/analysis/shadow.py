@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from proxy.metrics import ClassCounter, ShadowMetrics
 log = logging.getLogger(__name__)
 
 SHADOW_MARKER_HEADER = b"X-Shadow-Request"
+MAX_EJECTION = 30.0  # seconds: the longest a failing probe can double an ejection to
 
 _NOT_PARSED: Any = object()
 
@@ -108,6 +110,8 @@ class ShadowDispatcher:
         on_predictions: PredictionsCallback | None = None,
         production_classes: ClassCounter | None = None,
         shadow_classes: ClassCounter | None = None,
+        eject_after: int = 20,
+        eject_for: float = 1.0,
     ) -> None:
         self.name = name
         self._on_predictions = on_predictions
@@ -137,10 +141,23 @@ class ShadowDispatcher:
         self._enqueued = m.enqueued
         self._queue_full = m.skipped[SkipReason.QUEUE_FULL]
         self._shutting_down = m.skipped[SkipReason.SHUTTING_DOWN]
+        self._ejected_skip = m.skipped[SkipReason.EJECTED]
         self._queue_depth = m.queue_depth
         self._in_flight = m.in_flight
         m.paused.set(0)
         m.sample.set(sample)
+        m.ejected.set(0)
+        # Ejection, as Envoy's outlier detection does it: after `eject_after` failures in a row
+        # (no usable answer: timeout, no connection, an answer over the cap) copies are skipped
+        # for `eject_for`; then one probe goes; its failure doubles the time (up to 30 s), an
+        # answer ends it. A broken shadow then costs a probe a second, not the full rate.
+        self._eject_after = eject_after
+        self._eject_for = eject_for
+        self._ejection = eject_for  # the length of the next ejection
+        self._failures = 0  # in a row
+        self.ejected_until = 0.0  # on `clock`; 0 while not ejected
+        self._probing = False  # the one copy let through after an ejection is in flight
+        self.clock = time.monotonic  # the ejection's clock (a test may set its own)
 
     def control(self, *, paused: bool, sample: float | None) -> None:
         """Pause or resume, and set the sample rate (None: back to the config's); applies to
@@ -191,13 +208,46 @@ class ShadowDispatcher:
         if self._closed:
             self._shutting_down.inc()
             return
+        probe = False
+        if self.ejected_until:
+            if self._probing or self.clock() < self.ejected_until:
+                self._ejected_skip.inc()
+                return
+            probe = True
         try:
             self._queue.put_nowait(tee)
         except asyncio.QueueFull:
             self._queue_full.inc()
             return
+        self._probing = probe or self._probing
         self._enqueued.inc()
         self._queue_depth.inc()
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if self._probing:  # the probe found it still broken: longer, this time
+            self._probing = False
+            self._ejection = min(self._ejection * 2, MAX_EJECTION)
+            self._eject()
+        elif not self.ejected_until and self._failures >= self._eject_after:
+            self._eject()
+
+    def _eject(self) -> None:
+        self.ejected_until = self.clock() + self._ejection
+        self._m.ejected.set(1)
+        log.warning(
+            "shadow ejected: copies are skipped until a probe gets an answer",
+            extra={"shadow": self.name, "failures": self._failures, "for_s": self._ejection},
+        )
+
+    def _answered(self) -> None:
+        self._failures = 0
+        if self.ejected_until:
+            self.ejected_until = 0.0
+            self._probing = False
+            self._ejection = self._eject_for
+            self._m.ejected.set(0)
+            log.info("shadow answers again: no longer ejected", extra={"shadow": self.name})
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -241,7 +291,9 @@ class ShadowDispatcher:
             # too_large included: the client stopped reading at the cap and dropped the part.
             m.outcomes[exc.outcome].inc()
             self._m.results[ComparisonResult.SHADOW_FAILED].inc()
+            self._failed()
             return
+        self._answered()
         m.duration.observe(loop.time() - started)
         m.outcomes[Outcome.of_status(answer.status)].inc()
         self._compare(tee, answer)

@@ -77,6 +77,10 @@ routes[].shadows[].timeout           5s                           total time per
 routes[].shadows[].connect_timeout   1s                           time to connect
 routes[].shadows[].max_in_flight     16                           workers = connection-pool size
 routes[].shadows[].max_queue         1000                         queued requests; full -> dropped
+routes[].shadows[].eject_after       20                           failures in a row (no usable
+                                                                  answer) before it is ejected
+routes[].shadows[].eject_for         1s                           first ejection; a failed probe
+                                                                  doubles it, up to 30s
 routes[].compare.kind                classification               classification | regression |
                                                                   probabilities
 routes[].compare.tolerance           0.0                          absolute tolerance, >= 0;

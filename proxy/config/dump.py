@@ -71,6 +71,8 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                         "connect_timeout": _format_duration(shadow.connect_timeout),
                         "max_in_flight": shadow.max_in_flight,
                         "max_queue": shadow.max_queue,
+                        "eject_after": shadow.eject_after,
+                        "eject_for": _format_duration(shadow.eject_for),
                     }
                     for shadow in route.shadows
                 ],

@@ -109,6 +109,8 @@ _SHADOW_KEYS: Final = (
     "connect_timeout",
     "max_in_flight",
     "max_queue",
+    "eject_after",
+    "eject_for",
 )
 _COMPARE_KEYS: Final = (
     "kind",
@@ -165,6 +167,8 @@ def _shadow(c: _Checker, loc: _Loc) -> Shadow | None:
         connect_timeout=c.optional(items, "connect_timeout", _timeout, 1.0),
         max_in_flight=c.optional(items, "max_in_flight", _count, 16),
         max_queue=c.optional(items, "max_queue", _count, 1000),
+        eject_after=c.optional(items, "eject_after", _count, 20),
+        eject_for=c.optional(items, "eject_for", _timeout, 1.0),
     )
     return shadow if c.mark() == start else None
 

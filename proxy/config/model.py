@@ -43,6 +43,8 @@ class Shadow:
     connect_timeout: float
     max_in_flight: int
     max_queue: int
+    eject_after: int = 20  # consecutive failures (no usable answer) before it is ejected
+    eject_for: float = 1.0  # the first ejection's length; each failed probe doubles it
 
 
 @dataclass(frozen=True, slots=True)

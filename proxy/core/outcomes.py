@@ -40,6 +40,7 @@ class SkipReason(StrEnum):
     QUEUE_FULL = "queue_full"
     BODY_TOO_LARGE = "body_too_large"
     SHUTTING_DOWN = "shutting_down"
+    EJECTED = "ejected"  # the shadow failed eject_after times in a row: resting
 
 
 class ComparisonResult(StrEnum):

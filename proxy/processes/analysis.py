@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy import __version__
 from proxy.analysis.app import build_app, start_analysis
-from proxy.analysis.reload import reload_config, reload_overrides
+from proxy.analysis.reload import reload_config
 from proxy.analysis.state import STATE, ProxyState
 from proxy.config import Config, config_hash
 from proxy.processes.runtime import (
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 async def serve_analysis(config: Config, runtime_dir: str) -> None:
     """Serve until SIGTERM (the supervisor sends it once every front has stopped, so that the
     exchanges they handed off are all taken in), then drain the shadows and flush the recorder.
-    SIGHUP reloads the config file; SIGUSR1 re-reads the admin overrides."""
+    SIGHUP reloads the config file."""
     paths = RuntimePaths(runtime_dir)
     app = build_app(config, CollectorRegistry())
     state = app[STATE]
@@ -57,7 +57,6 @@ async def serve_analysis(config: Config, runtime_dir: str) -> None:
         task.add_done_callback(jobs.discard)
 
     loop.add_signal_handler(signal.SIGHUP, run, reload_config)
-    loop.add_signal_handler(signal.SIGUSR1, run, reload_overrides)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PROCESS_SIGNALS)
     stats = asyncio.create_task(
         report_process(state.metrics.process_cpu, state.metrics.process_rss, "analysis"),

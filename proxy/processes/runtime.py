@@ -14,9 +14,9 @@ from proxy.config import Config
 RESTARTED_ENV = "SHADOW_PROXY_RESTARTED"
 """Set by the supervisor for a process it starts again after one died: counted at its start."""
 
-PROCESS_SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+PROCESS_SIGNALS = {signal.SIGHUP, signal.SIGUSR2}
 """Blocked from a child's start until its loop handles them (supervisor.py): reload, admin
-overrides changed, and a reloaded config for the fronts."""
+and a reloaded config for the fronts."""
 
 
 @dataclass(frozen=True, slots=True)
