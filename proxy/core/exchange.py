@@ -29,6 +29,7 @@ _PRODUCTION_ANSWERED = 1  # flag: production answered (status, headers and body 
 # length (of what follows it), version, flags, status, created, then the eight field lengths.
 _HEAD = struct.Struct("!IBBHd8I")
 _FIELDS = 8
+_LENGTH = struct.Struct("!I")
 
 
 class FrameError(ValueError):
@@ -101,30 +102,35 @@ def encode(exchange: Exchange, request_headers: bytes | None = None) -> bytes:
     return head + b"".join(parts)
 
 
-def _decode(frame: memoryview) -> Exchange:
-    _, version, flags, status, created, *lengths = _HEAD.unpack_from(frame)
+def _decode(data: bytes, start: int, end: int) -> Exchange:
+    """The frame at data[start:end]. Unrolled: this runs once per exchange."""
+    _, version, flags, status, created, l0, l1, l2, l3, l4, l5, l6, l7 = _HEAD.unpack_from(
+        data, start
+    )
     if version != VERSION:
         raise FrameError(f"frame version {version}, expected {VERSION}")
-    fields: list[bytes] = []
-    offset = _HEAD.size
-    for length in lengths:
-        fields.append(bytes(frame[offset : offset + length]))
-        offset += length
-    if offset != len(frame):
-        raise FrameError(f"frame of {len(frame)} bytes holds {offset}")
-    route, method, suffix, request_id, headers, body, answer_headers, answer_body = fields
-    answered = bool(flags & _PRODUCTION_ANSWERED)
+    a = start + _HEAD.size
+    b = a + l0
+    c = b + l1
+    d = c + l2
+    e = d + l3
+    f = e + l4
+    g = f + l5
+    h = g + l6
+    if h + l7 != end:
+        raise FrameError(f"frame of {end - start} bytes holds {h + l7 - start}")
+    answered = flags & _PRODUCTION_ANSWERED
     return Exchange(
-        route=route.decode(),
-        method=method.decode(),
-        suffix=suffix.decode("utf-8", "surrogateescape"),
-        request_id=request_id.decode("utf-8", "surrogateescape"),
-        headers=_split_headers(headers),
-        body=body,
-        status=status if answered else 0,
-        response_headers=_split_headers(answer_headers) if answered else (),
-        response_body=answer_body if answered else b"",
-        created=created,
+        data[a:b].decode(),
+        data[b:c].decode(),
+        data[c:d].decode("utf-8", "surrogateescape"),
+        data[d:e].decode("utf-8", "surrogateescape"),
+        _split_headers(data[e:f]),
+        data[f:g],
+        status if answered else 0,
+        _split_headers(data[g:h]) if answered else (),
+        data[h:end] if answered else b"",
+        created,
     )
 
 
@@ -147,21 +153,24 @@ class FrameReader:
         """The frames `data` completes; FrameError when the stream cannot be a stream of
         frames (the reader is then unusable)."""
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            data = bytes(buffer)  # one copy per read, then fields are sliced out of it
         found = []
         start = 0
-        view = memoryview(buffer)
-        try:
-            while len(buffer) - start >= 4:
-                (length,) = struct.unpack_from("!I", buffer, start)
-                if length < _HEAD.size - 4 or length > self._max_frame:
-                    raise FrameError(f"frame length {length} is out of bounds")
-                end = start + 4 + length
-                if end > len(buffer):
-                    break
-                found.append(_decode(view[start:end]))
-                start = end
-        finally:
-            view.release()
-        del buffer[:start]
+        size = len(data)
+        unpack = _LENGTH.unpack_from
+        while size - start >= 4:
+            (length,) = unpack(data, start)
+            if length < _HEAD.size - 4 or length > self._max_frame:
+                raise FrameError(f"frame length {length} is out of bounds")
+            end = start + 4 + length
+            if end > size:
+                break
+            found.append(_decode(data, start, end))
+            start = end
+        if buffer:
+            del buffer[:start]
+        elif start < size:
+            buffer += data[start:]
         return found

@@ -92,6 +92,9 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.keep_alive = False
         self.idle_since = 0.0
+        self.deadline = 0.0  # of the exchange in flight (loop time); 0 while idle
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
         self._eof = False
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._head = False
@@ -118,6 +121,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             if self._until_close and self._headers_done and exc is None:
@@ -266,6 +272,29 @@ class _Connection(asyncio.Protocol):
         self._body = []  # let the part read go now, not when the connection is collected
         self.abort()
 
+    def arm(self, deadline: float) -> None:
+        """Expire the exchange about to be sent at `deadline` (loop time). Lazily: one timer
+        per connection, re-armed when it fires early, not created and cancelled per request."""
+        self.deadline = deadline
+        timer = self._timer
+        if timer is not None and self._armed_at <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._armed_at = deadline
+        self._timer = self._pool.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self.deadline
+        if not deadline or self.closed:
+            return
+        if self._pool.loop.time() < deadline:
+            self._armed_at = deadline
+            self._timer = self._pool.loop.call_at(deadline, self._on_timer)
+            return
+        self.expire()
+
     def expire(self) -> None:
         """The exchange ran out of time: its connection cannot be reused."""
         self._fail(UpstreamTimeout(f"no answer from {self._pool.origin} in time"))
@@ -386,7 +415,7 @@ class Upstream:
         retried = False
         while True:
             conn = await self._acquire(deadline)
-            timer = loop.call_at(deadline, conn.expire)
+            conn.arm(deadline)
             try:
                 response = await conn.send(data, head)
             except _Stale as exc:
@@ -399,7 +428,7 @@ class Upstream:
                 conn.abort()
                 raise
             finally:
-                timer.cancel()
+                conn.deadline = 0.0  # its timer, if armed, finds nothing owed
             self._release(conn)
             return response
 

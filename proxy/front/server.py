@@ -126,7 +126,8 @@ class HttpConnection(asyncio.Protocol):
         self._write_paused = False
         self._write_paused_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer_at = 0.0  # the deadline owed now (0: none)
+        self._armed_at = 0.0  # when the armed timer fires (it may be earlier: then re-armed)
         self._refusal: _Refuse | None = None
         # the request being read
         self._method = ""
@@ -492,14 +493,26 @@ class HttpConnection(asyncio.Protocol):
         elif self._task is None and not self._queue:
             idle = limits.keepalive_timeout if self._served else limits.header_timeout
             at = self._idle_since + idle
-        if at == self._timer_at:
+        # Lazily, as a request moves the deadline several times: an armed timer that fires
+        # before the deadline re-arms itself then; only an earlier deadline re-arms now.
+        self._timer_at = at
+        if not at or (self._timer is not None and self._armed_at <= at):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at:
-            self._timer = self._loop.call_at(at, self._on_timeout)
+        self._armed_at = at
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        at = self._timer_at
+        if not at or self._closed or self._lingering:
+            return
+        if self._loop.time() < at:  # moved later since the timer was armed
+            self._armed_at = at
+            self._timer = self._loop.call_at(at, self._on_timer)
+            return
+        self._on_timeout()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
