@@ -82,7 +82,10 @@ class ExchangeHandler:
             log.debug("exchange for an unknown route", extra={"route": exchange.route})
             return
         tee = tee_of(exchange)
-        b = bucket(tee.request_id)
+        # Hashed only when a rate below 100% needs it: bucket 0 is admitted by any rate above 0.
+        b = 0
+        if route.shadows.sampled or (route.recorder is not None and not route.record.everything):
+            b = bucket(tee.request_id)
         recorder = route.recorder
         recorded = (
             recorder is not None

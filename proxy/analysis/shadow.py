@@ -368,6 +368,12 @@ class ShadowSet:
     def __bool__(self) -> bool:
         return bool(self._entries)
 
+    @property
+    def sampled(self) -> bool:
+        """Whether a shadow takes only part of the requests now (the request's bucket is then
+        needed); read per request, as the admin API changes rates at runtime."""
+        return not all(d.sampler.everything for d in self.dispatchers)
+
     def offer(self, tee: Tee, b: int) -> None:
         """Queue the exchange for every shadow whose sample admits bucket `b`."""
         production = tee.production

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 BUCKETS = 1 << 64
@@ -30,10 +30,15 @@ class Sampler:
     """
 
     rate: float
+    threshold: int = field(init=False)  # buckets below it are admitted
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", round(self.rate * BUCKETS))
 
     @property
-    def threshold(self) -> int:
-        return round(self.rate * BUCKETS)
+    def everything(self) -> bool:
+        """Whether it admits every bucket, so that callers can skip hashing."""
+        return self.threshold >= BUCKETS
 
     def admits(self, b: int) -> bool:
         return b < self.threshold
