@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import re
 import socket
@@ -187,3 +188,30 @@ async def test_production_5xx_passes_through_and_counts_as_http_error(
     labels = {"route": "/v1/models/m:predict", "target": "prod", "role": "production"}
     assert p.value("shadowproxy_upstream_requests_total", **labels, outcome="http_error") == 1
     assert p.value("shadowproxy_upstream_request_duration_seconds_count", **labels) == 1
+
+
+async def test_a_request_id_that_is_not_utf8_is_passed_on_byte_for_byte(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    # Before the front process, this was a plain-text 500 after production had answered.
+    prod = await fake_model(lambda r: v1([1]))
+    shadow = await fake_model(lambda r: v1([1]))
+    p = await proxy(route_yaml(prod.url, shadows=f'{{name: s, url: "{shadow.url}/p"}}'))
+    host, port = p.url.removeprefix("http://").split(":")
+    body = b'{"instances": [1]}'
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nX-Request-ID: r\xff\xfe1\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    answer = await reader.read()  # to the end: the proxy closes, as asked
+    writer.close()
+    await writer.wait_closed()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nX-Request-ID: r\xff\xfe1" in head
+    assert orjson.loads(payload) == {"predictions": [1]}
+    await shadow.wait_for(1)
+    await p.settled()
+    assert p.value("shadowproxy_comparisons_total", route="/v1/models/m:predict", shadow="s",
+                   result="agree") == 1  # fmt: skip

@@ -229,11 +229,7 @@ class HotPath:
             return _error(502, message, request_id, id_header, request_id_bytes)
         production.duration.observe(loop.time() - started)
         production.outcomes[Outcome.OK if answer.status < 500 else Outcome.HTTP_ERROR].inc()
-        out = [(n, v) for n, v in answer.headers if n.lower() not in _DROP_FROM_RESPONSE]
-        connection = _connection_tokens(answer.headers)
-        if connection:
-            out = [(n, v) for n, v in out if n.lower() not in connection]
-        out = [(n, v) for n, v in out if n.lower() != generation.id_header_lower]
+        out = _answer_headers(answer.headers, generation.id_header_lower, method == "HEAD")
         out.append((id_header, request_id_bytes))
         if route.tees:
             self._hand_off(
@@ -324,6 +320,29 @@ class RequestIds:
     def next(self) -> bytes:
         self._count += 1
         return self._prefix + b"%012x" % self._count
+
+
+def _answer_headers(
+    headers: Sequence[tuple[bytes, bytes]], id_header_lower: bytes, head: bool
+) -> list[tuple[bytes, bytes]]:
+    """Production's answer headers as they go back: hop-by-hop ones (and those Connection
+    names), its Content-Length (the server frames the body; kept for HEAD, which has none to
+    count) and its request id header (ours is added) dropped. One pass: it runs per request."""
+    out = []
+    connection = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _DROP_FROM_RESPONSE:
+            if lname == b"connection":
+                connection = _connection_tokens(headers)
+            elif head and lname == b"content-length":
+                out.append((name, value))
+            continue
+        if lname != id_header_lower:
+            out.append((name, value))
+    if connection:
+        out = [(n, v) for n, v in out if n.lower() not in connection]
+    return out
 
 
 def _connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> set[bytes]:
