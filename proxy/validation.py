@@ -221,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (args.memory, args.memory))
     resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_seconds, args.cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would dump one
+    # Never urgent: on a busy machine, production's processes get the CPU first.
+    os.nice(10)
     try:
         try:
             config = load_config(args.path)
