@@ -26,10 +26,7 @@ from proxy.config import (
     load_config,
 )
 from proxy.logs import configure_logging
-from proxy.processes.analysis import serve_analysis
-from proxy.processes.front import serve_front
 from proxy.processes.runtime import RuntimePaths
-from proxy.report.cli import fetch_report, format_table, report_from_prometheus
 from proxy.supervisor import Supervisor
 from proxy.validation import load_pickled, validate_in_child
 
@@ -91,14 +88,21 @@ def _run_role(role: str, runtime_dir: str) -> int:
     """One of the supervisor's processes, from the config it validated (never from YAML)."""
     config = load_pickled(RuntimePaths(runtime_dir).config)
     configure_logging(config.log_level)
+    # Imported by role: a front never loads aiohttp, the stores or the report (memory).
     if role == "front":
+        from proxy.processes.front import serve_front
+
         uvloop.run(serve_front(config, runtime_dir, reuse_port=True))
     else:
+        from proxy.processes.analysis import serve_analysis
+
         uvloop.run(serve_analysis(config, runtime_dir))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
+    from proxy.report.cli import fetch_report, format_table, report_from_prometheus
+
     try:
         if args.url:
             doc = fetch_report(args.url)
