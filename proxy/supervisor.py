@@ -61,6 +61,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 ANALYSIS, FRONT = "analysis", "front"
+_MAX_SOCKET_PATH = 107
 
 
 class Supervisor:
@@ -135,6 +136,11 @@ class Supervisor:
         # Beside the metrics files (a volume, on a read-only root): the sockets between the
         # processes, the validated config, the admin API's overrides. mkdtemp makes it 0700.
         runtime_dir = tempfile.mkdtemp(prefix="runtime-", dir=metrics_dir)
+        if len(RuntimePaths(runtime_dir).intake.encode()) > _MAX_SOCKET_PATH:
+            # A Unix socket's path has at most 107 bytes: a deep metrics directory cannot hold
+            # them, so they go to the system's temporary directory.
+            os.rmdir(runtime_dir)
+            runtime_dir = tempfile.mkdtemp(prefix="shadow-proxy-")
         try:
             errors = self._validate(self.config_path, RuntimePaths(runtime_dir).config)
             if errors:

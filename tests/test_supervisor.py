@@ -287,3 +287,37 @@ async def test_production_is_answered_while_the_analysis_process_is_killed_and_r
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_deep_metrics_directory_still_serves(
+    fake_model: FakeModelFactory, tmp_path: Path
+) -> None:
+    # The sockets between the processes go beside the metrics files, unless that path is too
+    # long for a Unix socket (107 bytes): then into the system's temporary directory.
+    prod = await fake_model(lambda r: v1([1]))
+    port = _free_port()
+    cfg = tmp_path / "proxy.yaml"
+    route = {"match": "/p", "protocol": "kserve-v1", "production": {"name": "a", "url": prod.url}}
+    cfg.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "routes": [route]}))
+    metrics_dir = tmp_path / ("m" * 100)
+    metrics_dir.mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run", "--config", str(cfg),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        await _until(proc.stderr, "analysis started", 1)
+        await _until(proc.stderr, "listening", 1)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/p", data=b"{}") as r:
+                assert r.status == 200
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 200  # the control plane, over its socket
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
