@@ -82,7 +82,7 @@ class Supervisor:
         self.workers = workers
         self._validate = validate  # (yaml path, pickle path) -> errors; [] when valid
         self._stopping = False
-        self._children: dict[int, tuple[str, int, float]] = {}  # pid -> role, index, started
+        self._children: dict[int, tuple[str, int]] = {}  # pid -> role, index
         self._analysis_stopped = False
         self._deaths: dict[str, list[float]] = {}  # per role: when its processes died lately
 
@@ -93,11 +93,11 @@ class Supervisor:
         if restarted:
             child_env[RESTARTED_ENV] = "1"
         proc = subprocess.Popen(argv, env=child_env, preexec_fn=_prepare_child)
-        self._children[proc.pid] = (role, index, time.monotonic())
+        self._children[proc.pid] = (role, index)
         log.info("process started", extra={"role": role, "worker": index, "pid": proc.pid})
 
     def _pids(self, role: str) -> list[int]:
-        return [pid for pid, (r, _, _) in self._children.items() if r == role]
+        return [pid for pid, (r, _) in self._children.items() if r == role]
 
     def _kill(self, pids: list[int], signum: int) -> None:
         # os.kill, not Popen.send_signal: that polls, and would reap a child that just died
@@ -176,7 +176,7 @@ class Supervisor:
                 break
             if pid not in self._children:
                 continue
-            role, index, _ = self._children.pop(pid)
+            role, index = self._children.pop(pid)
             code = os.waitstatus_to_exitcode(code)
             mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # untyped upstream
             if self._stopping:

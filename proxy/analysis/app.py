@@ -60,7 +60,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     """The proxy application for `config`, with its metrics on `registry`.
 
     >>> app = build_app(load_config("configs/demo.yaml"), CollectorRegistry())
-    >>> serving = await start_listeners(app)
+    >>> serving = await start_analysis(app, control=control_sock, intake=intake_sock)
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, Batcher())
@@ -97,8 +97,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         app.router.add_get("/metrics", _metrics)
     else:
         app.router.add_route("*", "/metrics", moved("/metrics", "metrics.listen"))
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    # /healthz and /readyz are the front's: production's health, not the analysis process's.
     app.router.add_post("/labels", labels.handle)
     app.router.add_get("/report", reporter.handle_json)
     app.router.add_get("/report.html", reporter.handle_html)
@@ -195,13 +194,12 @@ async def start_analysis(
     config = state.config
     access_log = logging.getLogger("proxy.access") if config.access_log else None
     runners: list[tuple[str, web.AppRunner]] = []
-    sites: list[tuple[Listener, str | None]] = [(Listener("control", app, "", 0), control)]
-    sites += [(listener, None) for listener in listeners(app)]
+    sites: list[tuple[Listener, str | None]] = [(listener, None) for listener in listeners(app)]
+    if control is not None:
+        sites.insert(0, (Listener("control", app, "", 0), control))
     taken: Intake | None = None
     try:
         for listener, path in sites:
-            if listener.name == "control" and path is None:
-                continue
             runner = web.AppRunner(
                 listener.app,
                 handle_signals=False,
@@ -233,8 +231,8 @@ async def start_analysis(
 
 
 def _exposition(registry: CollectorRegistry) -> CollectorRegistry:
-    """With --workers (prometheus-client's multiprocess mode), /metrics sums every worker's
-    files; otherwise it serves this process's registry."""
+    """Under the supervisor (prometheus-client's multiprocess mode), /metrics sums every
+    process's files; otherwise (the tests' one loop) it serves this process's registry."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return registry
     merged = CollectorRegistry()
@@ -264,12 +262,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _healthz(request: web.Request) -> web.Response:
     return json_response(200, {"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    if request.app[STATE].ready:
-        return json_response(200, {"status": "ready"})
-    return json_response(503, {"status": "not ready"})
 
 
 async def _metrics(request: web.Request) -> web.Response:

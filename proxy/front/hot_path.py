@@ -219,7 +219,7 @@ class HotPath:
         try:
             answer = await production.upstream.send(method, suffix, headers, request.body)
         except UpstreamError as exc:
-            production.outcomes[Outcome(exc.outcome)].inc()
+            production.outcomes[exc.outcome].inc()
             if route.tees:
                 self._hand_off(route, method, suffix, request_id, headers, request.body)
             if isinstance(exc, UpstreamTimeout):
@@ -228,7 +228,7 @@ class HotPath:
             message = f"production target {production.name} is unreachable"
             return _error(502, message, request_id, id_header, request_id_bytes)
         production.duration.observe(loop.time() - started)
-        production.outcomes[Outcome.OK if answer.status < 500 else Outcome.HTTP_ERROR].inc()
+        production.outcomes[Outcome.of_status(answer.status)].inc()
         out = _answer_headers(answer.headers, generation.id_header_lower, method == "HEAD")
         out.append((id_header, request_id_bytes))
         if route.tees:
@@ -299,7 +299,7 @@ class HotPath:
             status = 504 if isinstance(exc, UpstreamTimeout) else 503
             doc = {"error": "the analysis process is not answering; production is unaffected"}
             return Response(status, [_JSON], json.dumps(doc).encode("ascii"))
-        out = [(n, v) for n, v in answer.headers if n.lower() not in _DROP_FROM_RESPONSE]
+        out = _answer_headers(answer.headers, b"", request.method == "HEAD")
         return Response(answer.status, out, answer.body, answer.reason.encode("latin-1"))
 
 
@@ -327,7 +327,8 @@ def _answer_headers(
 ) -> list[tuple[bytes, bytes]]:
     """Production's answer headers as they go back: hop-by-hop ones (and those Connection
     names), its Content-Length (the server frames the body; kept for HEAD, which has none to
-    count) and its request id header (ours is added) dropped. One pass: it runs per request."""
+    count) and its request id header (ours is added; b"": none) dropped. One pass: it runs
+    per request."""
     out = []
     connection = None
     for name, value in headers:

@@ -21,7 +21,7 @@ from proxy.processes.runtime import (
     PROCESS_SIGNALS,
     RESTARTED_ENV,
     RuntimePaths,
-    write_config,
+    share_config,
 )
 from proxy.processes.stats import report_process
 from proxy.supervisor import signal_supervisor
@@ -40,7 +40,10 @@ async def serve_analysis(config: Config, runtime_dir: str) -> None:
         state.metrics.process_restarts.labels("analysis").inc()
 
     async def tell_fronts(new: Config) -> None:
-        write_config(new, paths.config)
+        if state.config_pickle is None:  # the reload could not keep it (logged there)
+            log.error("the fronts stay on their config: the reloaded one is not pickled")
+            return
+        share_config(state.config_pickle, paths.config)
         signal_supervisor(signal.SIGUSR2)
 
     state.on_reload.append(tell_fronts)

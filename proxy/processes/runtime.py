@@ -3,13 +3,10 @@ the validated config's pickle), the signals they pass, and the environment they 
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pickle
 import signal
-import tempfile
 from dataclasses import dataclass
-
-from proxy.config import Config
 
 RESTARTED_ENV = "SHADOW_PROXY_RESTARTED"
 """Set by the supervisor for a process it starts again after one died: counted at its start."""
@@ -38,14 +35,12 @@ class RuntimePaths:
         return os.path.join(self.directory, "config.pickle")
 
 
-def write_config(config: Config, path: str) -> None:
-    """Leave a validated config for the other processes, atomically (rename)."""
-    directory = os.path.dirname(path)
-    fd, temp = tempfile.mkstemp(prefix=".config-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(config, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temp, path)
-    except BaseException:
+def share_config(pickled: str, path: str) -> None:
+    """Make the validated config pickled at `pickled` (by a reload, in the same directory) the
+    one the fronts load from `path`: a hard link renamed over it, so that a reader finds the
+    old file or the new one whole, and the config is pickled once."""
+    temp = f"{path}.new"
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(temp)
-        raise
+    os.link(pickled, temp)
+    os.replace(temp, path)
