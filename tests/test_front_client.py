@@ -10,7 +10,7 @@ import contextlib
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -135,9 +135,38 @@ async def raw_upstream() -> AsyncIterator[Callable[..., Awaitable[RawUpstream]]]
 
 
 class Watched(Upstream):
-    """Sets `changed` whenever a pooled connection closes, so tests need not sleep."""
+    """Sets `changed` whenever a pooled connection closes, so tests need not sleep. With
+    `via_begin`, `send` goes through `begin` (the hot path's callback way), so every test runs
+    both ways."""
 
     changed: asyncio.Event
+    via_begin = False
+
+    async def send(
+        self,
+        method: str,
+        suffix: str | bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        within: float | None = None,
+    ) -> UpstreamResponse:
+        if not self.via_begin or within is not None:
+            return await super().send(method, suffix, headers, body, within=within)
+        got: asyncio.Future[UpstreamResponse | UpstreamError] = self.loop.create_future()
+        inside = [True]
+
+        def done(result: UpstreamResponse | UpstreamError) -> None:
+            assert not inside[0], "begin() called back from inside the call"
+            assert not got.done(), "called back twice"
+            got.set_result(result)
+
+        self.begin(method, suffix, headers, body, done)
+        inside[0] = False
+        result = await got
+        if isinstance(result, UpstreamError):
+            raise result
+        return result
 
     def gone(self, conn: object) -> None:
         super().gone(conn)  # type: ignore[arg-type]
@@ -150,14 +179,17 @@ class Watched(Upstream):
                 await self.changed.wait()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[Callable[..., Awaitable[Watched]]]:
+@pytest.fixture(params=["send", "begin"])
+async def client(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., Awaitable[Watched]]]:
     started: list[Upstream] = []
 
     async def make(origin: str, path: str = "", **kw: object) -> Watched:
         kw.setdefault("timeout", 5.0)
         upstream = Watched(origin, path, **kw)  # type: ignore[arg-type]
         upstream.changed = asyncio.Event()
+        upstream.via_begin = request.param == "begin"
         await upstream.start()
         started.append(upstream)
         return upstream

@@ -76,6 +76,29 @@ class Echo:
             self.changed.poke()
 
 
+@dataclass
+class CallbackEcho(Echo):
+    """The same application answering through `respond` (a CallbackApplication, the hot
+    path's way): the server runs no task for it. It raises from `begin` itself when told to
+    raise and not gated, so the server's handling of a synchronous failure is what is tested."""
+
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def begin(self, request: Request, respond: Callable[[Response], None]) -> None:
+        if self.raise_exc is not None and self.gate is None:
+            self.requests.append(request)
+            self.finished += 1
+            self.changed.poke()
+            raise self.raise_exc
+
+        async def run() -> None:
+            respond(await self(request))
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
 class WatchedTally(Tally):
     def __init__(self, changed: Changed) -> None:
         super().__init__()
@@ -149,12 +172,19 @@ class Front:
 Start = Callable[..., Awaitable[Front]]
 
 
-@pytest.fixture
-async def front() -> AsyncIterator[Start]:
+@pytest.fixture(params=["task", "callback"])
+async def front(request: pytest.FixtureRequest) -> AsyncIterator[Start]:
+    """A server on port 0; every test runs with the application as a coroutine (a task per
+    request) and as a CallbackApplication."""
     started: list[Server] = []
+    apps: list[CallbackEcho] = []
 
     async def start(app: Echo | None = None, **limits: Any) -> Front:
         app = app if app is not None else Echo()
+        if request.param == "callback":
+            fields = {k: getattr(app, k) for k in ("answer", "gate", "raise_exc")}
+            app = CallbackEcho(**fields)
+            apps.append(app)
         tally = WatchedTally(app.changed)
         server = WatchedServer(app, Limits(**limits), count=tally)
         await server.start("127.0.0.1", 0)
@@ -165,6 +195,10 @@ async def front() -> AsyncIterator[Start]:
     yield start
     for server in started:
         await server.close(grace=1.0)
+    for callback_app in apps:
+        for task in callback_app.tasks:
+            task.cancel()
+        await asyncio.gather(*callback_app.tasks, return_exceptions=True)
 
 
 class Raw:
@@ -904,6 +938,38 @@ async def test_a_header_that_would_split_the_response_is_a_500(front: Start) -> 
     assert f.tally.as_dict() == {"app_error": 1}
 
 
+class Careless:
+    """A CallbackApplication that answers twice, then raises: the first answer counts."""
+
+    def begin(self, request: Request, respond: Callable[[Response], None]) -> None:
+        respond(Response(200, [], b"first"))
+        respond(Response(200, [], b"second"))
+        raise RuntimeError("after the answer")
+
+
+async def test_a_callback_application_answering_twice_then_raising_is_answered_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tally = Tally()
+    server = Server(Careless(), Limits(), count=tally)
+    await server.start("127.0.0.1", 0)
+    host, port = server.addresses[0]
+    reader, writer = await asyncio.open_connection(host, port)
+    with caplog.at_level(logging.ERROR, logger="proxy.front.server"):
+        writer.write(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        one = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+        async with asyncio.timeout(10):
+            assert await reader.readexactly(2 * len(one)) == 2 * one
+    writer.close()
+    await server.close(grace=1.0)
+    assert tally.as_dict() == {"app_error": 2}
+    assert server.calls == 0
+    assert ["RuntimeError: after the answer" in r.getMessage() for r in caplog.records] == [
+        True,
+        True,
+    ]
+
+
 # -- graceful close ------------------------------------------------------------------------------
 
 
@@ -930,6 +996,7 @@ async def test_close_drains_in_flight_requests_and_drops_idle_ones(front: Start)
     assert f.tally.as_dict() == {}
 
 
+@pytest.mark.parametrize("front", ["task"], indirect=True)  # a callback app's calls are its own
 async def test_close_aborts_what_outlives_the_grace(front: Start) -> None:
     gate = asyncio.Event()  # never set
     f = await front(Echo(gate=gate))

@@ -18,9 +18,10 @@ timeout makes the race rarer still."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl as ssl_module
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -28,6 +29,8 @@ from urllib.parse import urlsplit
 import httptools
 
 from proxy.core.outcomes import Outcome
+
+log = logging.getLogger("proxy.front.client")
 
 
 class UpstreamError(Exception):
@@ -80,6 +83,31 @@ class _Stop(Exception):
 
 _HEAD_DONE, _TOO_LARGE, _UNSOLICITED = "head done", "too large", "unsolicited"
 
+Result = UpstreamResponse | Exception
+"""How an exchange ends: the answer, or why there is none (an UpstreamError; inside this
+module also _Stale)."""
+Done = Callable[[Result], None]
+
+
+def _deliver(done: Done, result: Result) -> None:
+    """Call a continuation; what it raises is logged, never fed back into a parser."""
+    try:
+        done(result)
+    except Exception:
+        log.exception("front client: the continuation of an exchange failed")
+
+
+def _resolve(future: asyncio.Future[UpstreamResponse]) -> Done:
+    def done(result: Result) -> None:
+        if future.done():
+            return
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    return done
+
 
 class _Connection(asyncio.Protocol):
     """One connection to the origin, carrying one exchange at a time."""
@@ -97,7 +125,9 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
         self._eof = False
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._done: Done | None = None  # the exchange in flight: called once with its result
+        self._feeding = False  # inside the parser: results wait for it to return
+        self._result: tuple[Done, Result] | None = None
         self._head = False
         self._got_bytes = False
         self._stop: str | None = None
@@ -125,17 +155,15 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if self._done is not None:
             if self._until_close and self._headers_done and exc is None:
                 self._finish()  # the answer's body ran until the close
             elif not self._got_bytes:
-                waiter.set_exception(_Stale(written=True))
+                self._settle(_Stale(written=True))
             else:
-                waiter.set_exception(
+                self._settle(
                     UpstreamConnectError(f"{self._pool.origin}: connection closed mid-answer")
                 )
-        self._waiter = None
         self._pool.gone(self)
 
     def eof_received(self) -> None:
@@ -143,18 +171,18 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
+        if self._done is None:
             self.abort()  # bytes nobody asked for (a 408 before an idle close, or garbage)
             return
         self._got_bytes = True
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             stop, self._stop = self._stop, None
             if stop == _HEAD_DONE:
                 self._parser = httptools.HttpResponseParser(self)
-                return
-            if stop == _TOO_LARGE:
+            elif stop == _TOO_LARGE:
                 self._fail(
                     UpstreamTooLarge(
                         f"{self._pool.origin}: answer over {self._pool.max_response} bytes"
@@ -166,11 +194,19 @@ class _Connection(asyncio.Protocol):
                 self._fail(UpstreamConnectError(f"{self._pool.origin}: {exc.__context__!r}"))
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(UpstreamConnectError(f"{self._pool.origin}: malformed answer: {exc!r}"))
+        finally:
+            self._feeding = False
+        # The result is given out once the parser is done with this connection: the caller may
+        # reuse it at once (its continuation can send the next request on it).
+        result = self._result
+        if result is not None:
+            self._result = None
+            _deliver(*result)
 
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._waiter is None or self._waiter.done():
+        if self._done is None:
             self._stop = _UNSOLICITED
             raise _Stop
         self._reason = b""
@@ -240,12 +276,13 @@ class _Connection(asyncio.Protocol):
 
     # -- exchanges -----------------------------------------------------------------------------
 
-    def send(self, data: bytes, head: bool) -> asyncio.Future[UpstreamResponse]:
+    def send(self, data: bytes, head: bool, done: Done) -> None:
+        """Write one request; `done` gets its answer or error, once (never from inside this
+        call: a connection found closed raises _Stale(written=False) instead)."""
         transport = self.transport
         if self.closed or self._eof or transport is None or transport.is_closing():
             raise _Stale(written=False)
-        waiter = self._pool.loop.create_future()
-        self._waiter = waiter
+        self._done = done
         self._head = head
         self._got_bytes = False
         self._headers_done = False
@@ -253,23 +290,27 @@ class _Connection(asyncio.Protocol):
         self._interim = False
         self.keep_alive = False
         transport.write(data)
-        return waiter
+
+    def _settle(self, result: Result) -> None:
+        """End the exchange in flight with `result`: given out now, or, inside the parser,
+        once it returns."""
+        done, self._done = self._done, None
+        if done is None:
+            return
+        if self._feeding:
+            self._result = (done, result)
+        else:
+            _deliver(done, result)
 
     def _finish(self) -> None:
-        waiter = self._waiter
-        self._waiter = None
         parts = self._body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body = []
-        if waiter is not None and not waiter.done():
-            waiter.set_result(
-                UpstreamResponse(self._status, self._reason.decode("latin-1"), self._headers, body)
-            )
+        reason = self._reason.decode("latin-1") if self._reason else ""
+        self._settle(UpstreamResponse(self._status, reason, self._headers, body))
 
     def _fail(self, error: UpstreamError) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+        self._settle(error)
         self._body = []  # let the part read go now, not when the connection is collected
         self.abort()
 
@@ -369,6 +410,7 @@ class Upstream:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._all_gone: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # begin()'s exchanges that wait or retry
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -413,12 +455,18 @@ class Upstream:
         deadline = loop.time() + (self.timeout if within is None else within)
         data, replayable = self._encode(method, suffix, headers, body)
         head = method == "HEAD"
-        retried = False
+        return await self._send(data, head, replayable, deadline, retried=False)
+
+    async def _send(
+        self, data: bytes, head: bool, replayable: bool, deadline: float, *, retried: bool
+    ) -> UpstreamResponse:
         while True:
             conn = await self._acquire(deadline)
             conn.arm(deadline)
             try:
-                response = await conn.send(data, head)
+                answered: asyncio.Future[UpstreamResponse] = self.loop.create_future()
+                conn.send(data, head, _resolve(answered))
+                response = await answered
             except _Stale as exc:
                 conn.abort()
                 if not retried and conn.reused and (replayable or not exc.written):
@@ -432,6 +480,76 @@ class Upstream:
                 conn.deadline = 0.0  # its timer, if armed, finds nothing owed
             self._release(conn)
             return response
+
+    def begin(
+        self,
+        method: str,
+        suffix: str | bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        done: Callable[[UpstreamResponse | UpstreamError], None],
+    ) -> None:
+        """`send` without a task or a future: `done` is called once with the answer or the
+        UpstreamError, later (never from inside this call). On a pooled connection it costs a
+        write; when it has to wait for one, connect, or retry, it runs `send` as a task."""
+        loop = self._loop
+        assert loop is not None, "Upstream.start() was not awaited"
+        deadline = loop.time() + self.timeout
+        data, replayable = self._encode(method, suffix, headers, body)
+        head = method == "HEAD"
+        conn = self._take_idle() if not self._closed else None
+        if conn is None:
+            self._in_task(done, data, head, replayable, deadline, retried=False)
+            return
+
+        def finished(result: Result) -> None:
+            conn.deadline = 0.0  # its timer, if armed, finds nothing owed
+            if isinstance(result, UpstreamResponse):
+                self._release(conn)
+                done(result)
+                return
+            conn.abort()
+            if isinstance(result, _Stale):
+                if conn.reused and (replayable or not result.written):
+                    self._in_task(done, data, head, replayable, deadline, retried=True)
+                    return
+                result = UpstreamConnectError(f"{self.origin}: {result}")
+            assert isinstance(result, UpstreamError)
+            done(result)
+
+        conn.arm(deadline)
+        try:
+            conn.send(data, head, finished)
+        except _Stale as exc:
+            loop.call_soon(finished, exc)
+
+    def _in_task(
+        self,
+        done: Callable[[UpstreamResponse | UpstreamError], None],
+        data: bytes,
+        head: bool,
+        replayable: bool,
+        deadline: float,
+        *,
+        retried: bool,
+    ) -> None:
+        async def run() -> None:
+            try:
+                result: UpstreamResponse | UpstreamError = await self._send(
+                    data, head, replayable, deadline, retried=retried
+                )
+            except UpstreamError as exc:
+                result = exc
+            except asyncio.CancelledError:
+                result = UpstreamConnectError(f"{self.origin}: the pool is closed")
+            try:
+                done(result)
+            except Exception:
+                log.exception("front client: the continuation of an exchange failed")
+
+        task = self.loop.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _encode(
         self,
@@ -472,9 +590,8 @@ class Upstream:
 
     # -- the pool ------------------------------------------------------------------------------
 
-    async def _acquire(self, deadline: float) -> _Connection:
-        if self._closed:
-            raise UpstreamConnectError(f"{self.origin}: the pool is closed")
+    def _take_idle(self) -> _Connection | None:
+        """The most recently used idle connection still good, if any."""
         idle = self._idle
         if idle:
             expired_before = self.loop.time() - self.idle_timeout
@@ -486,6 +603,14 @@ class Upstream:
                     conn.abort()
                     continue
                 return conn
+        return None
+
+    async def _acquire(self, deadline: float) -> _Connection:
+        if self._closed:
+            raise UpstreamConnectError(f"{self.origin}: the pool is closed")
+        conn = self._take_idle()
+        if conn is not None:
+            return conn
         if self._open < self.max_connections:
             self._open += 1
             return await self._connect(deadline)

@@ -67,11 +67,13 @@ class HandoffChannel:
         self._pending_bytes = 0
         self._flush_scheduled = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()  # set while no analysis process is connected
         self.disconnected.set()
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()  # once: 3.11 asks for the pid on every call
         self._task = asyncio.create_task(self._connect_loop(), name="handoff:connect")
 
     async def close(self) -> None:
@@ -103,7 +105,9 @@ class HandoffChannel:
         self._pending_bytes += size
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = self._loop
+            assert loop is not None  # start() set it before any transport existed
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

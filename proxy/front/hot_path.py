@@ -22,9 +22,9 @@ from proxy.core.exchange import Exchange, encode, join_headers
 from proxy.core.outcomes import Handoff, Outcome, RejectReason
 from proxy.core.routing import Router
 from proxy.core.sampling import WeightedSplit, bucket
-from proxy.front.client import Upstream, UpstreamError, UpstreamTimeout
+from proxy.front.client import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 from proxy.front.handoff import Counts
-from proxy.front.server import Request, Response
+from proxy.front.server import Request, Respond, Response
 
 log = logging.getLogger("proxy.front.hot_path")
 access_log = logging.getLogger("proxy.access")
@@ -123,7 +123,8 @@ class Generation:
 
 
 class HotPath:
-    """The front's application: one call per request (proxy.front.server's Application).
+    """The front's application: one `begin` per request (proxy.front.server's
+    CallbackApplication).
 
     >>> hot_path = HotPath(generation, handoff=channel.offer, control=control_pool,
     ...                    rejected=rejections, handoff_counts=counts, max_frame=64 << 20)
@@ -151,35 +152,25 @@ class HotPath:
         self._ids = RequestIds()
         self.ready = False  # /readyz: set once serving, cleared when shutting down
         self._access_log = access_log
+        self._loop = asyncio.get_running_loop()  # once: Python 3.11 asks the kernel for its
+        # pid on every get_running_loop()
 
-    async def __call__(self, request: Request) -> Response:
-        # The request runs to its end on the generation it started with, whatever a reload does.
-        generation = self.generation
-        generation.in_flight += 1
-        try:
-            response = await self._handle(request, generation)
-        finally:
-            generation.leave()
-        if self._access_log:
-            access_log.info(
-                "%s %s %d",
-                request.method,
-                request.target.decode("latin-1"),
-                response.status,
-                extra={"remote": request.peer, "status": response.status},
-            )
-        return response
-
-    async def _handle(self, request: Request, generation: Generation) -> Response:
+    def begin(self, request: Request, respond: Respond) -> None:
+        """Answer `request` through `respond` (proxy.front.server's CallbackApplication): no
+        task and no future per request, only the client's callback when production answers."""
         target = request.target
         query_at = target.find(b"?")
         raw_path = (target if query_at < 0 else target[:query_at]).decode("latin-1")
         method = request.method
         # The proxy's own paths come first, as they did when one aiohttp app served them all.
         if raw_path in CONTROL_PATHS or raw_path.startswith("/admin/"):
-            return await self._to_control(request)
+            self._to_control(request, respond)
+            return
         if raw_path in ("/healthz", "/readyz") and method in ("GET", "HEAD"):
-            return self._health(raw_path)
+            self._answer(request, respond, self._health(raw_path))
+            return
+        # The request runs to its end on the generation it started with, whatever a reload does.
+        generation = self.generation
         found = generation.router.match(raw_path, method)
         id_header = generation.id_header
         request_id_bytes = b""
@@ -192,42 +183,71 @@ class HotPath:
         request_id = request_id_bytes.decode("utf-8", "surrogateescape")
         if found is None:
             self._no_route.inc()
-            return _error(
-                404,
-                f"no route matches {method} {raw_path}",
-                request_id,
-                id_header,
-                request_id_bytes,
-            )
+            message = f"no route matches {method} {raw_path}"
+            error = _error(404, message, request_id, id_header, request_id_bytes)
+            self._answer(request, respond, error)
+            return
         prefix, route = found
         route.requests.inc()
         if len(request.body) > generation.max_body:
             self._too_large.inc()
-            return _error(
-                413,
-                f"request body is larger than max_body ({generation.max_body} bytes)",
-                request_id,
-                id_header,
-                request_id_bytes,
-            )
+            message = f"request body is larger than max_body ({generation.max_body} bytes)"
+            error = _error(413, message, request_id, id_header, request_id_bytes)
+            self._answer(request, respond, error)
+            return
         headers = _forwarded_headers(request, generation.id_header_lower)
         headers.append((id_header, request_id_bytes))
         suffix = target[len(prefix) :]
         production = route.production.single or route.production.pick(bucket(request_id))
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         started = loop.time()
+
+        def answered(answer: UpstreamResponse | UpstreamError) -> None:
+            try:
+                response = self._answered(
+                    answer, route, production, started, method, suffix, request_id,
+                    request_id_bytes, headers, request.body, generation,
+                )  # fmt: skip
+            except Exception as exc:  # a bug here must still answer, and not hang the client
+                log.exception("front: answering %s %r failed", method, target[:200])
+                response = _error(500, f"internal error: {type(exc).__name__}", request_id,
+                                  id_header, request_id_bytes)  # fmt: skip
+            generation.leave()
+            self._answer(request, respond, response)
+
+        generation.in_flight += 1
         try:
-            answer = await production.upstream.send(method, suffix, headers, request.body)
-        except UpstreamError as exc:
-            production.outcomes[exc.outcome].inc()
+            production.upstream.begin(method, suffix, headers, request.body, answered)
+        except BaseException:
+            generation.leave()
+            raise
+
+    def _answered(
+        self,
+        answer: UpstreamResponse | UpstreamError,
+        route: FrontRoute,
+        production: FrontTarget,
+        started: float,
+        method: str,
+        suffix: bytes,
+        request_id: str,
+        request_id_bytes: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        generation: Generation,
+    ) -> Response:
+        """What the client gets for production's `answer`, the copy handed off on the way."""
+        id_header = generation.id_header
+        if isinstance(answer, UpstreamError):
+            production.outcomes[answer.outcome].inc()
             if route.tees:
-                self._hand_off(route, method, suffix, request_id, headers, request.body)
-            if isinstance(exc, UpstreamTimeout):
+                self._hand_off(route, method, suffix, request_id, headers, body)
+            if isinstance(answer, UpstreamTimeout):
                 message = f"production target {production.name} timed out"
                 return _error(504, message, request_id, id_header, request_id_bytes)
             message = f"production target {production.name} is unreachable"
             return _error(502, message, request_id, id_header, request_id_bytes)
-        production.duration.observe(loop.time() - started)
+        production.duration.observe(self._loop.time() - started)
         production.outcomes[Outcome.of_status(answer.status)].inc()
         out = _answer_headers(answer.headers, generation.id_header_lower, method == "HEAD")
         out.append((id_header, request_id_bytes))
@@ -238,12 +258,24 @@ class HotPath:
                 suffix,
                 request_id,
                 headers,
-                request.body,
+                body,
                 answer.status,
                 answer.headers,
                 answer.body,
             )
-        return Response(answer.status, out, answer.body, answer.reason.encode("latin-1"))
+        reason = answer.reason.encode("latin-1") if answer.reason else b""
+        return Response(answer.status, out, answer.body, reason)
+
+    def _answer(self, request: Request, respond: Respond, response: Response) -> None:
+        if self._access_log:
+            access_log.info(
+                "%s %s %d",
+                request.method,
+                request.target.decode("latin-1"),
+                response.status,
+                extra={"remote": request.peer, "status": response.status},
+            )
+        respond(response)
 
     def _hand_off(
         self,
@@ -284,23 +316,28 @@ class HotPath:
             return Response(200, [_JSON], b'{"status":"ready"}')
         return Response(503, [_JSON], b'{"status":"not ready"}')
 
-    async def _to_control(self, request: Request) -> Response:
+    def _to_control(self, request: Request, respond: Respond) -> None:
         """Pass a control-plane request to the analysis process as it came."""
         control = self._control
         if control is None:
-            return Response(
-                503, [_JSON], b'{"error":"the control plane is not served in this process"}'
-            )
+            doc = b'{"error":"the control plane is not served in this process"}'
+            self._answer(request, respond, Response(503, [_JSON], doc))
+            return
         headers = _forwarded_headers(request, b"")
-        try:
-            answer = await control.send(request.method, request.target, headers, request.body)
-        except UpstreamError as exc:
-            log.warning("control plane unreachable: %s", exc)
-            status = 504 if isinstance(exc, UpstreamTimeout) else 503
-            doc = {"error": "the analysis process is not answering; production is unaffected"}
-            return Response(status, [_JSON], json.dumps(doc).encode("ascii"))
-        out = _answer_headers(answer.headers, b"", request.method == "HEAD")
-        return Response(answer.status, out, answer.body, answer.reason.encode("latin-1"))
+
+        def answered(answer: UpstreamResponse | UpstreamError) -> None:
+            if isinstance(answer, UpstreamError):
+                log.warning("control plane unreachable: %s", answer)
+                status = 504 if isinstance(answer, UpstreamTimeout) else 503
+                doc = {"error": "the analysis process is not answering; production is unaffected"}
+                response = Response(status, [_JSON], json.dumps(doc).encode("ascii"))
+            else:
+                out = _answer_headers(answer.headers, b"", request.method == "HEAD")
+                reason = answer.reason.encode("latin-1")
+                response = Response(answer.status, out, answer.body, reason)
+            self._answer(request, respond, response)
+
+        control.begin(request.method, request.target, headers, request.body, answered)
 
 
 class RequestIds:

@@ -5,6 +5,7 @@ application callable; must not touch routing, upstreams, metrics libraries or bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import json
 import logging
@@ -12,7 +13,7 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -70,6 +71,16 @@ class Response:
 
 
 Application = Callable[[Request], Awaitable[Response]]
+"""An application as a coroutine function: run as one task per request."""
+
+Respond = Callable[[Response], None]
+
+
+class CallbackApplication(Protocol):
+    """An application that answers through a callback, without a task per request: `begin`
+    must call `respond` exactly once, now or later, and must not raise after calling it."""
+
+    def begin(self, request: Request, respond: Respond) -> None: ...
 
 
 class _Refuse(Exception):
@@ -107,10 +118,10 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._app = server.app
         self._limits = server.limits
         self._count = server.count
         self._loop = server.loop
+        self._begin = server.begin
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._closed = False  # connection_lost has run
@@ -147,7 +158,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_len = 0
         # answering
         self._queue: deque[Request] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._current: Request | None = None  # the request being answered
         self._pending_error: _Refuse | None = None
         self._continue_pending = False
         self._shutting_down = False
@@ -175,8 +186,8 @@ class HttpConnection(asyncio.Protocol):
         if not (self._by_us or self._lingering or self._eof) and self.busy:
             self._count(Fault.DISCONNECT)
         self._queue.clear()
-        # A running application task is not cancelled: it may still hand its exchange on;
-        # its answer is discarded in _respond.
+        # A running application call is not cancelled: it may still hand its exchange on;
+        # its answer is discarded in _answered.
         self._server.forget(self)
 
     def eof_received(self) -> bool:
@@ -187,7 +198,7 @@ class HttpConnection(asyncio.Protocol):
         if self._phase != _IDLE:
             self._count(Fault.DISCONNECT)  # half a request, then nothing more
             return False
-        if self._task is not None or self._queue:
+        if self._current is not None or self._queue:
             # Either a half-close (the answer is still wanted) or a full close we cannot
             # tell apart yet: counted, and answered if the client still reads.
             self._count(Fault.DISCONNECT)
@@ -301,7 +312,7 @@ class HttpConnection(asyncio.Protocol):
             if self._expect.lower() != b"100-continue":
                 self._refuse(417, "only Expect: 100-continue is supported", Fault.BAD_REQUEST)
             if version == "1.1" and (length or chunked):
-                if self._task is None and not self._queue and self._pending_error is None:
+                if self._current is None and not self._queue and self._pending_error is None:
                     self._write(_CONTINUE)
                 else:
                     self._continue_pending = True  # after the answers before it
@@ -336,7 +347,7 @@ class HttpConnection(asyncio.Protocol):
         self._continue_pending = False
         if not self._keep_alive or self._shutting_down:
             self._read_done = True
-        if self._task is None and not self._write_paused and self._pending_error is None:
+        if self._current is None and not self._write_paused and self._pending_error is None:
             self._start(request)
         else:
             self._queue.append(request)
@@ -348,24 +359,26 @@ class HttpConnection(asyncio.Protocol):
     # -- answering -----------------------------------------------------------------------------
 
     def _start(self, request: Request) -> None:
-        task = self._loop.create_task(self._handle(request))
-        self._task = task
-        self._server.track(task)
+        self._current = request
+        server = self._server
+        server.calls += 1
 
-    async def _handle(self, request: Request) -> None:
+        def respond(response: Response) -> None:
+            self._answered(request, response)
+
         try:
-            response = await self._app(request)
+            self._begin(request, respond)
         except Exception as exc:
-            self._count(Fault.APP_ERROR)
-            log.error(
-                "front server: the application failed on %s %r: %s: %s",
-                request.method,
-                request.target[:200],
-                type(exc).__name__,
-                exc,
-            )
-            response = _error_response(500, "internal server error")
-        self._task = None
+            if self._current is request:
+                self._answered(request, server.failed(request, exc))
+            else:
+                server.failed(request, exc)  # raised after answering: logged and counted
+
+    def _answered(self, request: Request, response: Response) -> None:
+        if self._current is not request:
+            return  # answered twice, or for a connection that moved on: ignored
+        self._current = None
+        self._server.call_done()
         self._respond(request, response)
 
     def _respond(self, request: Request, response: Response) -> None:
@@ -400,7 +413,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start the next queued request, or what waits for the queue to drain."""
-        if self._task is None and not self._write_paused and not self._closed:
+        if self._current is None and not self._write_paused and not self._closed:
             if self._queue:
                 self._start(self._queue.popleft())
             elif self._pending_error is not None:
@@ -419,7 +432,7 @@ class HttpConnection(asyncio.Protocol):
         self._read_done = True
         self._phase = _IDLE
         self._continue_pending = False
-        if self._task is not None or self._queue:
+        if self._current is not None or self._queue:
             self._pending_error = refusal
             self._sync_reading()
             self._refresh_timer()
@@ -492,7 +505,7 @@ class HttpConnection(asyncio.Protocol):
             at = 0.0  # we paused reading ourselves: the client owes nothing
         elif self._phase != _IDLE:
             at = self._deadline
-        elif self._task is None and not self._queue:
+        elif self._current is None and not self._queue:
             idle = limits.keepalive_timeout if self._served else limits.header_timeout
             at = self._idle_since + idle
         # Lazily, as a request moves the deadline several times: an armed timer that fires
@@ -548,7 +561,7 @@ class HttpConnection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """A request is being read, answered or waits to be."""
-        return self._phase != _IDLE or self._task is not None or bool(self._queue)
+        return self._phase != _IDLE or self._current is not None or bool(self._queue)
 
     @property
     def write_paused(self) -> bool:
@@ -637,17 +650,57 @@ class Server:
     connection_class: type[HttpConnection] = HttpConnection
 
     def __init__(
-        self, app: Application, limits: Limits | None = None, *, count: CountFn | None = None
+        self,
+        app: Application | CallbackApplication,
+        limits: Limits | None = None,
+        *,
+        count: CountFn | None = None,
     ) -> None:
         self.app = app
+        begin = getattr(app, "begin", None)  # a CallbackApplication's
+        self.begin: Callable[[Request, Respond], None] = begin or self._in_task
         self.limits = limits if limits is not None else Limits()
         self.count: CountFn = count if count is not None else Tally()
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpConnection] = set()
         self.closing = False
+        self.calls = 0  # application calls not answered yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._all_gone: asyncio.Event | None = None
+        self._calls_done: asyncio.Event | None = None
+
+    def _in_task(self, request: Request, respond: Respond) -> None:
+        """A coroutine application, run as a task per request."""
+        app = cast(Application, self.app)
+
+        async def run() -> None:
+            try:
+                response = await app(request)
+            except Exception as exc:
+                response = self.failed(request, exc)
+            respond(response)
+
+        task = self.loop.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def failed(self, request: Request, exc: Exception) -> Response:
+        """The application raised: logged, counted, answered 500."""
+        self.count(Fault.APP_ERROR)
+        log.error(
+            "front server: the application failed on %s %r: %s: %s",
+            request.method,
+            request.target[:200],
+            type(exc).__name__,
+            exc,
+        )
+        return _error_response(500, "internal server error")
+
+    def call_done(self) -> None:
+        self.calls -= 1
+        if not self.calls and self._calls_done is not None:
+            self._calls_done.set()
 
     async def start(
         self,
@@ -673,10 +726,6 @@ class Server:
         assert self._server is not None, "Server.start() was not awaited"
         return [s.getsockname()[:2] for s in self._server.sockets]
 
-    def track(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def forget(self, connection: HttpConnection) -> None:
         self.connections.discard(connection)
         if not self.connections and self._all_gone is not None:
@@ -700,8 +749,11 @@ class Server:
                 for connection in list(self.connections):
                     connection.abort()
         # Calls whose client left are still running: they get what remains of the grace.
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - self.loop.time()))
+        if self.calls:
+            self._calls_done = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._calls_done.wait()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
