@@ -108,7 +108,7 @@ def _report(args: argparse.Namespace) -> int:
             doc = fetch_report(args.url)
         else:
             settings = replace(VerdictConfig(), alpha=args.alpha, min_labels=args.min_labels)
-            doc = report_from_prometheus(args.prometheus, settings)
+            doc = report_from_prometheus(args.prometheus, settings, args.since)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"cannot get the report: {exc}", file=sys.stderr)
         return 1
@@ -160,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--alpha", type=float, default=defaults.alpha, help="with --prometheus")
     report.add_argument(
         "--min-labels", type=int, default=defaults.min_labels, help="with --prometheus"
+    )
+    report.add_argument(
+        "--since",
+        default="30d",
+        help="with --prometheus: the window counted, as a PromQL range (default 30d); restarts"
+        " within it are counted across",
     )
     args = parser.parse_args(argv)
     if args.command == "check-config":

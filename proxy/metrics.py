@@ -23,6 +23,7 @@ from proxy.core.outcomes import (
     RecordDrop,
     RecordKind,
     RejectReason,
+    RequestSum,
     Role,
     SkipReason,
 )
@@ -194,18 +195,26 @@ class Metrics:
 
         self.verdict = verdict_gauge(
             n.VERDICT,
-            "The shadow's verdict: +1 better, -1 worse, 0 inconclusive or insufficient data.",
+            "The shadow's verdict: 1 better, 0.5 equivalent, 0 inconclusive, -0.5 insufficient"
+            " data, -1 worse. Decisions are held once made (until the comparison's config"
+            " changes). Promote on >= 0.5; roll back on == -1.",
+        )
+        self.verdict_state = verdict_gauge(
+            n.VERDICT_STATE,
+            "The shadow's verdict as one series per state (better, equivalent, inconclusive,"
+            " insufficient_data, worse): 1 for the current one, 0 for the others.",
         )
         self.verdict_p = verdict_gauge(
             n.VERDICT_P,
-            "Always-valid p-value of the shadow-versus-production comparison (1 when unknown).",
+            "Always-valid p-value of the quality test (a running minimum; 1 when unknown).",
         )
         self.verdict_low = verdict_gauge(
             n.VERDICT_LOWER,
-            "Lower bound of the 1-alpha interval of the shadow's advantage: accuracy difference"
-            " (classification) or production's minus the shadow's absolute error (regression).",
+            "Lower end of the always-valid confidence sequence of the shadow's advantage per"
+            " instance, the request as the unit: accuracy points (classification) or production's"
+            " mean absolute error minus the shadow's (regression). Safe to gate on at any moment.",
         )
-        self.verdict_high = verdict_gauge(n.VERDICT_UPPER, "Upper bound of the same interval.")
+        self.verdict_high = verdict_gauge(n.VERDICT_UPPER, "Upper end of the same sequence.")
         self.config_info = self._gauge(
             n.CONFIG_INFO,
             "The configuration: its hash, source file and version; 1 for the running one, 0 for"
@@ -276,6 +285,19 @@ class Metrics:
         )
         self.paired_difference_squares = self._counter(
             n.PAIRED_DIFFERENCE_SQUARES, "Regression: sum of d squared."
+        )
+        self.paired_request_sums = self._counter(
+            n.PAIRED_REQUEST_SUMS,
+            "The verdict's per-request sums over labelled requests scored for both models (the"
+            " request is the unit of analysis): requests, instances (m), instances_squared,"
+            " advantage (d: how much better the shadow did, summed over the request's"
+            " instances) as advantage_positive and advantage_negative, advantage_squared, and"
+            " m*d as cross_positive and cross_negative. Summed over replicas, they pool exactly.",
+        )
+        self.compared_request_sums = self._counter(
+            n.COMPARED_REQUEST_SUMS,
+            "The same per-request sums for disagreement (d: instances disagreeing in a compared"
+            " request), behind the disagreement guardrail.",
         )
         self.recorded = self._counter(
             n.RECORDED,
@@ -380,6 +402,7 @@ class Metrics:
             shadow_worse=self.paired_shadow_worse.labels(route, shadow),
             shadow_better=self.paired_shadow_better.labels(route, shadow),
             difference_squares=self.paired_difference_squares.labels(route, shadow),
+            request_sums={s: self.paired_request_sums.labels(route, shadow, s) for s in RequestSum},
         )
 
     def bind_recording(self, route: str) -> RecordingMetrics:
@@ -425,6 +448,9 @@ class Metrics:
             results={r: c(self.comparisons.labels(route, shadow, r)) for r in ComparisonResult},
             compared=c(self.compared_instances.labels(route, shadow)),
             disagreed=c(self.disagreed_instances.labels(route, shadow)),
+            compared_sums={
+                s: c(self.compared_request_sums.labels(route, shadow, s)) for s in RequestSum
+            },
             distance=h(self.probability_distance.labels(route, shadow)),
             queue_depth=g(self.shadow_queue_depth.labels(route, shadow)),
             in_flight=g(self.shadow_in_flight.labels(route, shadow)),
@@ -499,6 +525,7 @@ class ShadowMetrics:
     results: dict[ComparisonResult, Inc]
     compared: Inc
     disagreed: Inc
+    compared_sums: dict[RequestSum, Inc]
     distance: Observe
     queue_depth: IncDec
     in_flight: IncDec
@@ -531,6 +558,7 @@ class PairMetrics:
     shadow_worse: Counter
     shadow_better: Counter
     difference_squares: Counter
+    request_sums: dict[RequestSum, Counter]
 
 
 @dataclass(frozen=True, slots=True)

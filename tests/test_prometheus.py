@@ -30,6 +30,14 @@ class Prometheus:
         result: list[dict[str, Any]] = doc["data"]["result"]
         return result
 
+    async def first_scrape(self) -> None:
+        """Wait until Prometheus has scraped the proxy once (its counters, all at 0 still)."""
+        async with asyncio.timeout(30):
+            while True:
+                if await self.query("shadowproxy_route_info"):
+                    return
+                await asyncio.sleep(0.2)  # Prometheus scrapes on its own clock
+
     async def scraped(self, target: RunningProxy) -> None:
         """Wait until Prometheus has scraped everything the target counted so far."""
         want = target.value("shadowproxy_labels_received_total")
@@ -101,8 +109,16 @@ async def prometheus(tmp_path: Path) -> AsyncIterator[Any]:
 async def test_prometheus_sees_the_disagreement_rate_and_the_fleet_verdict(
     fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, prometheus: Any
 ) -> None:
-    replica = await labelled_traffic(fake_model, proxy, tmp_path)
-    prom: Prometheus = await prometheus(replica)
+    started: list[Prometheus] = []
+
+    async def scrape_from_the_start(replica: RunningProxy) -> None:
+        # As in production, Prometheus scrapes the proxy from its start: the report counts
+        # with increase(), which sees what a counter gained while scraped.
+        started.append(await prometheus(replica))
+        await started[0].first_scrape()
+
+    replica = await labelled_traffic(fake_model, proxy, tmp_path, before=scrape_from_the_start)
+    [prom] = started
     await prom.scraped(replica)
     [rate] = await prom.query(
         "sum by (route, shadow) (shadowproxy_disagreed_instances_total)"
@@ -117,4 +133,5 @@ async def test_prometheus_sees_the_disagreement_rate_and_the_fleet_verdict(
     [shadow] = report["routes"][0]["shadows"]
     assert shadow["paired"]["shadow_only"] == 30
     assert shadow["paired"]["n"] == 300
+    assert (shadow["quality"]["requests"], shadow["quality"]["instances"]) == (300, 300)
     assert shadow["verdict"] == "better"

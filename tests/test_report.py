@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import types
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints, is_typeddict
 
@@ -24,9 +25,9 @@ from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProx
 
 ROUTE = "/v1/models/m:predict"
 N = 300
-# These tests judge accuracy; on a loaded test machine the fake shadow's p99 may well be over
-# 1.5x production's, so the latency guardrail is set out of reach (its rule is tested below).
-NO_LATENCY_GUARDRAIL = VerdictConfig(max_latency_ratio=1000)
+# These tests judge accuracy; on a loaded test machine the fake shadow may well be slower than
+# production, so the latency guardrail is set out of reach (its rule is tested below).
+NO_LATENCY_GUARDRAIL = VerdictConfig(latency_margin=1.0)
 
 
 def production(r: Received) -> Any:
@@ -45,15 +46,16 @@ async def labelled_traffic(
     tmp_path: Path,
     models: tuple[Script, Script] = (production, candidate),
     compare: str = "{kind: classification}",
+    before: Callable[[RunningProxy], Awaitable[None]] | None = None,
 ) -> RunningProxy:
     """N single-instance requests i through production and the candidate, then label i for
-    each, all joined."""
+    each, all joined. `before` runs once the proxy is up, before any traffic."""
     prod = await fake_model(models[0])
     shadow = await fake_model(models[1])
     p = await proxy(
         f"""
 store: {{path: '{tmp_path / "p.db"}', flush_interval: 1ms}}
-verdict: {{max_latency_ratio: 1000}}
+verdict: {{latency_margin: 100%}}
 routes:
   - match: {ROUTE}
     protocol: kserve-v1
@@ -63,6 +65,8 @@ routes:
     shadows: [{{name: cand, url: "{shadow.url}{ROUTE}"}}]
 """
     )
+    if before is not None:
+        await before(p)
     for i in range(N):
         status, _, _ = await p.post(ROUTE, {"instances": [i]}, headers={"X-Request-ID": f"r{i}"})
         assert status == 200
@@ -104,15 +108,29 @@ async def test_report_gives_the_verdict_the_figures_and_the_gauges(
     assert paired["difference"] == pytest.approx(0.1)
     assert 0 < paired["low"] < 0.1 < paired["high"]
     assert paired["sequential_p"] < 0.05
+    quality = shadow["quality"]
+    assert (quality["method"], quality["requests"], quality["instances"]) == ("exact", N, N)
+    assert quality["advantage"] == pytest.approx(0.1)
+    assert 0 < quality["low"] < 0.1 < quality["high"]
+    assert quality["p_value"] < quality["alpha"] == 0.025
+    assert quality["decision"] == "better"
     assert shadow["verdict"] == "better"
-    assert shadow["reason"].startswith("the shadow is more accurate: accuracy difference +10.0")
+    assert shadow["reason"].startswith("the shadow is better: accuracy difference +10.0 points")
     assert shadow["errors"] == 0
+    assert [g["name"] for g in shadow["guardrails"]] == [
+        "error_rate",
+        "slow_requests",
+        "disagreement",
+    ]
+    assert not any(g["tripped"] for g in shadow["guardrails"])
 
     labels = {"route": ROUTE, "shadow": "cand"}
     assert p.value("shadowproxy_verdict", **labels) == 1
-    assert p.value("shadowproxy_verdict_sequential_p_value", **labels) == paired["sequential_p"]
-    assert p.value("shadowproxy_verdict_difference_lower", **labels) == paired["low"]
-    assert p.value("shadowproxy_verdict_difference_upper", **labels) == paired["high"]
+    assert p.value("shadowproxy_verdict_state", **labels, state="better") == 1
+    assert p.value("shadowproxy_verdict_state", **labels, state="worse") == 0
+    assert p.value("shadowproxy_verdict_sequential_p_value", **labels) == quality["p_value"]
+    assert p.value("shadowproxy_verdict_difference_lower", **labels) == quality["low"]
+    assert p.value("shadowproxy_verdict_difference_upper", **labels) == quality["high"]
 
     async with p.session.get(p.url + "/report.html") as resp:
         assert resp.status == 200
@@ -123,6 +141,7 @@ async def test_report_gives_the_verdict_the_figures_and_the_gauges(
 
     table = format_table(report)
     assert re.search(r"cand\s+better\s+10\.0%\s+90\.0%\s+\+10\.0", table)
+    assert "[+" in table  # the always-valid sequence, on the advantage's scale
 
 
 async def test_too_few_labels_is_insufficient_data(
@@ -144,8 +163,8 @@ routes:
     report = p.state.reporter.report()
     [shadow] = report["routes"][0]["shadows"]
     assert shadow["verdict"] == "insufficient_data"
-    assert shadow["reason"] == ("0 labelled instances scored for both models; a verdict needs 100")
-    assert p.value("shadowproxy_verdict", route=ROUTE, shadow="cand") == 0
+    assert shadow["reason"] == "0 labelled requests scored for both models; a verdict needs 100"
+    assert p.value("shadowproxy_verdict", route=ROUTE, shadow="cand") == -0.5
 
 
 async def test_report_command_reads_a_proxy_and_prometheus(
@@ -160,19 +179,28 @@ async def test_report_command_reads_a_proxy_and_prometheus(
     assert done.returncode == 0, err
     assert re.search(rb"cand\s+better", out)
 
-    # Prometheus's query API, answering `sum by (...) (name)` from the proxy's own samples as
-    # if two replicas had each seen exactly the same traffic.
+    # Prometheus's query API, answering `sum by (...) (increase(name[30d]))` (and the route
+    # info's `sum by (...) (name)`) from the proxy's own samples as if two replicas had each
+    # seen exactly the same traffic since they started.
     samples = [
         (s.name, s.labels, s.value) for family in p.registry.collect() for s in family.samples
     ]
 
     async def query(request: web.Request) -> web.Response:
-        found = re.fullmatch(r"sum by \(([^)]*)\) \((\w+)\)", request.query["query"])
+        if request.query["query"] == "max(timestamp(shadowproxy_route_info))":
+            at = [{"metric": {}, "value": [1700000000.5, "1700000000.5"]}]
+            return web.json_response({"status": "success", "data": {"result": at}})
+        assert request.query["time"] == "1700000000.5"
+        found = re.fullmatch(
+            r"sum by \(([^)]*)\) \((?:increase\((\w+)\[30d\]\)|(shadowproxy_route_info))\)",
+            request.query["query"],
+        )
         assert found is not None
         by = [label.strip() for label in found[1].split(",")]
+        wanted = found[2] or found[3]
         sums: dict[tuple[tuple[str, str], ...], float] = {}
         for name, labels, value in samples:
-            if name == found[2]:
+            if name == wanted:
                 key = tuple((k, labels[k]) for k in by if k in labels)
                 sums[key] = sums.get(key, 0.0) + 2 * value
         result = [{"metric": dict(k), "value": [0, str(v)]} for k, v in sums.items()]
@@ -246,71 +274,98 @@ def test_rollout_templates_query_metrics_the_proxy_exports(name: str) -> None:
 
 # -- the verdict's rules, without a proxy ------------------------------------------------------
 
-NO_LABELS = {"n": 0}
+
+def _quality(**overrides: Any) -> Any:
+    quality = {
+        "method": "exact",
+        "requests": 500,
+        "instances": 500,
+        "advantage": 0.04,
+        "low": 0.01,
+        "high": 0.07,
+        "p_value": 0.01,
+        "alpha": 0.025,
+        "margin": 0.01,
+        "decision": "better",
+    }
+    return quality | overrides
 
 
-def _decide(**overrides: Any) -> tuple[str, str]:
+def _guard(name: str, low: float, limit: float, tripped: bool = True) -> Any:
+    return {
+        "name": name,
+        "value": low + 0.01,
+        "low": low,
+        "high": low + 0.02,
+        "limit": limit,
+        "alpha": 0.00833,
+        "tripped": tripped,
+    }
+
+
+def _decide(
+    kind: str = "classification", guardrails: Any = (), labelled: bool = True, **quality: Any
+) -> tuple[str, str]:
     from proxy.report.build import decide
 
-    args: dict[str, Any] = {
-        "kind": "classification",
-        "requests": 1000,
-        "error_rate": 0.0,
-        "latency_ratio": 1.0,
-        "shadow_p99": 0.01,
-        "production_p99": 0.01,
-        "disagreement": {"value": 0.1, "low": 0.08, "high": 0.12},
-        "paired": NO_LABELS,
-        "regression": None,
-    }
-    args.update(overrides)
-    return decide(VerdictConfig(max_disagreement=0.3), **args)
+    return decide(
+        VerdictConfig(max_disagreement=0.3),
+        kind=kind,
+        quality=_quality(**quality),
+        guardrails=list(guardrails),
+        labelled=labelled,
+    )
 
 
-def test_guardrails_force_worse_whatever_the_labels_say() -> None:
-    assert _decide(error_rate=0.05) == (
+def test_tripped_guardrails_make_it_worse_whatever_the_labels_say() -> None:
+    assert _decide(guardrails=[_guard("error_rate", 0.03, 0.01)]) == (
         "worse",
-        "the shadow fails 5.0% of its requests, above the 1.0% guardrail",
+        "the shadow fails more often than production: at least 3.0% more of its requests"
+        " (always-valid bound, alpha 0.0083), above the 1.0% guardrail",
     )
-    assert _decide(latency_ratio=3.1, shadow_p99=0.31, production_p99=0.1) == (
+    assert _decide(guardrails=[_guard("slow_requests", 0.05, 0.01)]) == (
         "worse",
-        "the shadow's p99 latency is 310 ms, 3.1x production's 100 ms (guardrail 1.5x)",
+        "the shadow is slower: at least 5.0% more of its requests are slower than production's"
+        " p99 than production's own (always-valid bound, alpha 0.0083), above the 1.0% guardrail",
     )
-    # Too few requests to judge: the guardrails wait.
-    assert _decide(requests=50, error_rate=0.5)[0] == "insufficient_data"
-    assert _decide(disagreement={"value": 0.5, "low": 0.42, "high": 0.58}) == (
+    assert _decide(guardrails=[_guard("error_rate", 0.03, 0.01, tripped=False)])[0] == "better"
+    # Disagreement judges only while labels are missing.
+    disagreement = [_guard("disagreement", 0.42, 0.3)]
+    assert _decide(guardrails=disagreement, labelled=True)[0] == "better"
+    assert _decide(guardrails=disagreement, labelled=False, requests=0) == (
         "worse",
-        "no verdict on labels yet (0 of 100), but the shadow disagrees with production on "
-        "50.0% of instances (95% CI from 42.0%), above the 30% guardrail",
+        "no verdict on labels yet, but the shadow disagrees with production on at least 42.0% of"
+        " instances (always-valid bound, alpha 0.0083), above the 30% guardrail",
     )
 
 
-def test_labels_decide_better_worse_or_inconclusive() -> None:
-    paired = {"n": 500, "difference": 0.04, "low": 0.01, "high": 0.07, "sequential_p": 0.01}
-    assert _decide(paired=paired)[0] == "better"
-    assert _decide(paired=paired | {"difference": -0.04, "low": -0.07, "high": -0.01})[0] == (
-        "worse"
-    )
-    verdict, reason = _decide(paired=paired | {"sequential_p": 0.2, "low": -0.01})
-    assert verdict == "inconclusive"
-    assert reason == (
-        "no significant difference yet: accuracy difference +4.0 points (95% CI -1.0 to +7.0),"
-        " sequential p = 0.2"
-    )
-    regression = {
-        "n": 500,
-        "mean_difference": -0.3,
-        "low": -0.5,
-        "high": -0.1,
-        "sequential_p": 0.001,
-    }
-    assert _decide(kind="regression", regression=regression) == (
+def test_the_quality_decision_gives_the_verdict_and_its_reason() -> None:
+    assert _decide() == (
         "better",
-        "the shadow's errors are smaller: mean absolute error difference -0.3 (95% CI -0.5 to"
-        " -0.1), sequential p = 0.001",
+        "the shadow is better: accuracy difference +4.0 points (always-valid 97.5% interval +1.0"
+        " points to +7.0 points, exact test, p = 0.01)",
     )
-    assert _decide(kind="regression", regression=regression | {"mean_difference": 0.3})[0] == (
-        "worse"
+    assert _decide(decision="worse", advantage=-0.04, low=-0.07, high=-0.01)[0] == "worse"
+    assert _decide(decision="equivalent", advantage=0.0, low=-0.005, high=0.005)[1].startswith(
+        "the shadow is as good as production within +-1.0 points: accuracy difference +0.0"
+    )
+    assert _decide(decision=None, p_value=0.2, low=-0.01) == (
+        "inconclusive",
+        "not decided yet: accuracy difference +4.0 points (always-valid 97.5% interval -1.0"
+        " points to +7.0 points, exact test, p = 0.2)",
+    )
+    assert _decide(decision=None, low=None, high=None, requests=120, method="requests") == (
+        "inconclusive",
+        "not enough labelled requests for the test on requests yet (120)",
+    )
+    assert _decide(requests=99) == (
+        "insufficient_data",
+        "99 labelled requests scored for both models; a verdict needs 100",
+    )
+    assert _decide(kind="regression", advantage=0.3, low=0.1, high=0.5, method="requests") == (
+        "better",
+        "the shadow is better: mean absolute error advantage +0.3 (always-valid 97.5% interval"
+        " +0.1 to +0.5, test on requests, p = 0.01)",
     )
 
 
@@ -340,12 +395,16 @@ async def test_a_regression_route_reports_errors_and_a_paired_verdict(
     assert regression["mean_difference"] == pytest.approx(-0.5)
     assert regression["low"] < -0.5 < regression["high"] < 0
     assert s["verdict"] == "better"
-    assert s["reason"].startswith("the shadow's errors are smaller: mean absolute error difference")
+    assert s["reason"].startswith("the shadow is better: mean absolute error advantage +0.5")
     # The gauges carry the shadow's advantage: production's error minus the shadow's.
+    quality = s["quality"]
+    assert quality["advantage"] == pytest.approx(0.5)
+    assert 0 < quality["low"] < 0.5 < quality["high"]
+    assert quality["margin"] == pytest.approx(0.01)  # 1% of production's MAE of 1.0
     labels = {"route": ROUTE, "shadow": "cand"}
     assert p.value("shadowproxy_verdict", **labels) == 1
-    assert p.value("shadowproxy_verdict_difference_lower", **labels) == -regression["high"]
-    assert p.value("shadowproxy_verdict_difference_upper", **labels) == -regression["low"]
+    assert p.value("shadowproxy_verdict_difference_lower", **labels) == quality["low"]
+    assert p.value("shadowproxy_verdict_difference_upper", **labels) == quality["high"]
 
 
 # -- the model: what build_report makes is what proxy/report/model.py says -----------------------

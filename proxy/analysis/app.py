@@ -30,7 +30,7 @@ from proxy.analysis.reload import reload_config
 from proxy.analysis.reporter import Reporter
 from proxy.analysis.responses import json_response, moved
 from proxy.analysis.state import STATE, ProxyState
-from proxy.config import Config, StoreConfig, config_hash
+from proxy.config import Config, StoreConfig
 from proxy.metric_batching import Batcher
 from proxy.metrics import Metrics
 from proxy.store.base import PredictionStore
@@ -73,7 +73,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     routes = wiring.build_routes(config, metrics, recorder)
     wiring.publish(metrics, config)
     exposition = _exposition(registry)
-    reporter = Reporter(exposition, metrics, config.verdict, config_hash(config))
+    reporter = Reporter(exposition, metrics, config)
     labels = LabelEndpoint(store, config.labels, scorers, metrics.bind_labels())
     exchanges = ExchangeHandler({r.name: r for r in routes}, unknown=metrics.intake_errors)
     state = ProxyState(

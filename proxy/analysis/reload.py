@@ -147,7 +147,7 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
         state.routes, state.config = routes, new
         _keep_pickle(state, candidate)
         state.labels.update(new.labels, scorers)
-        state.reporter.update(new.verdict, config_hash(new))
+        state.reporter.update(new)
         wiring.publish(metrics, old_config, 0.0)
         wiring.publish(metrics, new)
         task = asyncio.create_task(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import math
 import time
@@ -13,7 +14,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.config import VerdictConfig
+from proxy.config import Config, config_hash
+from proxy.core.outcomes import Verdict
+from proxy.core.verdict import Hold
 from proxy.metrics import Metrics
 from proxy.report.build import (
     advantage_interval,
@@ -31,31 +34,49 @@ def _gauge_value(x: float | None, default: float) -> float:
     return default if x is None or math.isnan(x) else x
 
 
+def fingerprints(config: Config) -> dict[tuple[str, str], str]:
+    """Per route and shadow, what its verdict depends on in the config: a decision is held
+    until this changes."""
+    found = {}
+    for route in config.routes:
+        for shadow in route.shadows:
+            what = repr((route.comparator, route.extractor, route.production.name, shadow.name,
+                         config.verdict))  # fmt: skip
+            found[(route.name, shadow.name)] = hashlib.sha256(what.encode()).hexdigest()[:16]
+    return found
+
+
 class Reporter:
     """Builds the report from this proxy's metrics (summed over --workers processes).
 
-    >>> reporter = Reporter(exposition_registry, metrics, config.verdict, config_hash)
+    >>> reporter = Reporter(exposition_registry, metrics, config)
     >>> await reporter.start()
     >>> app.router.add_get("/report", reporter.handle_json)
     """
 
-    def __init__(
-        self,
-        exposition: CollectorRegistry,
-        metrics: Metrics,
-        settings: VerdictConfig,
-        config_hash: str,
-    ) -> None:
+    def __init__(self, exposition: CollectorRegistry, metrics: Metrics, config: Config) -> None:
         self._exposition = exposition
         self._metrics = metrics
-        self._settings = settings
-        self._config_hash = config_hash
+        self._settings = config.verdict
+        self._config_hash = config_hash(config)
+        self._fingerprints = fingerprints(config)
+        self._holds: dict[tuple[str, str, str], Hold] = {}
         self._history: dict[tuple[str, str], collections.deque[HistoryPoint]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def update(self, settings: VerdictConfig, config_hash: str) -> None:
-        self._settings = settings
-        self._config_hash = config_hash
+    def update(self, config: Config) -> None:
+        """A reload: decisions of comparisons it changed are no longer held."""
+        self._settings = config.verdict
+        self._config_hash = config_hash(config)
+        self._fingerprints = fingerprints(config)
+
+    def _hold(self, route: str, shadow: str, check: str) -> Hold:
+        fingerprint = self._fingerprints.get((route, shadow), "")
+        key = (route, shadow, check)
+        hold = self._holds.get(key)
+        if hold is None or hold.fingerprint != fingerprint:
+            hold = self._holds[key] = Hold(fingerprint)
+        return hold
 
     def report(self, now: float | None = None) -> Report:
         """The report as of now; also sets the verdict gauges to it."""
@@ -66,6 +87,7 @@ class Reporter:
             generated_at=now,
             config_hash=self._config_hash,
             history={key: list(points) for key, points in self._history.items()},
+            hold=self._hold,
         )
         m = self._metrics
         for route in report["routes"]:
@@ -73,9 +95,9 @@ class Reporter:
                 labels = (route["route"], shadow["shadow"])
                 low, high = advantage_interval(shadow)
                 m.verdict.labels(*labels).set(shadow["verdict"].gauge)
-                p = shadow["paired"]["sequential_p"]
-                if shadow["regression"] is not None:
-                    p = shadow["regression"]["sequential_p"]
+                for state in Verdict:
+                    m.verdict_state.labels(*labels, state).set(state is shadow["verdict"])
+                p = shadow["quality"]["p_value"]
                 m.verdict_p.labels(*labels).set(_gauge_value(p, 1.0))
                 m.verdict_low.labels(*labels).set(_gauge_value(low, -math.inf))
                 m.verdict_high.labels(*labels).set(_gauge_value(high, math.inf))

@@ -9,6 +9,7 @@ from typing import Any
 
 from proxy.core.comparison import CompareKind, ShapeMismatch
 from proxy.core.joining import InvalidLabel, Score, label_values, pair, score
+from proxy.core.outcomes import RequestSum
 from proxy.metrics import ModelMetrics, PairMetrics, RecordingMetrics
 from proxy.store.base import Record
 
@@ -64,6 +65,11 @@ class RouteScorer:
         p = self.pairs[shadow]
         for outcome in p.outcomes:
             p.outcomes[outcome].inc(getattr(paired, outcome))
+        instances, advantage = paired.request()
+        if instances:
+            for name, value in RequestSum.of(instances, advantage).items():
+                if value:
+                    p.request_sums[name].inc(value)
         if paired.n:
             p.n.inc(paired.n)
             p.difference_squares.inc(paired.d_squared_sum)

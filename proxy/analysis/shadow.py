@@ -16,7 +16,7 @@ from typing import Any
 from proxy.core.comparison import Comparator, classify
 from proxy.core.exchange import Headers
 from proxy.core.extraction import ExtractionError, Extractor, decoded
-from proxy.core.outcomes import ComparisonResult, Outcome, SkipReason
+from proxy.core.outcomes import ComparisonResult, Outcome, RequestSum, SkipReason
 from proxy.core.sampling import Sampler
 from proxy.front.client import Upstream, UpstreamError, UpstreamResponse
 from proxy.metrics import ClassCounter, ShadowMetrics
@@ -337,6 +337,10 @@ class ShadowDispatcher:
         self._m.compared.inc(comparison.instances)
         if comparison.disagreements:
             self._m.disagreed.inc(comparison.disagreements)
+        sums = self._m.compared_sums
+        for name, value in RequestSum.of(comparison.instances, comparison.disagreements).items():
+            if value:
+                sums[name].inc(value)
         for distance in comparison.distances:
             self._m.distance.observe(distance)
 

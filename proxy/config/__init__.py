@@ -130,18 +130,27 @@ labels.token_file                    none                         instead of tok
                                                                   re-read by every reload
 labels.max_body                      1MiB                         label request body cap (413 above)
 labels.max_batch                     1000                         labels per request
-verdict.alpha                        0.05                         false-positive rate the verdict
-                                                                  allows, however often it is
-                                                                  checked; above 0, below 0.5
-verdict.min_labels                   100                          instances labelled for both models
-                                                                  before accuracy is judged
+verdict.alpha                        0.05                         family-wise false-decision rate
+                                                                  per route, however often it is
+                                                                  checked (split between shadows
+                                                                  and checks); above 0, below 0.5
+verdict.min_labels                   100                          labelled requests scored for both
+                                                                  models before quality is judged
 verdict.min_requests                 100                          shadow requests before the
                                                                   guardrails judge
-verdict.max_error_rate               1%                           guardrail: share of shadow errors
+verdict.margin                       1%                           equivalence margin: accuracy
+                                                                  points, or (regression) a share
+                                                                  of production's mean abs. error
+verdict.effect_size                  0.1                          the sequential test's mixture
+                                                                  width, in standard deviations of
+                                                                  the per-request advantage
+verdict.max_error_rate               1%                           guardrail: shadow error rate
                                                                   (5xx, timeouts, connection errors,
                                                                   answers over shadow_max_response)
-verdict.max_latency_ratio            1.5                          guardrail: shadow p99 over
-                                                                  production p99; at least 1
+                                                                  above production's by this
+verdict.latency_margin               1%                           guardrail: share of shadow
+                                                                  requests slower than production's
+                                                                  p99, above production's own share
 verdict.max_disagreement             none                         guardrail while labels are
                                                                   missing: a disagreement rate above
                                                                   it is "worse"

@@ -119,8 +119,10 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                 "alpha": config.verdict.alpha,
                 "min_labels": config.verdict.min_labels,
                 "min_requests": config.verdict.min_requests,
+                "margin": _format_fraction(config.verdict.margin),
+                "effect_size": config.verdict.effect_size,
                 "max_error_rate": _format_fraction(config.verdict.max_error_rate),
-                "max_latency_ratio": config.verdict.max_latency_ratio,
+                "latency_margin": _format_fraction(config.verdict.latency_margin),
                 "max_disagreement": None
                 if config.verdict.max_disagreement is None
                 else _format_fraction(config.verdict.max_disagreement),

@@ -38,6 +38,7 @@ from proxy.config.units import (
     _choice,
     _class_name,
     _count,
+    _effect_size,
     _header,
     _kind,
     _listen,
@@ -46,7 +47,6 @@ from proxy.config.units import (
     _match,
     _method,
     _prediction_path,
-    _ratio,
     _redis_url,
     _store_backend,
     _target_name,
@@ -123,6 +123,7 @@ _COMPARE_KEYS: Final = (
 _STORE_KEYS: Final = tuple(StoreConfig.__dataclass_fields__)
 _LABELS_KEYS: Final = tuple(LabelsConfig.__dataclass_fields__)
 _VERDICT_KEYS: Final = tuple(VerdictConfig.__dataclass_fields__)
+_VERDICT_REPLACED: Final = ("max_latency_ratio",)  # refused with a message saying what replaced it
 _ADMIN_KEYS: Final = tuple(AdminConfig.__dataclass_fields__)
 _METRICS_KEYS: Final = tuple(MetricsConfig.__dataclass_fields__)
 _OUTPUT_PROTOCOLS: Final = (Protocol.OPEN_INFERENCE_V2, Protocol.MLFLOW, Protocol.TFSERVING)
@@ -463,15 +464,26 @@ def _metrics(c: _Checker, loc: _Loc | None) -> MetricsConfig:
 
 def _verdict(c: _Checker, loc: _Loc | None) -> VerdictConfig:
     default = VerdictConfig()
-    items = _section(c, loc, _VERDICT_KEYS)
+    items = _section(c, loc, (*_VERDICT_KEYS, *_VERDICT_REPLACED))
     if items is None:
         return default
+    replaced = items.get("max_latency_ratio")
+    if replaced is not None:
+        c.add(
+            replaced.line,
+            replaced.path,
+            "was replaced by verdict.latency_margin (the share of shadow requests slower than"
+            " production's p99 beyond production's own share, tested with its uncertainty;"
+            " default 1%): remove it",
+        )
     return VerdictConfig(
         alpha=c.optional(items, "alpha", _alpha, default.alpha),
         min_labels=c.optional(items, "min_labels", _count, default.min_labels),
         min_requests=c.optional(items, "min_requests", _count, default.min_requests),
+        margin=c.optional(items, "margin", parse_fraction, default.margin),
+        effect_size=c.optional(items, "effect_size", _effect_size, default.effect_size),
         max_error_rate=c.optional(items, "max_error_rate", parse_fraction, default.max_error_rate),
-        max_latency_ratio=c.optional(items, "max_latency_ratio", _ratio, default.max_latency_ratio),
+        latency_margin=c.optional(items, "latency_margin", parse_fraction, default.latency_margin),
         max_disagreement=c.optional(items, "max_disagreement", parse_fraction, None),
         history_interval=c.optional(items, "history_interval", _timeout, default.history_interval),
         history_points=c.optional(items, "history_points", _count, default.history_points),

@@ -84,11 +84,13 @@ class StoreConfig:
 class VerdictConfig:
     """How a shadow's verdict is reached, and how much history the report keeps."""
 
-    alpha: float = 0.05
-    min_labels: int = 100  # paired labelled instances before accuracy is judged
+    alpha: float = 0.05  # family-wise, per route: split between shadows and checks
+    min_labels: int = 100  # labelled requests scored for both models before quality is judged
     min_requests: int = 100  # shadow requests before the guardrails judge
-    max_error_rate: float = 0.01  # shadow errors (5xx, timeouts, connection errors)
-    max_latency_ratio: float = 1.5  # shadow p99 over production p99
+    margin: float = 0.01  # equivalence: accuracy points, or a share of production's MAE
+    effect_size: float = 0.1  # the mixture's width, in sds of the per-request advantage
+    max_error_rate: float = 0.01  # shadow error rate over production's (5xx, timeouts, ...)
+    latency_margin: float = 0.01  # extra share of shadow requests over production's p99
     max_disagreement: float | None = None  # judged on disagreement while labels are missing
     history_interval: float = 60.0
     history_points: int = 1440

@@ -387,11 +387,12 @@ def _alpha(value: object) -> float:
     return alpha
 
 
-def _ratio(value: object) -> float:
-    ratio = _tolerance(value)
-    if ratio < 1:
-        raise ValueError("must be at least 1 (a multiple of production's p99)")
-    return ratio
+def _effect_size(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number such as 0.1, not {_kind(value)}")
+    if not (math.isfinite(value) and 0 < value <= 10):
+        raise ValueError("must be above 0 and at most 10 (standard deviations), like 0.1")
+    return float(value)
 
 
 def _listen_text(host: str, port: int) -> str:

@@ -126,6 +126,21 @@ class Paired:
     d_squared_sum: float = 0.0
     d_positive_sum: float = 0.0  # the d > 0 part of d_sum, for counters that only go up
 
+    def request(self) -> tuple[int, float]:
+        """This request as the verdict's unit: its instances scored for both models, and the
+        shadow's advantage summed over them (+1 per instance only the shadow got right, -1 per
+        one only production got right; for regression, |production error| - |shadow error|).
+
+            >>> Paired(both_right=3, production_only=1, shadow_only=2).request()
+            (6, 1)
+            >>> Paired(n=2, d_sum=-0.5).request()
+            (2, 0.5)
+        """
+        classified = self.both_right + self.production_only + self.shadow_only + self.both_wrong
+        if classified:
+            return classified, self.shadow_only - self.production_only
+        return self.n, -self.d_sum if self.n else 0.0
+
 
 def score(kind: CompareKind, predictions: Sequence[Any], labels: Sequence[Any]) -> Score:
     """Score one model's predictions against one label per instance (see ``label_values``)."""

@@ -111,6 +111,37 @@ class PairedOutcome(StrEnum):
     BOTH_WRONG = "both_wrong"
 
 
+class RequestSum(StrEnum):
+    """One of the additive per-request sums behind the verdict (proxy.core.stats.RequestSums),
+    summed over labelled requests: m_i is a request's instances, d_i its advantage (how much
+    better the shadow did, summed over its instances). Counters only go up, so sums that can
+    be negative are kept as their positive and negative parts."""
+
+    REQUESTS = "requests"
+    INSTANCES = "instances"
+    INSTANCES_SQUARED = "instances_squared"
+    ADVANTAGE_POSITIVE = "advantage_positive"
+    ADVANTAGE_NEGATIVE = "advantage_negative"
+    ADVANTAGE_SQUARED = "advantage_squared"
+    CROSS_POSITIVE = "cross_positive"
+    CROSS_NEGATIVE = "cross_negative"
+
+    @staticmethod
+    def of(m: float, d: float) -> dict[RequestSum, float]:
+        """What one request with m instances and advantage d adds to each sum."""
+        cross = m * d
+        return {
+            RequestSum.REQUESTS: 1.0,
+            RequestSum.INSTANCES: m,
+            RequestSum.INSTANCES_SQUARED: m * m,
+            RequestSum.ADVANTAGE_POSITIVE: max(d, 0.0),
+            RequestSum.ADVANTAGE_NEGATIVE: max(-d, 0.0),
+            RequestSum.ADVANTAGE_SQUARED: d * d,
+            RequestSum.CROSS_POSITIVE: max(cross, 0.0),
+            RequestSum.CROSS_NEGATIVE: max(-cross, 0.0),
+        }
+
+
 class StoreOperation(StrEnum):
     PUT_RECORDS = "put_records"
     PUT_SHADOWS = "put_shadows"
@@ -152,16 +183,27 @@ class AdminResult(StrEnum):
 
 
 class Verdict(StrEnum):
-    """A shadow's verdict, and its value on the verdict gauge."""
+    """A shadow's verdict, and its value on the verdict gauge: ordered from worse to better,
+    so that a gate reads `>= 0.5` as "promote" (better or equivalent) and `== -1` as "worse"."""
 
     BETTER = "better"
-    WORSE = "worse"
+    EQUIVALENT = "equivalent"
     INCONCLUSIVE = "inconclusive"
     INSUFFICIENT_DATA = "insufficient_data"
+    WORSE = "worse"
 
     @property
     def gauge(self) -> float:
-        return {"better": 1.0, "worse": -1.0}.get(self.value, 0.0)
+        return _VERDICT_GAUGE[self.value]
+
+
+_VERDICT_GAUGE = {
+    "better": 1.0,
+    "equivalent": 0.5,
+    "inconclusive": 0.0,
+    "insufficient_data": -0.5,
+    "worse": -1.0,
+}
 
 
 class Handoff(StrEnum):

@@ -31,22 +31,32 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import NDArray
 from scipy import optimize, special
 from scipy import stats as sps
 
 __all__ = [
     "DEFAULT_BETA_PRIOR",
+    "DEFAULT_EFFECT_SIZE",
     "DEFAULT_MIN_N",
     "DEFAULT_TAU",
     "Estimate",
     "Interval",
+    "RequestSums",
     "Sequential",
+    "discordance_box",
     "histogram_quantile",
     "mcnemar_p",
     "paired_accuracy_difference",
+    "paired_binary_p_paths",
     "paired_t",
+    "ratio_estimate",
     "sequential_paired_binary",
     "sequential_paired_mean",
+    "sequential_proportion",
+    "sequential_ratio",
+    "sequential_ratio_paths",
     "wilson",
 ]
 
@@ -66,6 +76,12 @@ DEFAULT_TAU = 1.0
 # makes Lambda explode: monitored from n = 2, 29% of N(0, 1) null paths reach p <= 0.05 within
 # 500 steps. Waiting for 30 differences brings that to ~2% (tau = 1) .. ~4% (tau = 0.3).
 DEFAULT_MIN_N = 30
+
+# The normal mixture's width for per-request statistics, in standardised units: tau = k * sd of
+# the per-request values, so the test is the same whatever the unit of the predictions (cents
+# or dollars). The mixture is most powerful for effects near k sd at the sample size where
+# n k^2 ~ 1; 0.1 suits the small effects (a tenth of an sd) a model release usually has.
+DEFAULT_EFFECT_SIZE = 0.1
 
 _NAN = math.nan
 # Smallest positive double: the bracket end for root finding next to theta = 0 or 1, where the
@@ -112,6 +128,54 @@ class Sequential:
 
 
 _UNDEFINED = Interval(_NAN, _NAN)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSums:
+    """Additive sums over labelled requests of one production-vs-shadow pair, the request being
+    the unit of analysis: request i has m_i scored instances and an advantage d_i (the sum over
+    its instances of how much better the shadow did: +1 for an instance only the shadow got
+    right, -1 for one only production got right; for regression, |production error| - |shadow
+    error|). Sums of sums pool exactly, across replicas or restarts.
+
+        >>> sums = RequestSums.of([(1, 1), (1, -1), (20, 20)])
+        >>> sums.requests, sums.instances, sums.advantage
+        (3, 22.0, 20.0)
+    """
+
+    requests: int = 0  # n
+    instances: float = 0.0  # sum of m_i
+    instances_squared: float = 0.0  # sum of m_i^2
+    advantage: float = 0.0  # sum of d_i
+    advantage_squared: float = 0.0  # sum of d_i^2
+    cross: float = 0.0  # sum of m_i d_i
+
+    @staticmethod
+    def of(requests: Sequence[tuple[float, float]]) -> RequestSums:
+        """The sums of (m_i, d_i) pairs."""
+        return RequestSums(
+            len(requests),
+            float(sum(m for m, _ in requests)),
+            float(sum(m * m for m, _ in requests)),
+            float(sum(d for _, d in requests)),
+            float(sum(d * d for _, d in requests)),
+            float(sum(m * d for m, d in requests)),
+        )
+
+    def __add__(self, other: RequestSums) -> RequestSums:
+        return RequestSums(
+            self.requests + other.requests,
+            self.instances + other.instances,
+            self.instances_squared + other.instances_squared,
+            self.advantage + other.advantage,
+            self.advantage_squared + other.advantage_squared,
+            self.cross + other.cross,
+        )
+
+    @property
+    def single_instance(self) -> bool:
+        """Every request had one instance: the exact tests on instances apply."""
+        return self.requests > 0 and self.instances == self.requests == self.instances_squared
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> Estimate:
@@ -236,8 +300,7 @@ def sequential_paired_binary(
         raise ValueError(f"prior={prior!r} must be > 0")
     b, c = production_only, shadow_only
     log_marginal = float(special.betaln(prior + c, prior + b) - special.betaln(prior, prior))
-    log_lr_null = log_marginal + (b + c) * math.log(2.0)
-    p_value = 1.0 if log_lr_null <= 0.0 else min(1.0, math.exp(-log_lr_null))
+    p_value = float(paired_binary_p_paths(np.array([b]), np.array([c]), prior)[0])
     threshold = math.log(1.0 / alpha)
 
     def excess(theta: float) -> float:
@@ -251,6 +314,20 @@ def sequential_paired_binary(
     low = 0.0 if excess(_TINY) < 0.0 else _root(excess, _TINY, mle)
     high = 1.0 if excess(1.0 - _EPS_HALF) < 0.0 else _root(excess, mle, 1.0 - _EPS_HALF)
     return Sequential(p_value, Interval(low, high))
+
+
+def paired_binary_p_paths(
+    production_only: NDArray[np.float64] | NDArray[np.int64],
+    shadow_only: NDArray[np.float64] | NDArray[np.int64],
+    prior: float = DEFAULT_BETA_PRIOR,
+) -> NDArray[np.float64]:
+    """``sequential_paired_binary``'s p-value for many moments at once (its one implementation)."""
+    b = np.asarray(production_only, dtype=np.float64)
+    c = np.asarray(shadow_only, dtype=np.float64)
+    log_lr = special.betaln(prior + c, prior + b) - special.betaln(prior, prior)
+    log_lr = log_lr + (b + c) * math.log(2.0)
+    with np.errstate(over="ignore"):
+        return np.where(log_lr <= 0.0, 1.0, np.minimum(1.0, np.exp(-np.maximum(log_lr, 0.0))))
 
 
 def sequential_paired_mean(
@@ -290,6 +367,188 @@ def sequential_paired_mean(
         variance * spread / (n * tau) ** 2 * (math.log(spread / variance) - 2.0 * math.log(alpha))
     )
     return Sequential(p_value, Interval(mean - half, mean + half))
+
+
+def ratio_estimate(sums: RequestSums) -> tuple[float, float]:
+    """The advantage per instance, ``sum d / sum m``, and the variance of one request's
+    linearised contribution, ``sum (d_i - r m_i)^2 / ((n - 1) mbar^2)``: the cluster-robust
+    (delta-method, ratio-estimator) variance, so that ``variance / n`` is the estimate's.
+    Instances of one request are not counted as independent, however they are correlated
+    (Cochran 1977, Sampling Techniques, section 6.4). nan for no instances; the variance is nan
+    for fewer than two requests.
+
+        >>> ratio_estimate(RequestSums.of([(2, 2), (2, 0), (2, -2), (2, 2)]))
+        (0.25, 0.9166666666666666)
+    """
+    ratio, variance = _ratio_paths(*_columns([sums]))
+    return float(ratio[0]), float(variance[0])
+
+
+def sequential_ratio(
+    sums: RequestSums,
+    alpha: float = 0.05,
+    effect_size: float = DEFAULT_EFFECT_SIZE,
+    min_requests: int = DEFAULT_MIN_N,
+) -> Sequential:
+    """Always-valid p-value and confidence sequence for the advantage per instance, with the
+    request as the unit: the normal-mixture mSPRT (Johari et al. 2022, OR 70(3); Robbins 1970)
+    applied to the ratio estimator with its cluster-robust variance V (``ratio_estimate``), and
+    the mixture set in standardised units, tau^2 = k^2 V (k = ``effect_size``), so the same
+    evidence gives the same answer in any unit. With r the estimate:
+    ``Lambda(x) = (1 + n k^2)^(-1/2) exp(n^2 k^2 (r - x)^2 / (2 V (1 + n k^2)))``,
+    ``p = min(1, 1 / Lambda(0))`` and the sequence is
+    ``r +- sqrt(V (1 + n k^2) / (n^2 k^2) * log((1 + n k^2) / alpha^2))``.
+    It excludes x exactly when Lambda(x) >= 1 / alpha.
+
+    Asymptotic (the plug-in variance): below ``min_requests`` requests, p = 1 and the interval
+    is undefined. A zero variance with n >= min_requests is a constant advantage: the sequence
+    is that point, and p is 0 unless the point is 0.
+    """
+    p, low, high = sequential_ratio_paths(
+        *_columns([sums]), alpha=alpha, effect_size=effect_size, min_requests=min_requests
+    )
+    return Sequential(float(p[0]), Interval(float(low[0]), float(high[0])))
+
+
+def sequential_ratio_paths(
+    requests: NDArray[np.float64],
+    instances: NDArray[np.float64],
+    instances_squared: NDArray[np.float64],
+    advantage: NDArray[np.float64],
+    advantage_squared: NDArray[np.float64],
+    cross: NDArray[np.float64],
+    *,
+    alpha: float = 0.05,
+    effect_size: float = DEFAULT_EFFECT_SIZE,
+    min_requests: int = DEFAULT_MIN_N,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """``sequential_ratio`` for many moments at once (arrays of running sums, as a simulation
+    of continuous monitoring has them): p-values, lower and upper ends. The one implementation:
+    ``sequential_ratio`` calls it."""
+    _check_alpha(alpha)
+    if not effect_size > 0.0:
+        raise ValueError(f"effect_size={effect_size!r} must be > 0")
+    if min_requests < 2:
+        raise ValueError(f"min_requests={min_requests} must be >= 2")
+    n = requests
+    ratio, variance = _ratio_paths(
+        requests, instances, instances_squared, advantage, advantage_squared, cross
+    )
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        growth = 1.0 + n * effect_size**2
+        log_lr = -0.5 * np.log(growth) + (n * effect_size * ratio) ** 2 / (2.0 * variance * growth)
+        p = np.where(log_lr <= 0.0, 1.0, np.exp(-np.maximum(log_lr, 0.0)))
+        half = np.sqrt(
+            variance * growth / (n * effect_size) ** 2 * (np.log(growth) - 2.0 * math.log(alpha))
+        )
+    low, high = ratio - half, ratio + half
+    constant = variance == 0.0
+    p = np.where(constant, np.where(ratio == 0.0, 1.0, 0.0), p)
+    low = np.where(constant, ratio, low)
+    high = np.where(constant, ratio, high)
+    undecided = (n < min_requests) | np.isnan(ratio) | np.isnan(variance)
+    p = np.where(undecided, 1.0, np.minimum(p, 1.0))
+    low = np.where(undecided, np.nan, low)
+    high = np.where(undecided, np.nan, high)
+    return p, low, high
+
+
+def _columns(sums: Sequence[RequestSums]) -> tuple[NDArray[np.float64], ...]:
+    return tuple(
+        np.array([getattr(s, name) for s in sums], dtype=np.float64)
+        for name in (
+            "requests", "instances", "instances_squared", "advantage", "advantage_squared",
+            "cross",
+        )
+    )  # fmt: skip
+
+
+def _ratio_paths(
+    n: NDArray[np.float64],
+    instances: NDArray[np.float64],
+    instances_squared: NDArray[np.float64],
+    advantage: NDArray[np.float64],
+    advantage_squared: NDArray[np.float64],
+    cross: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where((n > 0) & (instances > 0.0), advantage / instances, np.nan)
+        mean_m = instances / n
+        squares = advantage_squared - 2.0 * ratio * cross + ratio * ratio * instances_squared
+        scale = advantage_squared + ratio * ratio * instances_squared
+        # Cancellation leaves noise of the order of n eps scale: below that it is zero.
+        squares = np.where(squares <= 8.0 * n * np.finfo(np.float64).eps * scale, 0.0, squares)
+        variance = np.where(n >= 2, squares / ((n - 1) * mean_m * mean_m), np.nan)
+    return ratio, variance
+
+
+def sequential_proportion(successes: int, n: int, alpha: float = 0.05) -> Sequential:
+    """Always-valid confidence sequence for a proportion: the Beta(1, 1) mixture martingale,
+    ``{q : B(1 + s, 1 + n - s) / (q^s (1 - q)^(n - s)) < 1 / alpha}`` (Robbins 1970; Howard et al.
+    2021). p is for q = 1/2 (rarely wanted; the interval is what is used). n = 0: [0, 1].
+
+        >>> s = sequential_proportion(0, 1000, alpha=0.05)
+        >>> s.interval.low, round(s.interval.high, 4)
+        (0.0, 0.0098)
+    """
+    _check_counts(successes=successes, n=n)
+    if successes > n:
+        raise ValueError(f"successes={successes} exceeds n={n}")
+    _check_alpha(alpha)
+    if n == 0:
+        return Sequential(1.0, Interval(0.0, 1.0))
+    failures = n - successes
+    log_marginal = float(special.betaln(1.0 + successes, 1.0 + failures))
+    threshold = math.log(1.0 / alpha)
+
+    def excess(q: float) -> float:
+        log_lik = float(special.xlogy(successes, q) + special.xlog1py(failures, -q))
+        return log_marginal - log_lik - threshold
+
+    log_lr_half = log_marginal + n * math.log(2.0)
+    p_value = 1.0 if log_lr_half <= 0.0 else min(1.0, math.exp(-log_lr_half))
+    mle = successes / n
+    low = 0.0 if mle == 0.0 or excess(_TINY) < 0.0 else _root(excess, _TINY, mle)
+    top = 1.0 - _EPS_HALF
+    high = 1.0 if mle == 1.0 or excess(top) < 0.0 else _root(excess, mle, top)
+    return Sequential(p_value, Interval(low, high))
+
+
+def discordance_box(
+    production_only: int,
+    shadow_only: int,
+    n: int,
+    alpha: float = 0.05,
+    prior: float = DEFAULT_BETA_PRIOR,
+) -> Sequential:
+    """Always-valid test and confidence sequence for the accuracy difference of single-instance
+    requests, exact (no normal approximation): the difference is D (2 theta - 1), with D the
+    share of discordant instances and theta the chance that the shadow is the one right when
+    they disagree. Half of alpha goes to each: theta's sequence is the beta-mixture test's
+    (``sequential_paired_binary``), D's is ``sequential_proportion``'s, and the box they make
+    holds the difference with probability >= 1 - alpha, at every moment. The p-value is the
+    beta-mixture test's, doubled for the half of alpha it gets: the interval excludes 0 when
+    p <= alpha (and D's lower end is above 0).
+
+        >>> box = discordance_box(production_only=160, shadow_only=240, n=400, alpha=0.025)
+        >>> box.p_value < 0.025 < box.interval.low + 0.025
+        True
+    """
+    _check_counts(production_only=production_only, shadow_only=shadow_only, n=n)
+    discordant = production_only + shadow_only
+    if discordant > n:
+        raise ValueError(f"{discordant} discordant instances of n={n}")
+    _check_alpha(alpha)
+    direction = sequential_paired_binary(production_only, shadow_only, alpha / 2.0, prior)
+    rate = sequential_proportion(discordant, n, alpha / 2.0).interval
+    t_low, t_high = (2.0 * x - 1.0 for x in (direction.interval.low, direction.interval.high))
+    if t_low > 0.0:
+        low, high = rate.low * t_low, rate.high * t_high
+    elif t_high < 0.0:
+        low, high = rate.high * t_low, rate.low * t_high
+    else:
+        low, high = rate.high * t_low, rate.high * t_high
+    return Sequential(min(1.0, 2.0 * direction.p_value), Interval(low, high))
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:

@@ -1,36 +1,51 @@
 """The verdict and the report: per route and shadow, every figure with its interval, computed from
 metric samples (the proxy's own, or Prometheus's summed over replicas), and the decision better,
-worse, inconclusive or insufficient_data with its reason in words. Pure: samples in, a `Report`
-(proxy.report.model) out."""
+equivalent, worse, inconclusive or insufficient_data with its reason in words (the rules are
+proxy.core.verdict's). Pure: samples in, a `Report` (proxy.report.model) out; decisions held
+between reports live with the caller."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from proxy import metric_names as names
 from proxy.config import VerdictConfig
-from proxy.core.outcomes import PairedOutcome, Verdict
+from proxy.core.comparison import CompareKind
+from proxy.core.outcomes import PairedOutcome, RequestSum, Verdict
 from proxy.core.stats import (
+    Interval,
+    RequestSums,
     histogram_quantile,
     mcnemar_p,
     paired_accuracy_difference,
     paired_t,
     sequential_paired_binary,
     sequential_paired_mean,
+    sequential_ratio,
     wilson,
+)
+from proxy.core.verdict import (
+    Hold,
+    error_guardrail,
+    judge,
+    latency_guardrail,
+    quality,
+    split_alpha,
 )
 from proxy.report.model import (
     Accuracy,
     Disagreement,
     ErrorFigures,
+    Guardrail,
     HistoryPoint,
     LatencyFigures,
     PairedClassification,
     PairedOutcomes,
     PairedRegression,
     Proportion,
+    QualityFigures,
     Report,
     RouteReport,
     ShadowReport,
@@ -144,79 +159,215 @@ def _cs_on_difference(theta: float, outcomes: PairedOutcomes, n: int) -> float |
     return discordant * (2 * theta - 1)
 
 
+def _request_sums(samples: Samples, name: str, route: str, shadow: str) -> RequestSums:
+    def total(which: RequestSum) -> float:
+        return samples.total(name, route=route, shadow=shadow, sum=which)
+
+    return RequestSums(
+        requests=int(total(RequestSum.REQUESTS)),
+        instances=total(RequestSum.INSTANCES),
+        instances_squared=total(RequestSum.INSTANCES_SQUARED),
+        advantage=total(RequestSum.ADVANTAGE_POSITIVE) - total(RequestSum.ADVANTAGE_NEGATIVE),
+        advantage_squared=total(RequestSum.ADVANTAGE_SQUARED),
+        cross=total(RequestSum.CROSS_POSITIVE) - total(RequestSum.CROSS_NEGATIVE),
+    )
+
+
+class Holds(Protocol):
+    """Where decisions are held between reports (proxy.analysis.reporter keeps them)."""
+
+    def __call__(self, route: str, shadow: str, check: str) -> Hold: ...
+
+
+def _fresh(route: str, shadow: str, check: str) -> Hold:
+    return Hold("")
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:+.1f}"
+
+
+def _figure(kind: str, x: float) -> str:
+    return f"{x * 100:+.1f} points" if kind != "regression" else f"{x:+.4g}"
+
+
+def _guardrails(
+    samples: Samples,
+    settings: VerdictConfig,
+    alpha: float,
+    route: str,
+    shadow: str,
+    production: str,
+    hold: Holds,
+) -> list[Guardrail]:
+    upstream = {"route": route, "role": "shadow", "target": shadow}
+    production_upstream = {"route": route, "role": "production", "target": production}
+    requests = samples.total(names.UPSTREAM_REQUESTS.total, **upstream)
+    errors = requests - samples.total(names.UPSTREAM_REQUESTS.total, **upstream, outcome="ok")
+    production_requests = samples.total(names.UPSTREAM_REQUESTS.total, **production_upstream)
+    production_errors = production_requests - samples.total(
+        names.UPSTREAM_REQUESTS.total, **production_upstream, outcome="ok"
+    )
+    enough = requests >= settings.min_requests
+    found: list[Guardrail] = []
+
+    def add(name: str, value: float | None, interval: Interval, limit: float | None) -> None:
+        low, high = _num(interval.low), _num(interval.high)
+        trips = enough and limit is not None and low is not None and low > limit
+        held = hold(route, shadow, name)
+        decision, _ = held.update(held.fingerprint, Verdict.WORSE if trips else None, 1.0)
+        found.append(
+            {
+                "name": name,
+                "value": value,
+                "low": low,
+                "high": high,
+                "limit": limit,
+                "alpha": alpha,
+                "tripped": decision is Verdict.WORSE,
+            }
+        )
+
+    error_interval = error_guardrail(
+        int(errors),
+        int(requests),
+        int(production_errors),
+        int(production_requests),
+        alpha=alpha,
+        margin=settings.max_error_rate,
+    )
+    error_value = (
+        errors / requests - production_errors / production_requests
+        if requests and production_requests
+        else None
+    )
+    add("error_rate", error_value, error_interval, settings.max_error_rate)
+    shadow_buckets = samples.buckets(names.UPSTREAM_DURATION.name, **upstream)
+    production_buckets = samples.buckets(names.UPSTREAM_DURATION.name, **production_upstream)
+    _, slow = latency_guardrail(shadow_buckets, production_buckets, alpha=alpha)
+    slow_value = None if math.isnan(slow.low) else (slow.low + slow.high) / 2
+    add("slow_requests", slow_value, slow, settings.latency_margin)
+    compared = _request_sums(samples, names.COMPARED_REQUEST_SUMS.total, route, shadow)
+    disagreement = sequential_ratio(compared, alpha) if compared.requests >= 2 else None
+    interval = disagreement.interval if disagreement else Interval(math.nan, math.nan)
+    value = compared.advantage / compared.instances if compared.instances else None
+    add("disagreement", value, interval, settings.max_disagreement)
+    return found
+
+
 def decide(
     settings: VerdictConfig,
     *,
     kind: str,
-    requests: float,
-    error_rate: float | None,
-    latency_ratio: float | None,
-    shadow_p99: float | None,
-    production_p99: float | None,
-    disagreement: Proportion,
-    paired: PairedClassification,
-    regression: PairedRegression | None,
+    quality: QualityFigures,
+    guardrails: Sequence[Guardrail],
+    labelled: bool,
 ) -> tuple[Verdict, str]:
-    """The verdict and its reason in words. Guardrails first: they can force `worse`."""
-    if requests >= settings.min_requests:
-        if error_rate is not None and error_rate > settings.max_error_rate:
-            return Verdict.WORSE, (
-                f"the shadow fails {error_rate:.1%} of its requests, above the "
-                f"{settings.max_error_rate:.1%} guardrail"
-            )
-        if latency_ratio is not None and latency_ratio > settings.max_latency_ratio:
-            assert shadow_p99 is not None
-            assert production_p99 is not None
-            return Verdict.WORSE, (
-                f"the shadow's p99 latency is {shadow_p99 * 1000:.0f} ms, {latency_ratio:.1f}x "
-                f"production's {production_p99 * 1000:.0f} ms (guardrail "
-                f"{settings.max_latency_ratio:g}x)"
-            )
-    confidence = 1 - settings.alpha
-    n = paired["n"] if regression is None else regression["n"]
-    if n < settings.min_labels:
-        limit = settings.max_disagreement
-        low = disagreement.get("low")
-        if limit is not None and low is not None and low > limit:
-            return Verdict.WORSE, (
-                f"no verdict on labels yet ({n} of {settings.min_labels}), but the shadow "
-                f"disagrees with production on {disagreement['value']:.1%} of instances "
-                f"({confidence:.0%} CI from {low:.1%}), above the {limit:.0%} guardrail"
-            )
-        return Verdict.INSUFFICIENT_DATA, (
-            f"{n} labelled instances scored for both models; a verdict needs {settings.min_labels}"
-        )
-    if regression is None:
-        p, diff = paired["sequential_p"], paired["difference"]
-        low, high = paired["low"], paired["high"]
-        # n >= min_labels >= 1 labelled pairs: the difference and its interval are numbers.
-        assert diff is not None
+    """The verdict and its reason in words, from the held decisions: a tripped guardrail makes
+    it worse; then the quality test decides, once enough requests are labelled."""
+    for guard in guardrails:
+        if not guard["tripped"] or (guard["name"] == "disagreement" and labelled):
+            continue
+        low, limit = guard["low"], guard["limit"]
         assert low is not None
-        assert high is not None
-        what = (
-            f"accuracy difference {diff * 100:+.1f} points ({confidence:.0%} CI "
-            f"{low * 100:+.1f} to {high * 100:+.1f}), sequential p = {p:.3g}"
-        )
-        if p <= settings.alpha:
-            better = diff > 0
-            return (Verdict.BETTER if better else Verdict.WORSE), (
-                f"the shadow is {'more' if better else 'less'} accurate: {what}"
+        assert limit is not None
+        share = f"{guard['alpha']:.2g}"
+        if guard["name"] == "error_rate":
+            return Verdict.WORSE, (
+                f"the shadow fails more often than production: at least {low:.1%} more of its"
+                f" requests (always-valid bound, alpha {share}), above the {limit:.1%} guardrail"
             )
-        return Verdict.INCONCLUSIVE, f"no significant difference yet: {what}"
-    p, mean = regression["sequential_p"], regression["mean_difference"]
-    # A mean needs 2 pairs: null only with min_labels 1 and a single pair, which fails here as
-    # its format below would.
-    assert mean is not None
-    what = (
-        f"mean absolute error difference {mean:+.4g} ({confidence:.0%} CI "
-        f"{regression['low']:+.4g} to {regression['high']:+.4g}), sequential p = {p:.3g}"
-    )
-    if p <= settings.alpha:
-        # d = |shadow error| - |production error|: negative is the shadow doing better.
-        return (Verdict.BETTER if mean < 0 else Verdict.WORSE), (
-            f"the shadow's errors are {'smaller' if mean < 0 else 'larger'}: {what}"
+        if guard["name"] == "slow_requests":
+            return Verdict.WORSE, (
+                f"the shadow is slower: at least {low:.1%} more of its requests are slower than"
+                f" production's p99 than production's own (always-valid bound, alpha {share}),"
+                f" above the {limit:.1%} guardrail"
+            )
+        return Verdict.WORSE, (
+            f"no verdict on labels yet, but the shadow disagrees with production on at least"
+            f" {low:.1%} of instances (always-valid bound, alpha {share}), above the"
+            f" {limit:.0%} guardrail"
         )
-    return Verdict.INCONCLUSIVE, f"no significant difference yet: {what}"
+    requests = quality["requests"]
+    if requests < settings.min_labels:
+        return Verdict.INSUFFICIENT_DATA, (
+            f"{requests} labelled requests scored for both models; a verdict needs "
+            f"{settings.min_labels}"
+        )
+    low, high, p = quality["low"], quality["high"], quality["p_value"]
+    what = "accuracy difference" if kind != "regression" else "mean absolute error advantage"
+    unit = "exact test" if quality["method"] == "exact" else "test on requests"
+    if low is None or high is None:
+        return Verdict.INCONCLUSIVE, (
+            f"not enough labelled requests for the {unit} yet ({requests})"
+        )
+    advantage = quality["advantage"]
+    assert advantage is not None
+    stated = (
+        f"{what} {_figure(kind, advantage)} (always-valid {1 - quality['alpha']:.1%} interval"
+        f" {_figure(kind, low)} to {_figure(kind, high)}, {unit}, p = {p:.3g})"
+    )
+    decision = quality["decision"]
+    if decision == Verdict.BETTER:
+        return decision, f"the shadow is better: {stated}"
+    if decision == Verdict.WORSE:
+        return decision, f"the shadow is worse: {stated}"
+    if decision == Verdict.EQUIVALENT:
+        margin = quality["margin"]
+        assert margin is not None
+        size = f"{margin * 100:.1f} points" if kind != "regression" else f"{margin:.4g}"
+        return decision, f"the shadow is as good as production within +-{size}: {stated}"
+    return Verdict.INCONCLUSIVE, f"not decided yet: {stated}"
+
+
+def _quality(
+    samples: Samples,
+    settings: VerdictConfig,
+    alpha: float,
+    route: str,
+    kind: str,
+    shadow: str,
+    outcomes: PairedOutcomes,
+    production_error: ErrorFigures,
+    hold: Holds,
+) -> QualityFigures:
+    sums = _request_sums(samples, names.PAIRED_REQUEST_SUMS.total, route, shadow)
+    compare_kind = CompareKind.REGRESSION if kind == "regression" else CompareKind.CLASSIFICATION
+    test = quality(
+        compare_kind,
+        sums,
+        production_only=outcomes["production_only"],
+        shadow_only=outcomes["shadow_only"],
+        instances=sum(outcomes.values()),  # type: ignore[arg-type]  # four counts
+        alpha=alpha,
+        effect_size=settings.effect_size,
+    )
+    margin: float | None = settings.margin
+    if kind == "regression":
+        mae = production_error["mae"]
+        margin = settings.margin * mae if mae else None
+    interval = test.sequential.interval
+    enough = sums.requests >= settings.min_labels
+    decision = judge(interval, margin or 0.0) if enough else None
+    held = hold(route, shadow, "quality")
+    decision, p_value = held.update(held.fingerprint, decision, test.sequential.p_value)
+    advantage = sums.advantage / sums.instances if sums.instances else None
+    if test.method == "exact" and sum(outcomes.values()):  # type: ignore[arg-type]
+        advantage = (outcomes["shadow_only"] - outcomes["production_only"]) / sum(
+            outcomes.values()  # type: ignore[arg-type]
+        )
+    return {
+        "method": test.method,
+        "requests": sums.requests,
+        "instances": int(sums.instances),
+        "advantage": _num(advantage) if advantage is not None else None,
+        "low": _num(interval.low),
+        "high": _num(interval.high),
+        "p_value": p_value,
+        "alpha": alpha,
+        "margin": margin,
+        "decision": decision,
+    }
 
 
 def _shadow_report(
@@ -225,9 +376,14 @@ def _shadow_report(
     route: str,
     kind: str,
     shadow: str,
+    production: str,
     production_latency: LatencyFigures,
+    production_error: ErrorFigures,
+    shadows: int,
+    hold: Holds,
 ) -> ShadowReport:
     confidence = 1 - settings.alpha
+    alphas = split_alpha(settings.alpha, shadows)
     upstream = {"route": route, "target": shadow, "role": "shadow"}
     requests = samples.total(names.UPSTREAM_REQUESTS.total, **upstream)
     errors = requests - samples.total(names.UPSTREAM_REQUESTS.total, **upstream, outcome="ok")
@@ -265,9 +421,6 @@ def _shadow_report(
         "high": _num(difference.interval.high),
         "mcnemar_p": mcnemar_p(outcomes["production_only"], outcomes["shadow_only"]),
         "sequential_p": sequential.p_value,
-        # The confidence sequence is for theta, the chance the shadow is the one that is right
-        # when the two disagree; on the accuracy-difference scale that is D * (2 theta - 1),
-        # with D the observed share of discordant instances.
         "cs_low": _cs_on_difference(sequential.interval.low, outcomes, n),
         "cs_high": _cs_on_difference(sequential.interval.high, outcomes, n),
     }
@@ -289,21 +442,16 @@ def _shadow_report(
             "cs_low": _num(seq.interval.low),
             "cs_high": _num(seq.interval.high),
         }
-
-    error_rate = errors / requests if requests else None
-    prod_p99, shadow_p99 = production_latency["p99"], latency["p99"]
-    ratio = shadow_p99 / prod_p99 if shadow_p99 and prod_p99 else None
+    test = _quality(
+        samples, settings, alphas.quality, route, kind, shadow, outcomes, production_error, hold
+    )
+    guardrails = _guardrails(samples, settings, alphas.guardrail, route, shadow, production, hold)
     verdict, reason = decide(
         settings,
         kind=kind,
-        requests=requests,
-        error_rate=error_rate,
-        latency_ratio=ratio,
-        shadow_p99=shadow_p99,
-        production_p99=prod_p99,
-        disagreement=disagreement,
-        paired=paired,
-        regression=regression,
+        quality=test,
+        guardrails=guardrails,
+        labelled=test["requests"] >= settings.min_labels,
     )
     return {
         "shadow": shadow,
@@ -311,12 +459,14 @@ def _shadow_report(
         "reason": reason,
         "requests": int(requests),
         "errors": int(errors),
-        "error_rate": error_rate,
+        "error_rate": errors / requests if requests else None,
         "latency": latency,
         "latency_counts": latency_counts,
         "disagreement": disagreement,
         "accuracy": accuracy,
         "error": error,
+        "quality": test,
+        "guardrails": guardrails,
         "paired": paired,
         "regression": regression,
         "history": [],
@@ -330,8 +480,10 @@ def build_report(
     generated_at: float,
     config_hash: str = "",
     history: Mapping[tuple[str, str], Sequence[HistoryPoint]] | None = None,
+    hold: Holds | None = None,
 ) -> Report:
-    """The whole report (its shape is the JSON of GET /report)."""
+    """The whole report (its shape is the JSON of GET /report). `hold` keeps decisions between
+    reports (a running minimum of p, decisions held); without it each report stands alone."""
     routes: list[RouteReport] = []
     for info in sorted(samples.label_sets(names.ROUTE_INFO.name), key=lambda i: i["route"]):
         route, kind, production_name = info["route"], info["kind"], info["production"]
@@ -350,7 +502,18 @@ def build_report(
         )
         shadow_reports = []
         for shadow in shadows:
-            report = _shadow_report(samples, settings, route, kind, shadow, production_latency)
+            report = _shadow_report(
+                samples,
+                settings,
+                route,
+                kind,
+                shadow,
+                production_name,
+                production_latency,
+                error,
+                len(shadows),
+                hold or _fresh,
+            )
             report["history"] = list((history or {}).get((route, shadow), ()))
             shadow_reports.append(report)
         routes.append(
@@ -375,29 +538,15 @@ def build_report(
 
 
 def history_point(shadow: ShadowReport, now: float) -> HistoryPoint:
-    """What the report's history keeps of a shadow at one moment."""
-    paired = shadow["paired"]
-    regression = shadow["regression"]
-    if regression is not None:
-        # mean_difference is the shadow's error minus production's; the advantage is its
-        # negation, so that up is the shadow doing better, as for accuracy, and the interval's
-        # ends swap.
-        def negated(value: float | None) -> float | None:
-            return None if value is None else -value
-
-        return {
-            "t": now,
-            "labelled": regression["n"],
-            "difference": negated(regression["mean_difference"]),
-            "low": negated(regression["high"]),
-            "high": negated(regression["low"]),
-        }
+    """What the report's history keeps of a shadow at one moment: the quality test's advantage
+    (up is the shadow doing better) and its always-valid interval."""
+    quality = shadow["quality"]
     return {
         "t": now,
-        "labelled": paired["n"],
-        "difference": paired["difference"],
-        "low": paired["low"],
-        "high": paired["high"],
+        "labelled": quality["requests"],
+        "difference": quality["advantage"],
+        "low": quality["low"],
+        "high": quality["high"],
     }
 
 

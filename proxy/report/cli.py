@@ -31,6 +31,8 @@ _READ = (
     names.PAIRED_SHADOW_WORSE,
     names.PAIRED_SHADOW_BETTER,
     names.PAIRED_DIFFERENCE_SQUARES,
+    names.PAIRED_REQUEST_SUMS,
+    names.COMPARED_REQUEST_SUMS,
 )
 _QUERIES = {
     **{
@@ -55,13 +57,37 @@ def fetch_report(url: str, timeout: float = 10.0) -> Report:
     return doc
 
 
-def prometheus_samples(url: str, timeout: float = 10.0) -> Samples:
-    """The samples the report needs, from Prometheus's instant-query API, summed over
-    replicas."""
+def query(name: str, by: str, since: str) -> str:
+    """The PromQL for one series of the report: counters as `increase` over `since`, which
+    counts across a replica's restarts (its counters going back to 0), summed over replicas;
+    the route info gauge as it is.
+
+        >>> query("shadowproxy_requests_total", "route", "30d")
+        'sum by (route) (increase(shadowproxy_requests_total[30d]))'
+    """
+    if name == names.ROUTE_INFO.name:
+        return f"sum by ({by}) ({name})"
+    return f"sum by ({by}) (increase({name}[{since}]))"
+
+
+LAST_SCRAPE = f"max(timestamp({names.ROUTE_INFO.name}))"
+
+
+def prometheus_samples(url: str, since: str = "30d", timeout: float = 10.0) -> Samples:
+    """The samples the report needs, from Prometheus's instant-query API: what every replica
+    counted over the last `since`, restarts included. Evaluated at the last scrape, so that
+    `increase` has nothing to extrapolate at the end of the window (at the start neither: the
+    proxy's counters exist at 0 from its start), and the counts are the counted ones."""
+    base = url.rstrip("/")
+    at = _get_json(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': LAST_SCRAPE})}", timeout)
+    params: dict[str, str] = {}
+    if at.get("status") == "success" and at["data"]["result"]:
+        params["time"] = at["data"]["result"][0]["value"][1]
     samples: list[tuple[str, dict[str, str], float]] = []
     for name, by in _QUERIES.items():
-        query = urllib.parse.urlencode({"query": f"sum by ({by}) ({name})"})
-        doc = _get_json(f"{url.rstrip('/')}/api/v1/query?{query}", timeout)
+        query_text = query(name, by, since)
+        query_string = urllib.parse.urlencode({"query": query_text, **params})
+        doc = _get_json(f"{base}/api/v1/query?{query_string}", timeout)
         if doc.get("status") != "success":
             raise RuntimeError(f"Prometheus query for {name} failed: {doc}")
         for series in doc["data"]["result"]:
@@ -69,8 +95,8 @@ def prometheus_samples(url: str, timeout: float = 10.0) -> Samples:
     return Samples(samples)
 
 
-def report_from_prometheus(url: str, settings: VerdictConfig) -> Report:
-    return build_report(prometheus_samples(url), settings, generated_at=time.time())
+def report_from_prometheus(url: str, settings: VerdictConfig, since: str = "30d") -> Report:
+    return build_report(prometheus_samples(url, since), settings, generated_at=time.time())
 
 
 def _pct(x: float | None) -> str:
@@ -79,6 +105,10 @@ def _pct(x: float | None) -> str:
 
 def _points(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:+.1f}"
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.4g}"
 
 
 def _ms(x: float | None) -> str:
@@ -103,19 +133,17 @@ def format_table(report: Report) -> str:
         )
         head = (
             f"  {'shadow':<20}{'verdict':<19}{'disagree':>9}{'accuracy':>9}"
-            f"{'diff pts':>9}{'CI':>15}{'seq p':>8}{'p99 ms':>8}{'errors':>8}"
+            f"{'advantage':>10}{'always-valid CS':>19}{'p':>8}{'p99 ms':>8}{'errors':>8}"
         )
         lines += [head, "  " + "-" * (len(head) - 2)]
         for shadow in route["shadows"]:
-            paired = shadow["paired"]
-            ci = f"[{_points(paired['low'])}, {_points(paired['high'])}]"
-            p = paired["sequential_p"]
-            if shadow["regression"] is not None:
-                p = shadow["regression"]["sequential_p"]
+            test = shadow["quality"]
+            show = _points if route["kind"] != "regression" else _signed
+            ci = f"[{show(test['low'])}, {show(test['high'])}]"
             lines.append(
                 f"  {shadow['shadow']:<20}{shadow['verdict']:<19}"
                 f"{_pct(shadow['disagreement']['value']):>9}{_pct(shadow['accuracy']['value']):>9}"
-                f"{_points(paired['difference']):>9}{ci:>15}{_p(p):>8}"
+                f"{show(test['advantage']):>10}{ci:>19}{_p(test['p_value']):>8}"
                 f"{_ms(shadow['latency']['p99']):>8}{_pct(shadow['error_rate']):>8}"
             )
         for shadow in route["shadows"]:

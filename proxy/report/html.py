@@ -51,6 +51,7 @@ _MINUS = "\u2212"
 _VERDICTS = {
     # verdict: (symbol, label). The symbol repeats the colour's message for colour-blind readers.
     Verdict.BETTER: ("▲", "better"),
+    Verdict.EQUIVALENT: ("=", "equivalent"),
     Verdict.WORSE: ("▼", "worse"),
     Verdict.INCONCLUSIVE: ("◆", "inconclusive"),
     Verdict.INSUFFICIENT_DATA: ("○", "insufficient data"),
@@ -226,6 +227,7 @@ h2 { font-size: 1.2rem; margin: 2rem 0 0.25rem; }
   font-size: 0.85rem; color: #ffffff; background: var(--insufficient); white-space: nowrap;
 }
 .verdict-better, .pill-better { background: var(--better); }
+.verdict-equivalent, .pill-equivalent { background: var(--better); }
 .verdict-worse, .pill-worse { background: var(--worse); }
 .verdict-inconclusive, .pill-inconclusive { background: #fff8c5; color: var(--inconclusive);
   box-shadow: inset 0 0 0 1px #d4a72c; }
@@ -315,9 +317,11 @@ def _footer(level: str) -> str:
     at = f"{level} " if level else ""
     return (
         "<footer>"
-        f"<p>Intervals in brackets are {at}confidence intervals at the current sample size. "
-        f"CS is the {at}confidence sequence of the sequential test: it stays valid however often "
-        "the report is looked at, so a verdict may be read off it at any time. "
+        "<p>The verdict's test takes the request as the unit and gives an always-valid "
+        "confidence sequence of the shadow's advantage (up is the shadow doing better): it stays "
+        "valid however often the report is looked at, so a verdict may be read off it at any "
+        f"time, and decisions are held once made. Other intervals in brackets are {at}"
+        "fixed-sample confidence intervals on instances, for reading only. "
         f"Differences are shadow {_MINUS} production; pp = percentage points. "
         "Latency shares are per histogram bucket.</p>"
         "</footer>"
@@ -330,15 +334,10 @@ def _summary(routes: Sequence[RouteReport]) -> str:
         regression = route.get("kind") == "regression"
         for j, shadow in enumerate(_map(s) for s in _list(route.get("shadows"))):
             key, _symbol, label = _verdict(shadow)
-            if regression:
-                reg = _map(shadow.get("regression"))
-                diff, p = (
-                    fmt_number(reg.get("mean_difference"), signed=True),
-                    reg.get("sequential_p"),
-                )
-            else:
-                paired = _map(shadow.get("paired"))
-                diff, p = fmt_points(paired.get("difference")), paired.get("sequential_p")
+            test = _map(shadow.get("quality"))
+            advantage = test.get("advantage")
+            diff = fmt_number(advantage, signed=True) if regression else fmt_points(advantage)
+            p = test.get("p_value")
             rows.append(
                 "<tr>"
                 f"<td><code>{_e(_str(route.get('route')))}</code></td>"
@@ -356,7 +355,7 @@ def _summary(routes: Sequence[RouteReport]) -> str:
         "<caption>All shadow models</caption>"
         "<thead><tr>"
         '<th scope="col">Route</th><th scope="col">Shadow</th><th scope="col">Verdict</th>'
-        '<th scope="col">Difference</th><th scope="col">Sequential p</th>'
+        '<th scope="col">Advantage</th><th scope="col">Always-valid p</th>'
         "</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody>"
         "</table>"
@@ -485,7 +484,7 @@ def _of(part: Any, whole: Any, noun: str) -> str:
 
 def _figures(route: RouteReport, shadow: ShadowReport, level: str) -> str:
     production, name = _str(route.get("production")), _str(shadow.get("shadow"))
-    groups = [_labelled_figures(route, shadow)]
+    groups = [_verdict_test(route, shadow), _labelled_figures(route, shadow)]
 
     dis = _map(shadow.get("disagreement"))
     groups.append(
@@ -550,6 +549,62 @@ def _figures(route: RouteReport, shadow: ShadowReport, level: str) -> str:
         f"{''.join(groups)}"
         "</table>"
     )
+
+
+_GUARDRAIL_NAMES = {
+    "error_rate": "Error rate, shadow minus production",
+    "slow_requests": "Requests slower than production's p99, shadow minus production",
+    "disagreement": "Disagreement (before labels)",
+}
+
+
+def _verdict_test(route: RouteReport, shadow: ShadowReport) -> str:
+    """The figures the verdict is decided on: always-valid, the request as the unit."""
+    regression = route.get("kind") == "regression"
+    test = _map(shadow.get("quality"))
+
+    def figure(value: Any) -> str:
+        return fmt_number(value, signed=True) if regression else fmt_points(value)
+
+    def bare(value: Any) -> str:
+        return fmt_number(value, signed=True) if regression else _points_bare(value)
+
+    unit = "" if regression else "pp"
+    method = "exact test" if test.get("method") == "exact" else "test on requests"
+    what = "MAE advantage (production - shadow)" if regression else "Accuracy advantage"
+    rows = [
+        _row_span(
+            what,
+            _cell(
+                figure(test.get("advantage")),
+                fmt_interval(test.get("low"), test.get("high"), bare, unit),
+                f"{fmt_count(test.get('requests'))} labelled requests, {method}",
+            ),
+        ),
+        _row_span(
+            "Always-valid p",
+            _cell(_p_text(test.get("p_value")), note=f"alpha {_str(test.get('alpha'))[:6]}"),
+        ),
+    ]
+    margin = _num(test.get("margin"))
+    if margin is not None:
+        rows.append(_row_span("Equivalence margin", _cell(f"+-{bare(margin)} {unit}".strip())))
+    for guard in _list(shadow.get("guardrails")):
+        g = _map(guard)
+        limit = _num(g.get("limit"))
+        if limit is None:
+            continue
+        rows.append(
+            _row_span(
+                _GUARDRAIL_NAMES.get(_str(g.get("name")), _str(g.get("name"))),
+                _cell(
+                    fmt_percent(g.get("value")),
+                    fmt_interval(g.get("low"), g.get("high"), fmt_percent),
+                    f"limit {fmt_percent(limit)}" + (", tripped" if g.get("tripped") else ""),
+                ),
+            )
+        )
+    return _group("The verdict's tests (always-valid, held once decided)", rows)
 
 
 def _labelled_figures(route: RouteReport, shadow: ShadowReport) -> str:

@@ -14,12 +14,14 @@ __all__ = [
     "Accuracy",
     "Disagreement",
     "ErrorFigures",
+    "Guardrail",
     "HistoryPoint",
     "LatencyFigures",
     "PairedClassification",
     "PairedOutcomes",
     "PairedRegression",
     "Proportion",
+    "QualityFigures",
     "Report",
     "RouteReport",
     "ShadowReport",
@@ -76,8 +78,10 @@ class PairedOutcomes(TypedDict):
 
 
 class PairedClassification(PairedOutcomes):
-    """The paired accuracy difference, shadow minus production, with its interval, McNemar's
-    p, and the sequential test's p and confidence sequence."""
+    """Fixed-sample figures on instances (for reading, never for a decision): the paired
+    accuracy difference, shadow minus production, with Newcombe's interval, McNemar's p, and the
+    beta-mixture test's p and sequence for theta on the discordant instances mapped onto the
+    difference scale (cs_low, cs_high) with the observed discordance."""
 
     n: int
     difference: float | None
@@ -90,8 +94,9 @@ class PairedClassification(PairedOutcomes):
 
 
 class PairedRegression(TypedDict):
-    """The paired mean difference of absolute errors, shadow minus production (negative is the
-    shadow doing better), with its t interval and the sequential test's p and sequence."""
+    """Fixed-sample figures on instances (for reading, never for a decision): the paired mean
+    difference of absolute errors, shadow minus production (negative is the shadow doing
+    better), with its t interval, and the instance-level mSPRT in raw units."""
 
     n: int
     mean_difference: float | None
@@ -100,6 +105,41 @@ class PairedRegression(TypedDict):
     sequential_p: float
     cs_low: float | None
     cs_high: float | None
+
+
+class QualityFigures(TypedDict):
+    """The verdict's quality test, with the request as the unit: the shadow's advantage per
+    instance (up is the shadow doing better: accuracy points, or production's mean absolute
+    error minus the shadow's) with its always-valid confidence sequence, safe to check at any
+    moment. `method` is "exact" (single-instance requests: the beta-mixture test boxed with the
+    discordance rate's sequence) or "requests" (cluster-robust normal mixture). `alpha` is the
+    share of verdict.alpha this test has; `margin` the equivalence margin in advantage units;
+    `decision` what it has decided (held once made), null while undecided."""
+
+    method: str
+    requests: int
+    instances: int
+    advantage: float | None
+    low: float | None
+    high: float | None
+    p_value: float
+    alpha: float
+    margin: float | None
+    decision: Verdict | None
+
+
+class Guardrail(TypedDict):
+    """One guardrail: `value` the point estimate shown, `low` and `high` its always-valid
+    interval (of the shadow's figure minus production's, for error_rate and slow_requests),
+    `limit` what the low end must pass to trip it; `tripped` is held once true."""
+
+    name: str
+    value: float | None
+    low: float | None
+    high: float | None
+    limit: float | None
+    alpha: float
+    tripped: bool
 
 
 class HistoryPoint(TypedDict):
@@ -126,6 +166,8 @@ class ShadowReport(TypedDict):
     disagreement: Disagreement
     accuracy: Accuracy
     error: ErrorFigures
+    quality: QualityFigures
+    guardrails: list[Guardrail]
     paired: PairedClassification
     regression: PairedRegression | None  # null on a route that is not a regression
     history: list[HistoryPoint]

@@ -1,0 +1,184 @@
+"""The verdict end to end over real sockets, the request as the unit: fake model servers answer
+scripted predictions, labels are posted, and /report and the gauges say better, equivalent or
+inconclusive exactly as the statistics say they should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, Script, v1
+
+ROUTE = "/v1/models/m:predict"
+
+
+async def run(
+    fake_model: FakeModelFactory,
+    proxy: ProxyFactory,
+    tmp_path: Path,
+    production: Script,
+    shadow: Script,
+    requests: list[list[Any]],
+    labels: list[Any],
+    *,
+    kind: str = "classification",
+    verdict: str = "",
+) -> RunningProxy:
+    """Each request's instances through production and the shadow, then its label."""
+    prod = await fake_model(production)
+    cand = await fake_model(shadow)
+    p = await proxy(
+        f"""
+store: {{path: '{tmp_path / "p.db"}', flush_interval: 1ms}}
+verdict: {{latency_margin: 100%, min_labels: 10{verdict}}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    compare: {{kind: {kind}}}
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+    shadows: [{{name: cand, url: "{cand.url}{ROUTE}"}}]
+"""
+    )
+    for i, instances in enumerate(requests):
+        status, _, _ = await p.post(
+            ROUTE, {"instances": instances}, headers={"X-Request-ID": f"r{i}"}
+        )
+        assert status == 200
+    await p.settled()
+    posted = [{"request_id": f"r{i}", "label": label} for i, label in enumerate(labels)]
+    for start in range(0, len(posted), 1000):
+        status, _, body = await p.post("/labels", posted[start : start + 1000])
+        assert status == 200, body
+        assert orjson.loads(body)["counts"]["joined"] == len(posted[start : start + 1000])
+    return p
+
+
+async def shadow_report(p: RunningProxy) -> dict[str, Any]:
+    async with p.session.get(p.url + "/report") as resp:
+        assert resp.status == 200
+        report = await resp.json()
+    [route] = report["routes"]
+    [shadow] = route["shadows"]
+    return shadow  # type: ignore[no-any-return]
+
+
+def gauges(p: RunningProxy) -> tuple[float | None, float | None]:
+    labels = {"route": ROUTE, "shadow": "cand"}
+    state = {
+        s
+        for s in ("better", "equivalent", "inconclusive", "insufficient_data", "worse")
+        if p.value("shadowproxy_verdict_state", **labels, state=s) == 1
+    }
+    assert len(state) == 1
+    return p.value("shadowproxy_verdict", **labels), p.value(
+        "shadowproxy_verdict_state", **labels, state=state.pop()
+    )
+
+
+# Instances are ints; request k's are k * 1000 + j. "Shadow's way" requests are those with
+# k < SHADOW_WAY: there the shadow is right on every instance and production wrong on every
+# one, and the other way round on the others.
+def clustered(shadow_way: int, requests: int, batch: int) -> tuple[Script, Script, list[Any]]:
+    def production(r: Received) -> Any:
+        return v1([v + 1 if v // 1000 < shadow_way else v for v in r.json()["instances"]])
+
+    def shadow(r: Received) -> Any:
+        return v1([v if v // 1000 < shadow_way else v + 1 for v in r.json()["instances"]])
+
+    return production, shadow, [[k * 1000 + j for j in range(batch)] for k in range(requests)]
+
+
+async def test_fully_clustered_discordance_of_20_requests_is_inconclusive(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    # 12 requests of 20 instances go the shadow's way, 8 production's: 240 instances against
+    # 160, but only 20 independent units.
+    production, shadow, requests = clustered(12, 20, 20)
+    p = await run(fake_model, proxy, tmp_path, production, shadow, requests, requests)
+    report = await shadow_report(p)
+    paired = report["paired"]
+    assert (paired["shadow_only"], paired["production_only"]) == (240, 160)
+    quality = report["quality"]
+    assert (quality["method"], quality["requests"], quality["instances"]) == ("requests", 20, 400)
+    assert quality["advantage"] == 0.2
+    assert report["verdict"] == "inconclusive"
+    assert report["reason"] == "not enough labelled requests for the test on requests yet (20)"
+    assert gauges(p) == (0.0, 1.0)
+
+
+async def test_the_same_counts_in_single_instance_requests_are_better(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    production, shadow, _ = clustered(240, 400, 1)
+    requests = [[k * 1000] for k in range(400)]
+    p = await run(
+        fake_model, proxy, tmp_path, production, shadow, requests, [r[0] for r in requests]
+    )
+    report = await shadow_report(p)
+    quality = report["quality"]
+    assert (quality["method"], quality["requests"], quality["instances"]) == ("exact", 400, 400)
+    assert quality["advantage"] == 0.2
+    assert 0 < quality["low"] < 0.2 < quality["high"]
+    assert quality["p_value"] < quality["alpha"] == 0.025
+    assert report["verdict"] == "better"
+    assert report["reason"].startswith("the shadow is better: accuracy difference +20.0 points")
+    assert gauges(p) == (1.0, 1.0)
+    labels = {"route": ROUTE, "shadow": "cand"}
+    assert p.value("shadowproxy_verdict_difference_lower", **labels) == quality["low"]
+    assert p.value("shadowproxy_verdict_sequential_p_value", **labels) == quality["p_value"]
+
+
+async def test_regression_minus_100_at_sd_1000_over_3000_requests_is_better(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    # Every label is 0. Production's error is 5,000 on every request; the shadow's is 5,000 + d
+    # with d from N(-100, 1000^2): the shadow is closer by 100 on average, in units where one
+    # request's difference has an sd of 1,000 (prices in cents, say).
+    d = np.random.default_rng(12).normal(-100.0, 1000.0, 3000)
+
+    def production(r: Received) -> Any:
+        return v1([5000.0 for _ in r.json()["instances"]])
+
+    def shadow(r: Received) -> Any:
+        return v1([5000.0 + float(d[i]) for i in r.json()["instances"]])
+
+    requests = [[i] for i in range(3000)]
+    p = await run(
+        fake_model, proxy, tmp_path, production, shadow, requests, [0] * 3000, kind="regression"
+    )
+    report = await shadow_report(p)
+    quality = report["quality"]
+    assert (quality["method"], quality["requests"]) == ("requests", 3000)
+    assert abs(quality["advantage"] - float(-d.mean())) < 1e-6
+    assert quality["low"] > 0
+    assert report["verdict"] == "better"
+    assert report["reason"].startswith("the shadow is better: mean absolute error advantage +")
+    assert gauges(p) == (1.0, 1.0)
+
+
+async def test_a_shadow_equal_within_the_margin_is_equivalent(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    # 1,000 single-instance requests; the shadow differs from production on 8, 4 each way.
+    def production(r: Received) -> Any:
+        return v1([v + 1 if v in (1, 2, 3, 4) else v for v in r.json()["instances"]])
+
+    def shadow(r: Received) -> Any:
+        return v1([v + 1 if v in (5, 6, 7, 8) else v for v in r.json()["instances"]])
+
+    requests = [[k] for k in range(1000)]
+    p = await run(
+        fake_model, proxy, tmp_path, production, shadow, requests, list(range(1000)),
+        verdict=", margin: 5%",
+    )  # fmt: skip
+    report = await shadow_report(p)
+    quality = report["quality"]
+    assert quality["advantage"] == 0.0
+    assert -0.05 < quality["low"] < 0 < quality["high"] < 0.05
+    assert report["verdict"] == "equivalent"
+    assert report["reason"].startswith("the shadow is as good as production within +-5.0 points")
+    assert gauges(p) == (0.5, 1.0)
