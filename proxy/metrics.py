@@ -215,6 +215,26 @@ class Metrics:
             " mean absolute error minus the shadow's (regression). Safe to gate on at any moment.",
         )
         self.verdict_high = verdict_gauge(n.VERDICT_UPPER, "Upper end of the same sequence.")
+        # The fleet-wide verdict (verdict.fleet_prometheus): every replica's counts pooled.
+        self.fleet_verdict = verdict_gauge(
+            n.FLEET_VERDICT,
+            "The verdict on every replica's counts together (sum of increase over"
+            " verdict.fleet_window, from Prometheus), encoded as shadowproxy_verdict; every"
+            " replica computes the same. Gate rollouts on this one.",
+        )
+        self.fleet_verdict_p = verdict_gauge(
+            n.FLEET_VERDICT_P, "The fleet verdict's always-valid p-value (running minimum)."
+        )
+        self.fleet_verdict_low = verdict_gauge(
+            n.FLEET_VERDICT_LOWER, "Lower end of the fleet verdict's always-valid sequence."
+        )
+        self.fleet_verdict_high = verdict_gauge(
+            n.FLEET_VERDICT_UPPER, "Upper end of the fleet verdict's always-valid sequence."
+        )
+        self.fleet_verdict_updated = verdict_gauge(
+            n.FLEET_VERDICT_UPDATED,
+            "When the fleet verdict was last computed (Unix time); 0 before the first time.",
+        )
         self.config_info = self._gauge(
             n.CONFIG_INFO,
             "The configuration: its hash, source file and version; 1 for the running one, 0 for"

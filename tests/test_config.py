@@ -1026,6 +1026,8 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
             "max_error_rate": "1%",
             "latency_margin": "1%",
             "max_disagreement": None,
+            "fleet_prometheus": None,
+            "fleet_window": "30d",
             "history_interval": "1m",
             "history_points": 1440,
         },
@@ -1245,3 +1247,19 @@ def test_the_docstring_defaults_are_the_real_ones() -> None:
     }
     dumped = dict(flat(config_to_dict(config)))
     assert {key: shown(dumped.get(key)) for key in documented} == documented
+
+
+def test_the_replaced_latency_ratio_is_refused_saying_what_replaced_it() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(
+            """
+verdict: {max_latency_ratio: 1.5}
+routes:
+  - match: /m
+    protocol: kserve-v1
+    production: {name: p, url: "http://127.0.0.1:9001"}
+"""
+        )
+    [message] = raised.value.errors
+    assert "verdict.max_latency_ratio" in message
+    assert "was replaced by verdict.latency_margin" in message

@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ import pytest
 
 from proxy.report.cli import report_from_prometheus
 from tests.conftest import FakeModelFactory, ProxyFactory, RunningProxy, free_port
-from tests.test_report import NO_LATENCY_GUARDRAIL, ROUTE, labelled_traffic
+from tests.test_report import (
+    NO_LATENCY_GUARDRAIL,
+    ROUTE,
+    candidate,
+    labelled_traffic,
+    production,
+)
 
 
 class Prometheus:
@@ -30,17 +37,17 @@ class Prometheus:
         result: list[dict[str, Any]] = doc["data"]["result"]
         return result
 
-    async def first_scrape(self) -> None:
-        """Wait until Prometheus has scraped the proxy once (its counters, all at 0 still)."""
+    async def first_scrape(self, targets: int = 1) -> None:
+        """Wait until Prometheus has scraped every target once (their counters at 0 still)."""
         async with asyncio.timeout(30):
             while True:
-                if await self.query("shadowproxy_route_info"):
+                if len(await self.query("shadowproxy_route_info")) >= targets:
                     return
                 await asyncio.sleep(0.2)  # Prometheus scrapes on its own clock
 
-    async def scraped(self, target: RunningProxy) -> None:
-        """Wait until Prometheus has scraped everything the target counted so far."""
-        want = target.value("shadowproxy_labels_received_total")
+    async def scraped(self, *targets: RunningProxy) -> None:
+        """Wait until Prometheus has scraped everything the targets counted so far."""
+        want = sum(t.value("shadowproxy_labels_received_total") for t in targets)
         async with asyncio.timeout(30):
             while True:
                 result = await self.query("sum(shadowproxy_labels_received_total)")
@@ -135,3 +142,72 @@ async def test_prometheus_sees_the_disagreement_rate_and_the_fleet_verdict(
     assert shadow["paired"]["n"] == 300
     assert (shadow["quality"]["requests"], shadow["quality"]["instances"]) == (300, 300)
     assert shadow["verdict"] == "better"
+
+
+async def test_two_replicas_pool_into_one_fleet_verdict(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, prometheus: Any
+) -> None:
+    """Two replicas, each with half the evidence: the fleet verdict (verdict.fleet_prometheus)
+    pools their counts through Prometheus, and both export the same pooled verdict."""
+    prod = await fake_model(production)
+    cand = await fake_model(candidate)
+    replicas = []
+    for index in range(2):
+        replicas.append(
+            await proxy(
+                f"""
+store: {{path: '{tmp_path / f"r{index}.db"}', flush_interval: 1ms}}
+verdict: {{latency_margin: 100%, min_labels: 150}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+    shadows: [{{name: cand, url: "{cand.url}{ROUTE}"}}]
+"""
+            )
+        )
+    prom: Prometheus = await prometheus(*replicas)
+    await prom.first_scrape(len(replicas))
+    for index, replica in enumerate(replicas):
+        for i in range(index * 150, (index + 1) * 150):
+            status, _, _ = await replica.post(
+                ROUTE, {"instances": [i]}, headers={"X-Request-ID": f"r{i}"}
+            )
+            assert status == 200
+        await replica.settled()
+        labels = [
+            {"request_id": f"r{i}", "label": i} for i in range(index * 150, (index + 1) * 150)
+        ]
+        status, _, _ = await replica.post("/labels", labels)
+        assert status == 200
+    await prom.scraped(*replicas)
+    fleet_reports = []
+    for replica in replicas:
+        config = replica.state.config
+        replica.state.reporter.update(
+            replace(config, verdict=replace(config.verdict, fleet_prometheus=prom.url))
+        )
+        fleet_reports.append(await replica.state.reporter.fleet())
+    for replica, fleet in zip(replicas, fleet_reports, strict=True):
+        assert fleet is not None
+        [shadow] = fleet["routes"][0]["shadows"]
+        # Prometheus's increase() extrapolates each series to the moment of the query: a
+        # replica scraped before that moment counts up to one scrape interval's worth more, a
+        # share of (scrape interval / time since its counters started). Here that is seconds
+        # over seconds, up to a third more; over the hours an experiment runs, nothing to
+        # speak of (README, "The verdict").
+        assert 300 <= shadow["quality"]["requests"] <= 400
+        assert 30 <= shadow["paired"]["shadow_only"] <= 40
+        assert shadow["verdict"] == "better"
+        labels = {"route": ROUTE, "shadow": "cand"}
+        assert replica.value("shadowproxy_fleet_verdict", **labels) == 1
+        assert (
+            replica.value("shadowproxy_fleet_verdict_difference_lower", **labels)
+            == (shadow["quality"]["low"])
+        )
+        assert replica.value("shadowproxy_fleet_verdict_updated_timestamp_seconds") > 0
+        # Each replica alone has 150 labelled requests: enough for a verdict, not for this one.
+        own = replica.state.reporter.report()
+        [alone] = own["routes"][0]["shadows"]
+        assert alone["quality"]["requests"] == 150

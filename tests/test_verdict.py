@@ -33,7 +33,7 @@ async def run(
     p = await proxy(
         f"""
 store: {{path: '{tmp_path / "p.db"}', flush_interval: 1ms}}
-verdict: {{latency_margin: 100%, min_labels: 10{verdict}}}
+verdict: {{latency_margin: 100%{verdict or ", min_labels: 10"}}}
 routes:
   - match: {ROUTE}
     protocol: kserve-v1
@@ -173,7 +173,7 @@ async def test_a_shadow_equal_within_the_margin_is_equivalent(
     requests = [[k] for k in range(1000)]
     p = await run(
         fake_model, proxy, tmp_path, production, shadow, requests, list(range(1000)),
-        verdict=", margin: 5%",
+        verdict=", min_labels: 10, margin: 5%",
     )  # fmt: skip
     report = await shadow_report(p)
     quality = report["quality"]
@@ -182,3 +182,92 @@ async def test_a_shadow_equal_within_the_margin_is_equivalent(
     assert report["verdict"] == "equivalent"
     assert report["reason"].startswith("the shadow is as good as production within +-5.0 points")
     assert gauges(p) == (0.5, 1.0)
+
+
+# -- the rules, without a proxy -----------------------------------------------------------------
+
+
+def test_a_constant_regression_advantage_is_decided() -> None:
+    from proxy.core.stats import RequestSums, sequential_ratio
+    from proxy.core.verdict import judge
+
+    test = sequential_ratio(RequestSums.of([(1.0, 2.5)] * 40), alpha=0.025)
+    assert (test.p_value, test.interval.low, test.interval.high) == (0.0, 2.5, 2.5)
+    assert judge(test.interval, margin=0.1) == "better"
+    same = sequential_ratio(RequestSums.of([(1.0, 0.0)] * 40), alpha=0.025)
+    assert judge(same.interval, margin=0.1) == "equivalent"
+
+
+def test_decisions_are_held_and_p_is_a_running_minimum() -> None:
+    from proxy.core.outcomes import Verdict
+    from proxy.core.stats import Interval
+    from proxy.core.verdict import Hold
+
+    hold = Hold("a")
+    assert hold.update("a", None, 0.5) == (None, 0.5)
+    assert hold.update("a", Verdict.EQUIVALENT, 0.3) == (Verdict.EQUIVALENT, 0.3)
+    assert hold.update("a", Verdict.BETTER, 0.6) == (Verdict.BETTER, 0.3)  # refined, p kept
+    assert hold.update("a", Verdict.WORSE, 0.01) == (Verdict.BETTER, 0.01)  # never flips
+    assert hold.update("a", None, 0.9) == (Verdict.BETTER, 0.01)
+    assert hold.narrow(Interval(0.01, 0.09)) == Interval(0.01, 0.09)
+    assert hold.narrow(Interval(0.02, 0.2)) == Interval(0.02, 0.09)  # the intersection
+    assert hold.narrow(Interval(0.1, 0.2)) == Interval(0.02, 0.09)  # disjoint: ignored
+    assert hold.update("b", None, 0.7) == (None, 0.7)  # the comparison's config changed
+
+
+def test_guardrails_do_not_trip_on_a_point_estimate() -> None:
+    from proxy.core.verdict import error_guardrail, latency_guardrail
+
+    # The shadow fails 0.5% of 10,000 requests, production none: under the 1-point margin.
+    errors = error_guardrail(50, 10_000, 0, 10_000, alpha=0.0083, margin=0.01)
+    assert errors.low < 0.01  # not tripped (the point estimate, 0.5 points, is no evidence)
+    # ... and 3% of them: tripped.
+    assert error_guardrail(300, 10_000, 0, 10_000, alpha=0.0083, margin=0.01).low > 0.01
+    # Identical latency histograms: no share of slow requests beyond production's own.
+    buckets = [(0.01, 5000.0), (0.05, 9800.0), (0.1, 9905.0), (float("inf"), 10_000.0)]
+    bound, slow = latency_guardrail(buckets, buckets, alpha=0.0083)
+    assert bound == 0.1
+    assert slow.low < 0 < slow.high
+    # A shadow with a tenth of its requests past production's p99: tripped at a 1% margin.
+    slower = [(0.01, 4000.0), (0.05, 8000.0), (0.1, 9000.0), (float("inf"), 10_000.0)]
+    assert latency_guardrail(slower, buckets, alpha=0.0083)[1].low > 0.01
+
+
+def test_the_single_instance_box_holds_the_true_difference_at_every_moment() -> None:
+    """cs_low and cs_high used to be theta's sequence scaled by the observed discordance: not a
+    sequence for the difference. The box is: over paths checked every 50 labels, it misses
+    the true difference (+4 points at 20% discordance) in fewer than alpha of them."""
+    from loadtest.simulate import Classification
+    from proxy.core.stats import discordance_box
+
+    rng = np.random.default_rng(21)
+    traffic = Classification(discordance=0.2, theta=0.6)
+    truth, misses, paths = 0.2 * (2 * 0.6 - 1), 0, 100
+    for _ in range(paths):
+        b, c, _ = traffic.draw(rng, 2000)
+        cb, cc = np.cumsum(b), np.cumsum(c)
+        for t in range(49, 2000, 50):
+            box = discordance_box(int(cb[t]), int(cc[t]), t + 1, alpha=0.05).interval
+            if not box.low <= truth <= box.high:
+                misses += 1
+                break
+    assert misses / paths <= 0.05
+
+
+async def test_min_labels_1_with_one_regression_pair_reports(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    def production(r: Received) -> Any:
+        return v1([1.0 for _ in r.json()["instances"]])
+
+    def shadow(r: Received) -> Any:
+        return v1([2.0 for _ in r.json()["instances"]])
+
+    p = await run(
+        fake_model, proxy, tmp_path, production, shadow, [[0]], [0], kind="regression",
+        verdict=", min_labels: 1",
+    )  # fmt: skip
+    report = await shadow_report(p)
+    assert report["quality"]["requests"] == 1
+    assert report["verdict"] == "inconclusive"
+    assert report["reason"] == "not enough labelled requests for the test on requests yet (1)"

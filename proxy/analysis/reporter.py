@@ -24,10 +24,13 @@ from proxy.report.build import (
     history_point,
     samples_of,
 )
+from proxy.report.cli import prometheus_samples
 from proxy.report.html import render_html
 from proxy.report.model import HistoryPoint, Report
 
 log = logging.getLogger(__name__)
+
+FLEET_INTERVAL = 30.0  # seconds between fleet verdicts (Prometheus scrapes every 15-60 s)
 
 
 def _gauge_value(x: float | None, default: float) -> float:
@@ -61,8 +64,11 @@ class Reporter:
         self._config_hash = config_hash(config)
         self._fingerprints = fingerprints(config)
         self._holds: dict[tuple[str, str, str], Hold] = {}
+        self._fleet_holds: dict[tuple[str, str, str], Hold] = {}
+        self._fleet_failing = False
         self._history: dict[tuple[str, str], collections.deque[HistoryPoint]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._fleet_task: asyncio.Task[None] | None = None
 
     def update(self, config: Config) -> None:
         """A reload: decisions of comparisons it changed are no longer held."""
@@ -71,12 +77,60 @@ class Reporter:
         self._fingerprints = fingerprints(config)
 
     def _hold(self, route: str, shadow: str, check: str) -> Hold:
+        return self._held(self._holds, route, shadow, check)
+
+    def _fleet_hold(self, route: str, shadow: str, check: str) -> Hold:
+        return self._held(self._fleet_holds, route, shadow, check)
+
+    def _held(
+        self, holds: dict[tuple[str, str, str], Hold], route: str, shadow: str, check: str
+    ) -> Hold:
         fingerprint = self._fingerprints.get((route, shadow), "")
         key = (route, shadow, check)
-        hold = self._holds.get(key)
+        hold = holds.get(key)
         if hold is None or hold.fingerprint != fingerprint:
-            hold = self._holds[key] = Hold(fingerprint)
+            hold = holds[key] = Hold(fingerprint)
         return hold
+
+    async def fleet(self, now: float | None = None) -> Report | None:
+        """The verdict on every replica's counts together, from Prometheus (when
+        verdict.fleet_prometheus is set), exported as the shadowproxy_fleet_verdict gauges.
+        None when it is not set or Prometheus does not answer (logged once per outage)."""
+        url = self._settings.fleet_prometheus
+        if url is None:
+            return None
+        window = f"{round(self._settings.fleet_window)}s"
+        try:
+            samples = await asyncio.to_thread(prometheus_samples, url, window)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            if not self._fleet_failing:
+                log.warning(
+                    "fleet verdict not updated: Prometheus did not answer",
+                    extra={"url": url, "error": str(exc)},
+                )
+            self._fleet_failing = True
+            return None
+        if self._fleet_failing:
+            log.info("fleet verdict updated again", extra={"url": url})
+        self._fleet_failing = False
+        now = time.time() if now is None else now
+        report = build_report(
+            samples, self._settings, generated_at=now, config_hash=self._config_hash,
+            hold=self._fleet_hold,
+        )  # fmt: skip
+        m = self._metrics
+        for route in report["routes"]:
+            for shadow in route["shadows"]:
+                labels = (route["route"], shadow["shadow"])
+                low, high = advantage_interval(shadow)
+                m.fleet_verdict.labels(*labels).set(shadow["verdict"].gauge)
+                m.fleet_verdict_p.labels(*labels).set(
+                    _gauge_value(shadow["quality"]["p_value"], 1.0)
+                )
+                m.fleet_verdict_low.labels(*labels).set(_gauge_value(low, -math.inf))
+                m.fleet_verdict_high.labels(*labels).set(_gauge_value(high, math.inf))
+        m.fleet_verdict_updated.set(now)
+        return report
 
     def report(self, now: float | None = None) -> Report:
         """The report as of now; also sets the verdict gauges to it."""
@@ -116,11 +170,21 @@ class Reporter:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="reporter")
+        self._fleet_task = asyncio.create_task(self._fleet_loop(), name="reporter:fleet")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._fleet_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _fleet_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLEET_INTERVAL)
+            try:
+                await self.fleet()
+            except Exception:
+                log.exception("fleet verdict failed")
 
     async def _loop(self) -> None:
         while True:

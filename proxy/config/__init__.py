@@ -154,6 +154,10 @@ verdict.latency_margin               1%                           guardrail: sha
 verdict.max_disagreement             none                         guardrail while labels are
                                                                   missing: a disagreement rate above
                                                                   it is "worse"
+verdict.fleet_prometheus             none                         Prometheus's base URL: also judge
+                                                                  every replica's counts together
+                                                                  (shadowproxy_fleet_verdict)
+verdict.fleet_window                 30d                          what the fleet verdict counts
 verdict.history_interval             1m                           how often the report samples its
                                                                   history
 verdict.history_points               1440                         history points kept per shadow

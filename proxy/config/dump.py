@@ -126,6 +126,8 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                 "max_disagreement": None
                 if config.verdict.max_disagreement is None
                 else _format_fraction(config.verdict.max_disagreement),
+                "fleet_prometheus": config.verdict.fleet_prometheus,
+                "fleet_window": _format_duration(config.verdict.fleet_window),
                 "history_interval": _format_duration(config.verdict.history_interval),
                 "history_points": config.verdict.history_points,
             },

@@ -47,6 +47,7 @@ from proxy.config.units import (
     _match,
     _method,
     _prediction_path,
+    _prometheus_url,
     _redis_url,
     _store_backend,
     _target_name,
@@ -485,6 +486,8 @@ def _verdict(c: _Checker, loc: _Loc | None) -> VerdictConfig:
         max_error_rate=c.optional(items, "max_error_rate", parse_fraction, default.max_error_rate),
         latency_margin=c.optional(items, "latency_margin", parse_fraction, default.latency_margin),
         max_disagreement=c.optional(items, "max_disagreement", parse_fraction, None),
+        fleet_prometheus=c.optional(items, "fleet_prometheus", _prometheus_url, None),
+        fleet_window=c.optional(items, "fleet_window", _timeout, default.fleet_window),
         history_interval=c.optional(items, "history_interval", _timeout, default.history_interval),
         history_points=c.optional(items, "history_points", _count, default.history_points),
     )

@@ -92,6 +92,8 @@ class VerdictConfig:
     max_error_rate: float = 0.01  # shadow error rate over production's (5xx, timeouts, ...)
     latency_margin: float = 0.01  # extra share of shadow requests over production's p99
     max_disagreement: float | None = None  # judged on disagreement while labels are missing
+    fleet_prometheus: str | None = None  # Prometheus's URL: also judge every replica's counts
+    fleet_window: float = 30 * 86400.0  # what the fleet verdict counts: the last 30 days
     history_interval: float = 60.0
     history_points: int = 1440
 

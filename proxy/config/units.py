@@ -353,6 +353,11 @@ def _url(value: object) -> _Url:
     return _Url(url, f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"))
 
 
+def _prometheus_url(value: object) -> str:
+    found = _url(value)
+    return found.origin + found.path
+
+
 def _class_name(value: object) -> str:
     name = class_label(value)
     if name is None:

@@ -205,12 +205,28 @@ class Hold:
     fingerprint: str
     decision: Verdict | None = None
     p_value: float = 1.0
+    low: float = -math.inf
+    high: float = math.inf
+
+    def narrow(self, interval: Interval) -> Interval:
+        """The running intersection of the sequences seen so far (itself an always-valid
+        sequence, and monotone); an undefined one leaves it as it was, and one that would
+        empty it is ignored (it can only miss the truth where the others hold it)."""
+        low, high = interval.low, interval.high
+        if not (math.isnan(low) or math.isnan(high)):
+            new_low, new_high = max(self.low, low), min(self.high, high)
+            if new_low <= new_high:
+                self.low, self.high = new_low, new_high
+        if math.isinf(self.low) and math.isinf(self.high):
+            return Interval(math.nan, math.nan)
+        return Interval(self.low, self.high)
 
     def update(
         self, fingerprint: str, decision: Verdict | None, p_value: float
     ) -> tuple[Verdict | None, float]:
         if fingerprint != self.fingerprint:
             self.fingerprint, self.decision, self.p_value = fingerprint, None, 1.0
+            self.low, self.high = -math.inf, math.inf
         self.p_value = min(self.p_value, p_value)
         if decision is not None and self.decision in (None, Verdict.EQUIVALENT):
             self.decision = decision

@@ -346,10 +346,10 @@ def _quality(
     if kind == "regression":
         mae = production_error["mae"]
         margin = settings.margin * mae if mae else None
-    interval = test.sequential.interval
+    held = hold(route, shadow, "quality")
+    interval = held.narrow(test.sequential.interval)
     enough = sums.requests >= settings.min_labels
     decision = judge(interval, margin or 0.0) if enough else None
-    held = hold(route, shadow, "quality")
     decision, p_value = held.update(held.fingerprint, decision, test.sequential.p_value)
     advantage = sums.advantage / sums.instances if sums.instances else None
     if test.method == "exact" and sum(outcomes.values()):  # type: ignore[arg-type]
