@@ -167,6 +167,12 @@ class Metrics:
             "Distance between production's and a shadow's probability vectors, per instance.",
             DISTANCE_BUCKETS,
         )
+        self.labelled_predicted = self._counter(
+            n.LABELLED_PREDICTED,
+            "Labelled instances by the class the model predicted for them (production's): set"
+            " against predicted_instances, whether labels arrive for some classes more than for"
+            " others (the report's selection-bias check).",
+        )
         self.predicted_instances = self._counter(
             n.PREDICTED_INSTANCES,
             "Predicted instances per class (classification; probabilities: the argmax), on teed"
@@ -230,6 +236,22 @@ class Metrics:
         )
         self.fleet_verdict_high = verdict_gauge(
             n.FLEET_VERDICT_UPPER, "Upper end of the fleet verdict's always-valid sequence."
+        )
+        self.label_coverage = verdict_gauge(
+            n.LABEL_COVERAGE,
+            "Share of a model's recorded requests that have a label scored for it (production:"
+            " of the requests recorded; a shadow: of production's labelled requests).",
+        )
+        self.selection_bias_p = verdict_gauge(
+            n.SELECTION_BIAS_P,
+            "Chi-square test that the label rate does not depend on production's predicted class"
+            " (small: labels arrive for some classes more than others; 1 when unknown).",
+        )
+        self.labels_needed = verdict_gauge(
+            n.LABELS_NEEDED,
+            "About how many labelled requests in all the verdict needs to decide an advantage of"
+            " 1 accuracy point (regression: verdict.margin of production's MAE) at the observed"
+            " variance (median); -1 while it cannot be estimated.",
         )
         self.fleet_verdict_updated = verdict_gauge(
             n.FLEET_VERDICT_UPDATED,
@@ -514,6 +536,24 @@ class Metrics:
                 (route, model, role),
                 ClassLabels(kind, classes),
                 self.counting,
+            )
+            self._class_counters[key] = counter
+        return counter
+
+    def bind_labelled_classes(
+        self, route: str, model: str, kind: CompareKind, classes: tuple[str, ...] | None
+    ) -> ClassCounter | None:
+        """Labelled instances by production's predicted class, with the same class labels as
+        `bind_classes` (so the two line up); None for regression."""
+        if kind is CompareKind.REGRESSION:
+            return None
+        key = ("labelled", route, model, kind, classes)
+        counter = self._class_counters.get(key)
+        if counter is None:
+            counter = ClassCounter(
+                self.labelled_predicted,
+                (route, model, Role.PRODUCTION),
+                ClassLabels(kind, classes),
             )
             self._class_counters[key] = counter
         return counter

@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tests.conftest import FakeModelFactory, ProxyFactory, Received, RunningProxy, Script, v1
+from tests.conftest import (
+    Answer,
+    FakeModelFactory,
+    ProxyFactory,
+    Received,
+    RunningProxy,
+    Script,
+    v1,
+)
 
 ROUTE = "/v1/models/m:predict"
 
@@ -271,3 +279,84 @@ async def test_min_labels_1_with_one_regression_pair_reports(
     assert report["quality"]["requests"] == 1
     assert report["verdict"] == "inconclusive"
     assert report["reason"] == "not enough labelled requests for the test on requests yet (1)"
+
+
+async def test_the_report_says_what_the_verdict_rests_on(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Coverage, lost pairs, the labels still needed, and selection bias: labels arrive only
+    for requests production predicted 0 for, and the shadow failed on a fifth of those."""
+
+    def production(r: Received) -> Any:
+        return v1([v % 2 for v in r.json()["instances"]])
+
+    def shadow(r: Received) -> Any:
+        [v] = r.json()["instances"]
+        return Answer(status=500) if v % 10 == 0 else v1([v % 2])
+
+    requests = [[v] for v in range(200)]
+    prod = await fake_model(production)
+    cand = await fake_model(shadow)
+    p = await proxy(
+        f"""
+store: {{path: '{tmp_path / "p.db"}', flush_interval: 1ms}}
+verdict: {{latency_margin: 100%, max_error_rate: 100%, min_labels: 10}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+    shadows: [{{name: cand, url: "{cand.url}{ROUTE}"}}]
+"""
+    )
+    for i, instances in enumerate(requests):
+        status, _, _ = await p.post(
+            ROUTE, {"instances": instances}, headers={"X-Request-ID": f"r{i}"}
+        )
+        assert status == 200
+    await p.settled()
+    # Labels only where production predicted 0 (the even ones), all right.
+    labels = [{"request_id": f"r{v}", "label": 0} for v in range(0, 200, 2)]
+    status, _, _ = await p.post("/labels", labels)
+    assert status == 200
+    async with p.session.get(p.url + "/report") as resp:
+        report = await resp.json()
+    [route] = report["routes"]
+    diagnostics = route["diagnostics"]
+    assert {k: diagnostics[k] for k in ("recorded_requests", "labelled_requests", "coverage")} == {
+        "recorded_requests": 200,
+        "labelled_requests": 100,
+        "coverage": 0.5,
+    }
+    assert diagnostics["classes"] == [
+        {"name": "0", "predicted": 100, "labelled": 100},
+        {"name": "1", "predicted": 100, "labelled": 0},
+    ]
+    assert diagnostics["selection_bias_p"] < 1e-40
+    [warning] = diagnostics["warnings"]
+    assert warning.startswith(
+        "labels arrive for some of production's predicted classes more than for others"
+    )
+    assert "labelled share by class: 0 100.0%, 1 0.0%" in warning
+    [shadow] = route["shadows"]
+    assert shadow["diagnostics"] == {
+        "paired_requests": 80,
+        "lost_pairs": 20,
+        "coverage": 0.8,
+        "effect": 0.01,
+        "labels_needed": shadow["diagnostics"]["labels_needed"],
+    }
+    assert shadow["diagnostics"]["labels_needed"] > 80
+    labels_of = {"route": ROUTE}
+    assert (
+        p.value("shadowproxy_selection_bias_p_value", **labels_of)
+        == diagnostics["selection_bias_p"]
+    )
+    assert (
+        p.value("shadowproxy_label_coverage", **labels_of, model="prod", role="production") == 0.5
+    )
+    assert p.value("shadowproxy_label_coverage", **labels_of, model="cand", role="shadow") == 0.8
+    async with p.session.get(p.url + "/report.html") as resp:
+        page = await resp.text()
+    assert '<p class="warning" role="alert">Warning: labels arrive for some' in page
+    assert "100 of 200 recorded requests labelled (50.0%)" in page

@@ -145,8 +145,18 @@ class Reporter:
         )
         m = self._metrics
         for route in report["routes"]:
+            diagnostics = route["diagnostics"]
+            production = (route["route"], route["production"], "production")
+            m.label_coverage.labels(*production).set(_gauge_value(diagnostics["coverage"], 0.0))
+            bias = diagnostics["selection_bias_p"]
+            m.selection_bias_p.labels(route["route"]).set(_gauge_value(bias, 1.0))
             for shadow in route["shadows"]:
                 labels = (route["route"], shadow["shadow"])
+                own = shadow["diagnostics"]
+                model = (route["route"], shadow["shadow"], "shadow")
+                m.label_coverage.labels(*model).set(_gauge_value(own["coverage"], 0.0))
+                needed = own["labels_needed"]
+                m.labels_needed.labels(*labels).set(-1 if needed is None else needed)
                 low, high = advantage_interval(shadow)
                 m.verdict.labels(*labels).set(shadow["verdict"].gauge)
                 for state in Verdict:

@@ -32,6 +32,9 @@ def _scorer(route: Route, metrics: Metrics) -> RouteScorer:
         },
         pairs={s.name: metrics.bind_pair(route.name, s.name) for s in route.shadows},
         recording=metrics.bind_recording(route.name),
+        production_classes=metrics.bind_labelled_classes(
+            route.name, route.production.name, route.comparator.kind, route.classes
+        ),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from proxy.core.comparison import CompareKind, ShapeMismatch
 from proxy.core.joining import InvalidLabel, Score, label_values, pair, score
 from proxy.core.outcomes import RequestSum
-from proxy.metrics import ModelMetrics, PairMetrics, RecordingMetrics
+from proxy.metrics import ClassCounter, ModelMetrics, PairMetrics, RecordingMetrics
 from proxy.store.base import Record
 
 
@@ -28,6 +28,7 @@ class RouteScorer:
     shadows: dict[str, ModelMetrics]
     pairs: dict[str, PairMetrics]
     recording: RecordingMetrics
+    production_classes: ClassCounter | None = None  # labelled instances by predicted class
 
     def labels_for(self, record: Record, label: Any) -> tuple[list[Any], Score]:
         """The label per instance, and production's score; InvalidLabel if the label does not
@@ -42,6 +43,8 @@ class RouteScorer:
         `labels_for` already computed for this record's label, so it is not scored twice."""
         labels, production_score = scored or self.labels_for(record, record.label)
         _count(self.production, production_score)
+        if self.production_classes is not None:
+            self.production_classes.count(record.predictions)
         self.recording.delay.observe(max(0.0, now - record.created))
         for shadow in record.shadows:
             self._join_shadow(record, shadow, labels)

@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from scipy import stats as sps
+
 from proxy import metric_names as names
 from proxy.config import VerdictConfig
 from proxy.core.comparison import CompareKind
@@ -21,6 +23,7 @@ from proxy.core.stats import (
     mcnemar_p,
     paired_accuracy_difference,
     paired_t,
+    ratio_estimate,
     sequential_paired_binary,
     sequential_paired_mean,
     sequential_ratio,
@@ -28,14 +31,17 @@ from proxy.core.stats import (
 )
 from proxy.core.verdict import (
     Hold,
+    classification_sums,
     error_guardrail,
     judge,
+    labels_needed,
     latency_guardrail,
     quality,
     split_alpha,
 )
 from proxy.report.model import (
     Accuracy,
+    ClassLabelling,
     Disagreement,
     ErrorFigures,
     Guardrail,
@@ -47,7 +53,9 @@ from proxy.report.model import (
     Proportion,
     QualityFigures,
     Report,
+    RouteDiagnostics,
     RouteReport,
+    ShadowDiagnostics,
     ShadowReport,
 )
 
@@ -255,6 +263,103 @@ def _guardrails(
     return found
 
 
+SELECTION_BIAS_ALPHA = 0.001  # the report warns below this p
+MIN_EXPECTED = 5.0  # chi-square needs this many expected labels per class
+
+
+def _route_diagnostics(samples: Samples, route: str, production: str) -> RouteDiagnostics:
+    recorded = samples.total(names.RECORDED.total, route=route, kind="record")
+    delay = samples.buckets(names.LABEL_DELAY.name, route=route)
+    labelled = delay[-1][1] if delay else 0.0
+    model = {"route": route, "model": production, "role": "production"}
+    predicted_by_class: dict[str, float] = {}
+    labelled_by_class: dict[str, float] = {}
+    for name, into in (
+        (names.PREDICTED_INSTANCES.total, predicted_by_class),
+        (names.LABELLED_PREDICTED.total, labelled_by_class),
+    ):
+        for labels in samples.label_sets(name):
+            if all(labels.get(k) == v for k, v in model.items()):
+                into[labels["class"]] = samples.total(name, **model, **{"class": labels["class"]})
+    classes: list[ClassLabelling] = [
+        {"name": c, "predicted": int(p), "labelled": int(labelled_by_class.get(c, 0.0))}
+        for c, p in sorted(predicted_by_class.items())
+    ]
+    bias_p = _selection_bias(classes)
+    warnings = []
+    if bias_p is not None and bias_p < SELECTION_BIAS_ALPHA:
+        rates = ", ".join(
+            f"{c['name']} {c['labelled'] / c['predicted']:.1%}" for c in classes if c["predicted"]
+        )
+        warnings.append(
+            f"labels arrive for some of production's predicted classes more than for others"
+            f" (chi-square p = {bias_p:.2g}; labelled share by class: {rates}): the verdict is"
+            " about the labelled requests, which are not a random sample"
+        )
+    return {
+        "recorded_requests": int(recorded),
+        "labelled_requests": int(labelled),
+        "coverage": min(1.0, labelled / recorded) if recorded else None,
+        "label_delay_p50": _num(histogram_quantile(0.5, delay)) if labelled else None,
+        "label_delay_p95": _num(histogram_quantile(0.95, delay)) if labelled else None,
+        "classes": classes,
+        "selection_bias_p": bias_p,
+        "warnings": warnings,
+    }
+
+
+def _selection_bias(classes: Sequence[ClassLabelling]) -> float | None:
+    """Pearson's chi-square test that the labelled share is the same for every predicted class
+    (scipy's chi2_contingency on labelled and unlabelled counts by class); None with fewer than
+    two classes or too few labels to test."""
+    rows = [(c["labelled"], c["predicted"] - c["labelled"]) for c in classes if c["predicted"]]
+    if len(rows) < 2:
+        return None
+    table = [[r[0] for r in rows], [max(0, r[1]) for r in rows]]
+    totals = [sum(table[0]), sum(table[1])]
+    if min(totals) == 0:
+        return None
+    grand = sum(totals)
+    if any(totals[i] * (a + b) / grand < MIN_EXPECTED for a, b in rows for i in (0, 1)):
+        return None
+    return float(sps.chi2_contingency(table, correction=False).pvalue)
+
+
+def _shadow_diagnostics(
+    samples: Samples,
+    settings: VerdictConfig,
+    route: str,
+    kind: str,
+    shadow: str,
+    labelled: int,
+    quality_figures: QualityFigures,
+    production_error: ErrorFigures,
+) -> ShadowDiagnostics:
+    sums = _request_sums(samples, names.PAIRED_REQUEST_SUMS.total, route, shadow)
+    if kind != "regression":
+        sums = classification_sums(sums)
+        effect: float | None = 0.01
+    else:
+        mae = production_error["mae"]
+        effect = settings.margin * mae if mae else None
+    _, variance = ratio_estimate(sums)
+    needed = (
+        labels_needed(
+            variance, effect, alpha=quality_figures["alpha"], effect_size=settings.effect_size
+        )
+        if effect is not None
+        else None
+    )
+    paired = quality_figures["requests"]
+    return {
+        "paired_requests": paired,
+        "lost_pairs": max(0, labelled - paired),
+        "coverage": min(1.0, paired / labelled) if labelled else None,
+        "effect": effect,
+        "labels_needed": needed,
+    }
+
+
 def decide(
     settings: VerdictConfig,
     *,
@@ -380,6 +485,7 @@ def _shadow_report(
     production_latency: LatencyFigures,
     production_error: ErrorFigures,
     shadows: int,
+    labelled: int,
     hold: Holds,
 ) -> ShadowReport:
     confidence = 1 - settings.alpha
@@ -446,6 +552,9 @@ def _shadow_report(
         samples, settings, alphas.quality, route, kind, shadow, outcomes, production_error, hold
     )
     guardrails = _guardrails(samples, settings, alphas.guardrail, route, shadow, production, hold)
+    diagnostics = _shadow_diagnostics(
+        samples, settings, route, kind, shadow, labelled, test, production_error
+    )
     verdict, reason = decide(
         settings,
         kind=kind,
@@ -467,6 +576,7 @@ def _shadow_report(
         "error": error,
         "quality": test,
         "guardrails": guardrails,
+        "diagnostics": diagnostics,
         "paired": paired,
         "regression": regression,
         "history": [],
@@ -500,6 +610,7 @@ def build_report(
                 if labels.get("route") == route
             }
         )
+        diagnostics = _route_diagnostics(samples, route, production_name)
         shadow_reports = []
         for shadow in shadows:
             report = _shadow_report(
@@ -512,6 +623,7 @@ def build_report(
                 production_latency,
                 error,
                 len(shadows),
+                diagnostics["labelled_requests"],
                 hold or _fresh,
             )
             report["history"] = list((history or {}).get((route, shadow), ()))
@@ -526,6 +638,7 @@ def build_report(
                 "production_error": error,
                 "latency_buckets": bounds,
                 "production_latency_counts": counts,
+                "diagnostics": diagnostics,
                 "shadows": shadow_reports,
             }
         )

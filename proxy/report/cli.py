@@ -33,6 +33,9 @@ _READ = (
     names.PAIRED_DIFFERENCE_SQUARES,
     names.PAIRED_REQUEST_SUMS,
     names.COMPARED_REQUEST_SUMS,
+    names.PREDICTED_INSTANCES,
+    names.LABELLED_PREDICTED,
+    names.RECORDED,
 )
 _QUERIES = {
     **{
@@ -40,6 +43,7 @@ _QUERIES = {
         for family in _READ
     },
     names.UPSTREAM_DURATION.bucket: ", ".join((*names.UPSTREAM_DURATION.labels, "le")),
+    names.LABEL_DELAY.bucket: ", ".join((*names.LABEL_DELAY.labels, "le")),
     names.ABSOLUTE_ERROR.sum: ", ".join(names.ABSOLUTE_ERROR.labels),
     names.ABSOLUTE_ERROR.count: ", ".join(names.ABSOLUTE_ERROR.labels),
 }
@@ -148,6 +152,8 @@ def format_table(report: Report) -> str:
             )
         for shadow in route["shadows"]:
             lines.append(f"  {shadow['shadow']}: {shadow['reason']}")
+        for warning in route["diagnostics"]["warnings"]:
+            lines.append(f"  warning: {warning}")
         lines.append("")
     if not report["routes"]:
         lines.append("no routes reported yet")

@@ -133,6 +133,18 @@ def fmt_p(value: Any) -> str:
     return f"{p:.3g}"
 
 
+def fmt_duration(seconds: Any) -> str:
+    """A delay in the unit that reads best: 0.25 -> "250 ms", 90 -> "90 s", 5400 -> "1.5 h"."""
+    x = _num(seconds)
+    if x is None:
+        return DASH
+    for limit, unit, scale in ((1, "ms", 1000), (120, "s", 1), (7200, "min", 1 / 60),
+                               (172800, "h", 1 / 3600)):  # fmt: skip
+        if x < limit:
+            return f"{x * scale:.3g} {unit}"
+    return f"{x / 86400:.3g} days"
+
+
 def fmt_ms(seconds: Any) -> str:
     """A duration in seconds as milliseconds with one decimal: 0.0041 -> "4.1 ms"."""
     x = _num(seconds)
@@ -228,6 +240,7 @@ h2 { font-size: 1.2rem; margin: 2rem 0 0.25rem; }
 }
 .verdict-better, .pill-better { background: var(--better); }
 .verdict-equivalent, .pill-equivalent { background: var(--better); }
+.warning { border-left: 4px solid var(--worse); padding: 0.25rem 0.75rem; margin: 0.5rem 0; }
 .verdict-worse, .pill-worse { background: var(--worse); }
 .verdict-inconclusive, .pill-inconclusive { background: #fff8c5; color: var(--inconclusive);
   box-shadow: inset 0 0 0 1px #d4a72c; }
@@ -395,9 +408,32 @@ def _route(i: int, route: RouteReport, level: str) -> str:
         f'<section class="route" id="route-{i}" aria-labelledby="route-{i}-title">'
         f'<h2 id="route-{i}-title"><code>{_e(_str(route.get("route")) or DASH)}</code></h2>'
         f'<p class="route-meta">{" · ".join(facts)}</p>'
+        f"{_route_diagnostics(_map(route.get('diagnostics')))}"
         f"{cards}"
         "</section>"
     )
+
+
+def _route_diagnostics(diagnostics: Any) -> str:
+    """Label coverage and delay in a line, and any warning (selection bias) as an alert."""
+    facts = []
+    labelled, recorded = diagnostics.get("labelled_requests"), diagnostics.get("recorded_requests")
+    if _num(recorded):
+        facts.append(
+            f"{fmt_count(labelled)} of {fmt_count(recorded)} recorded requests labelled"
+            f" ({fmt_percent(diagnostics.get('coverage'))})"
+        )
+    if _num(diagnostics.get("label_delay_p50")) is not None:
+        facts.append(
+            f"labels arrive after {fmt_duration(diagnostics.get('label_delay_p50'))} (median),"
+            f" {fmt_duration(diagnostics.get('label_delay_p95'))} (p95)"
+        )
+    if _num(diagnostics.get("selection_bias_p")) is not None:
+        facts.append(f"selection-bias test p = {_p_text(diagnostics.get('selection_bias_p'))}")
+    out = f'<p class="route-meta">{_e(" · ".join(facts))}</p>' if facts else ""
+    for warning in _list(diagnostics.get("warnings")):
+        out += f'<p class="warning" role="alert">Warning: {_e(_str(warning))}</p>'
+    return out
 
 
 def _verdict(shadow: ShadowReport) -> tuple[str, str, str]:
@@ -589,6 +625,29 @@ def _verdict_test(route: RouteReport, shadow: ShadowReport) -> str:
     margin = _num(test.get("margin"))
     if margin is not None:
         rows.append(_row_span("Equivalence margin", _cell(f"+-{bare(margin)} {unit}".strip())))
+    own = _map(shadow.get("diagnostics"))
+    if _num(own.get("paired_requests")) is not None:
+        rows.append(
+            _row_span(
+                "Labelled requests with a pair",
+                _cell(
+                    fmt_count(own.get("paired_requests")),
+                    note=f"{fmt_count(own.get('lost_pairs'))} without one (shadow failed,"
+                    " timed out or was dropped: never compared)",
+                ),
+            )
+        )
+    needed, effect = _num(own.get("labels_needed")), _num(own.get("effect"))
+    if needed is not None and effect is not None:
+        rows.append(
+            _row_span(
+                "Labels to decide",
+                _cell(
+                    f"about {fmt_count(needed)} labelled requests",
+                    note=f"for an advantage of {bare(effect)} {unit} (median)".replace("  ", " "),
+                ),
+            )
+        )
     for guard in _list(shadow.get("guardrails")):
         g = _map(guard)
         limit = _num(g.get("limit"))

@@ -12,6 +12,7 @@ from proxy.core.outcomes import Verdict
 
 __all__ = [
     "Accuracy",
+    "ClassLabelling",
     "Disagreement",
     "ErrorFigures",
     "Guardrail",
@@ -23,7 +24,9 @@ __all__ = [
     "Proportion",
     "QualityFigures",
     "Report",
+    "RouteDiagnostics",
     "RouteReport",
+    "ShadowDiagnostics",
     "ShadowReport",
 ]
 
@@ -142,6 +145,42 @@ class Guardrail(TypedDict):
     tripped: bool
 
 
+class ClassLabelling(TypedDict):
+    """Production's predicted class: instances predicted, and labelled."""
+
+    name: str
+    predicted: int
+    labelled: int
+
+
+class RouteDiagnostics(TypedDict):
+    """What the verdict rests on, per route: how many recorded requests got labels, how late,
+    and whether the label rate depends on production's predicted class (a chi-square test; a
+    small p means labels arrive for some classes more than for others, and the verdict is
+    about the labelled ones). `warnings` says it in words."""
+
+    recorded_requests: int
+    labelled_requests: int
+    coverage: float | None
+    label_delay_p50: float | None
+    label_delay_p95: float | None
+    classes: list[ClassLabelling]
+    selection_bias_p: float | None
+    warnings: list[str]
+
+
+class ShadowDiagnostics(TypedDict):
+    """Per shadow: labelled requests it has a pair for, those it has none for (it failed,
+    timed out, was dropped or skipped, or answered the wrong shape: never compared), and about
+    how many labelled requests in all the verdict needs for an advantage of `effect`."""
+
+    paired_requests: int
+    lost_pairs: int
+    coverage: float | None
+    effect: float | None
+    labels_needed: int | None
+
+
 class HistoryPoint(TypedDict):
     """The shadow's advantage (up is better) at time t, with its interval."""
 
@@ -168,6 +207,7 @@ class ShadowReport(TypedDict):
     error: ErrorFigures
     quality: QualityFigures
     guardrails: list[Guardrail]
+    diagnostics: ShadowDiagnostics
     paired: PairedClassification
     regression: PairedRegression | None  # null on a route that is not a regression
     history: list[HistoryPoint]
@@ -185,6 +225,7 @@ class RouteReport(TypedDict):
     production_error: ErrorFigures
     latency_buckets: list[float]
     production_latency_counts: list[int]
+    diagnostics: RouteDiagnostics
     shadows: list[ShadowReport]
 
 
