@@ -308,6 +308,21 @@ class Metrics:
             n.LOG_LOSS,
             "Probabilities: sum of -ln(p[label]); divided by labelled_instances, the log loss.",
         )
+        self.brier = self._counter(
+            n.BRIER,
+            "Probabilities: sum of Brier scores (sum over classes of (p - [label])^2, 0 to 2);"
+            " divided by the scored instances, the mean Brier score.",
+        )
+        self.calibration_instances = self._counter(
+            n.CALIBRATION_INSTANCES,
+            "Probabilities: labelled instances by the model's confidence (its largest"
+            " probability), in tenths: bin 0.9 holds confidences from 0.9 to 1.",
+        )
+        self.calibration_correct = self._counter(
+            n.CALIBRATION_CORRECT,
+            "Probabilities: of those, the ones whose most probable class was the label (the"
+            " reliability chart: a calibrated model is right 90% of the time at confidence 0.9).",
+        )
         self.paired_outcomes = self._counter(
             n.PAIRED_OUTCOMES,
             "Labelled instances scored for both production and a shadow, by outcome:"
@@ -335,6 +350,15 @@ class Metrics:
             " advantage (d: how much better the shadow did, summed over the request's"
             " instances) as advantage_positive and advantage_negative, advantage_squared, and"
             " m*d as cross_positive and cross_negative. Summed over replicas, they pool exactly.",
+        )
+        self.paired_log_loss_sums = self._counter(
+            n.PAIRED_LOG_LOSS_SUMS,
+            "Probabilities: the per-request sums of the shadow's advantage in log loss"
+            " (production's minus the shadow's, over instances scorable on both sides).",
+        )
+        self.paired_brier_sums = self._counter(
+            n.PAIRED_BRIER_SUMS,
+            "Probabilities: the per-request sums of the shadow's advantage in Brier score.",
         )
         self.compared_request_sums = self._counter(
             n.COMPARED_REQUEST_SUMS,
@@ -435,6 +459,13 @@ class Metrics:
             absolute_error=self.absolute_error.labels(*labels),
             squared_error=self.squared_error.labels(*labels),
             log_loss=self.log_loss.labels(*labels),
+            brier=self.brier.labels(*labels),
+            calibration_instances=[
+                self.calibration_instances.labels(*labels, bin) for bin in n.CALIBRATION_BINS
+            ],
+            calibration_correct=[
+                self.calibration_correct.labels(*labels, bin) for bin in n.CALIBRATION_BINS
+            ],
         )
 
     def bind_pair(self, route: str, shadow: str) -> PairMetrics:
@@ -445,6 +476,10 @@ class Metrics:
             shadow_better=self.paired_shadow_better.labels(route, shadow),
             difference_squares=self.paired_difference_squares.labels(route, shadow),
             request_sums={s: self.paired_request_sums.labels(route, shadow, s) for s in RequestSum},
+            log_loss_sums={
+                s: self.paired_log_loss_sums.labels(route, shadow, s) for s in RequestSum
+            },
+            brier_sums={s: self.paired_brier_sums.labels(route, shadow, s) for s in RequestSum},
         )
 
     def bind_recording(self, route: str) -> RecordingMetrics:
@@ -609,6 +644,9 @@ class ModelMetrics:
     absolute_error: Histogram
     squared_error: Counter
     log_loss: Counter
+    brier: Counter
+    calibration_instances: list[Counter]
+    calibration_correct: list[Counter]
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,6 +657,8 @@ class PairMetrics:
     shadow_better: Counter
     difference_squares: Counter
     request_sums: dict[RequestSum, Counter]
+    log_loss_sums: dict[RequestSum, Counter]
+    brier_sums: dict[RequestSum, Counter]
 
 
 @dataclass(frozen=True, slots=True)

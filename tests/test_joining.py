@@ -341,9 +341,15 @@ def test_pair_probabilities_tallies_every_outcome_with_unscorable_as_wrong() -> 
     shadow = [[0.1, 0.9], [0.7, 0.3], None, [0.9, 0.1], 0.3, [0.1, 0.1, 0.1]]
     # 0-1 both right; 2 production only (shadow unscorable); 3 shadow only (production
     # unscorable); 4 both wrong (one unscorable); 5 both wrong (shadow ties to class 0).
-    assert pair(PROBABILITIES, production, shadow, labels) == Paired(
-        both_right=2, production_only=1, shadow_only=1, both_wrong=2
-    )
+    result = pair(PROBABILITIES, production, shadow, labels)
+    tallies = (result.both_right, result.production_only, result.shadow_only, result.both_wrong)
+    assert tallies == (2, 1, 1, 2)
+    # Scorable on both sides: instances 0, 1 and 5. Log loss and Brier, production's minus the
+    # shadow's: 0 on instance 0 (the same vector), then ln(0.7 / 0.6) and ln((1/3) / 0.2);
+    # Brier 0.32 - 0.18 and 0.98 - 6/9.
+    assert result.scored_probabilities == 3
+    assert result.log_loss_advantage == pytest.approx(math.log(0.7 / 0.6) + math.log(5 / 3))
+    assert result.brier_advantage == pytest.approx(0.14 + 0.98 - 6 / 9)
 
 
 def test_pair_regression_differences() -> None:

@@ -4,11 +4,13 @@ inconclusive exactly as the statistics say they should."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
 from tests.conftest import (
     Answer,
@@ -360,3 +362,52 @@ routes:
         page = await resp.text()
     assert '<p class="warning" role="alert">Warning: labels arrive for some' in page
     assert "100 of 200 recorded requests labelled (50.0%)" in page
+
+
+async def test_probabilities_report_log_loss_brier_and_reliability(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    # Label v % 2. Production says [0.6, 0.4] whatever it sees; the shadow is sharp and right:
+    # [0.9, 0.1] on class 0 and [0.2, 0.8] on class 1.
+    def production(r: Received) -> Any:
+        return v1([[0.6, 0.4] for _ in r.json()["instances"]])
+
+    def shadow(r: Received) -> Any:
+        return v1([[0.9, 0.1] if v % 2 == 0 else [0.2, 0.8] for v in r.json()["instances"]])
+
+    requests = [[v] for v in range(200)]
+    p = await run(
+        fake_model, proxy, tmp_path, production, shadow, requests, [v % 2 for v in range(200)],
+        kind="probabilities",
+    )  # fmt: skip
+    async with p.session.get(p.url + "/report") as resp:
+        report = await resp.json()
+    [route] = report["routes"]
+    [shadow_report_] = route["shadows"]
+    figures = shadow_report_["probabilities"]
+    production_log_loss = (-math.log(0.6) - math.log(0.4)) / 2
+    shadow_log_loss = (-math.log(0.9) - math.log(0.8)) / 2
+    assert figures["production_log_loss"] == pytest.approx(production_log_loss)
+    assert figures["shadow_log_loss"] == pytest.approx(shadow_log_loss)
+    assert figures["production_brier"] == pytest.approx((0.32 + 0.72) / 2)
+    assert figures["shadow_brier"] == pytest.approx((0.02 + 0.08) / 2)
+    log_loss = figures["log_loss"]
+    assert (log_loss["requests"], log_loss["instances"]) == (200, 200)
+    assert log_loss["advantage"] == pytest.approx(production_log_loss - shadow_log_loss)
+    assert 0 < log_loss["low"] < log_loss["advantage"] < log_loss["high"]
+    assert figures["brier"]["advantage"] == pytest.approx(0.52 - 0.05)
+    assert figures["brier"]["low"] > 0
+    by_bin = {
+        b["low"]: (b["instances"], b["correct"]) for b in figures["calibration"] if b["instances"]
+    }
+    assert by_bin == {0.8: (100, 100), 0.9: (100, 100)}
+    production_bins = {
+        b["low"]: (b["instances"], b["correct"])
+        for b in route["production_calibration"]
+        if b["instances"]
+    }
+    assert production_bins == {0.6: (200, 100)}
+    async with p.session.get(p.url + "/report.html") as resp:
+        page = await resp.text()
+    assert page.count('class="chart chart-reliability"') == 1
+    assert "Log loss advantage (production - shadow)" in page

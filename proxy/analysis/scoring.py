@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
+
 from proxy.core.comparison import CompareKind, ShapeMismatch
 from proxy.core.joining import InvalidLabel, Score, label_values, pair, score
 from proxy.core.outcomes import RequestSum
@@ -70,15 +72,22 @@ class RouteScorer:
             p.outcomes[outcome].inc(getattr(paired, outcome))
         instances, advantage = paired.request()
         if instances:
-            for name, value in RequestSum.of(instances, advantage).items():
-                if value:
-                    p.request_sums[name].inc(value)
+            _add(p.request_sums, instances, advantage)
+        if paired.scored_probabilities:
+            _add(p.log_loss_sums, paired.scored_probabilities, paired.log_loss_advantage)
+            _add(p.brier_sums, paired.scored_probabilities, paired.brier_advantage)
         if paired.n:
             p.n.inc(paired.n)
             p.difference_squares.inc(paired.d_squared_sum)
             # Counters only go up: the sum of d is kept as its positive and negative parts.
             p.shadow_worse.inc(paired.d_positive_sum)
             p.shadow_better.inc(paired.d_positive_sum - paired.d_sum)
+
+
+def _add(sums: dict[RequestSum, Counter], instances: float, advantage: float) -> None:
+    for name, value in RequestSum.of(instances, advantage).items():
+        if value:
+            sums[name].inc(value)
 
 
 def _count(metrics: ModelMetrics, s: Score) -> None:
@@ -89,3 +98,10 @@ def _count(metrics: ModelMetrics, s: Score) -> None:
         metrics.absolute_error.observe(error)
     metrics.squared_error.inc(s.squared_error)
     metrics.log_loss.inc(s.log_loss)
+    if s.confidences:
+        metrics.brier.inc(s.brier)
+        for confidence, right in s.confidences:
+            tenth = min(9, int(confidence * 10))
+            metrics.calibration_instances[tenth].inc()
+            if right:
+                metrics.calibration_correct[tenth].inc()

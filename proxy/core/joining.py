@@ -93,6 +93,9 @@ class Score:
     squared_error: float = 0.0
     log_loss: float = 0.0
     unscorable: int = 0
+    brier: float = 0.0  # probabilities: the sum of Brier scores over the scored instances
+    # probabilities: (confidence, right) per scored instance, for the reliability chart
+    confidences: tuple[tuple[float, bool], ...] = ()
 
     @property
     def scored(self) -> int:
@@ -125,6 +128,11 @@ class Paired:
     d_sum: float = 0.0
     d_squared_sum: float = 0.0
     d_positive_sum: float = 0.0  # the d > 0 part of d_sum, for counters that only go up
+    # Probabilities: instances scorable on both sides, and the shadow's advantage summed over
+    # them in log loss and in Brier score (production's minus the shadow's: up is better).
+    scored_probabilities: int = 0
+    log_loss_advantage: float = 0.0
+    brier_advantage: float = 0.0
 
     def request(self) -> tuple[int, float]:
         """This request as the verdict's unit: its instances scored for both models, and the
@@ -163,7 +171,8 @@ def score(kind: CompareKind, predictions: Sequence[Any], labels: Sequence[Any]) 
             squared = sum(error * error for error in errors)
             return Score(instances, 0, tuple(errors), squared, 0.0, instances - len(errors))
         case CompareKind.PROBABILITIES:
-            correct, loss, unscorable = 0, 0.0, 0
+            correct, loss, brier, unscorable = 0, 0.0, 0.0, 0
+            confidences = []
             for prediction, label in zip(predictions, labels, strict=True):
                 outcome = _probability_outcome(prediction, label)
                 if outcome is None:
@@ -171,7 +180,12 @@ def score(kind: CompareKind, predictions: Sequence[Any], labels: Sequence[Any]) 
                 else:
                     correct += outcome[0]
                     loss += outcome[1]
-            return Score(instances, correct, log_loss=loss, unscorable=unscorable)
+                    brier += outcome[2]
+                    confidences.append((outcome[3], outcome[0]))
+            return Score(
+                instances, correct, log_loss=loss, unscorable=unscorable, brier=brier,
+                confidences=tuple(confidences),
+            )  # fmt: skip
     raise AssertionError(f"unhandled kind {kind!r}")  # pragma: no cover
 
 
@@ -196,6 +210,7 @@ def pair(
             return _tally(outcomes)
         case CompareKind.PROBABILITIES:
             outcomes = []
+            scored, log_loss, brier = 0, 0.0, 0.0
             for prod, shad, label in rows:
                 prod_outcome = _probability_outcome(prod, label)
                 shad_outcome = _probability_outcome(shad, label)
@@ -205,7 +220,15 @@ def pair(
                         shad_outcome is not None and shad_outcome[0],
                     )
                 )
-            return _tally(outcomes)
+                if prod_outcome is not None and shad_outcome is not None:
+                    scored += 1
+                    log_loss += prod_outcome[1] - shad_outcome[1]
+                    brier += prod_outcome[2] - shad_outcome[2]
+            tally = _tally(outcomes)
+            return Paired(
+                tally.both_right, tally.production_only, tally.shadow_only, tally.both_wrong,
+                scored_probabilities=scored, log_loss_advantage=log_loss, brier_advantage=brier,
+            )  # fmt: skip
         case CompareKind.REGRESSION:
             n, d_sum, d_squared_sum, d_positive_sum = 0, 0.0, 0.0, 0.0
             for prod, shad, label in rows:
@@ -334,8 +357,10 @@ def _class_index(label: Any, classes: int | None) -> int:
     raise InvalidLabel(f"probabilities labels must be class indexes {span}, got {_show(label)}")
 
 
-def _probability_outcome(prediction: Any, label: Any) -> tuple[bool, float] | None:
-    """(argmax is the label, log loss) for one instance, or None when unscorable."""
+def _probability_outcome(prediction: Any, label: Any) -> tuple[bool, float, float, float] | None:
+    """(argmax is the label, log loss, Brier score, confidence) for one instance, or None when
+    unscorable. The Brier score is sum_k (p_k - [k = label])^2 over the normalised vector (0 to
+    2); the confidence is the largest normalised probability (the reliability chart's x)."""
     parsed = _probability_vector(prediction)
     if parsed is None:
         _class_index(label, None)  # a bad label is the client's error whatever the model said
@@ -345,7 +370,8 @@ def _probability_outcome(prediction: Any, label: Any) -> tuple[bool, float] | No
     # max() keeps the first of equal maxima, like numpy.argmax.
     best = max(range(len(vector)), key=vector.__getitem__)
     loss = -math.log(max(vector[index] / total, _MIN_PROBABILITY))
-    return best == index, loss
+    brier = sum((p / total - (k == index)) ** 2 for k, p in enumerate(vector))
+    return best == index, loss, brier, vector[best] / total
 
 
 def _plural(count: int, noun: str) -> str:

@@ -41,6 +41,7 @@ from proxy.core.verdict import (
 )
 from proxy.report.model import (
     Accuracy,
+    CalibrationBin,
     ClassLabelling,
     Disagreement,
     ErrorFigures,
@@ -50,11 +51,13 @@ from proxy.report.model import (
     PairedClassification,
     PairedOutcomes,
     PairedRegression,
+    ProbabilityFigures,
     Proportion,
     QualityFigures,
     Report,
     RouteDiagnostics,
     RouteReport,
+    ScoreDifference,
     ShadowDiagnostics,
     ShadowReport,
 )
@@ -360,6 +363,62 @@ def _shadow_diagnostics(
     }
 
 
+def _calibration(samples: Samples, route: str, model: str, role: str) -> list[CalibrationBin]:
+    labels = {"route": route, "model": model, "role": role}
+    bins: list[CalibrationBin] = []
+    for low in names.CALIBRATION_BINS:
+        instances = samples.total(names.CALIBRATION_INSTANCES.total, **labels, bin=low)
+        correct = samples.total(names.CALIBRATION_CORRECT.total, **labels, bin=low)
+        bins.append({"low": float(low), "instances": int(instances), "correct": int(correct)})
+    return bins
+
+
+def _score_difference(
+    samples: Samples, family: str, route: str, shadow: str, alpha: float, effect_size: float
+) -> ScoreDifference:
+    sums = _request_sums(samples, family, route, shadow)
+    test = sequential_ratio(sums, alpha, effect_size) if sums.requests >= 2 else None
+    interval = test.interval if test else Interval(math.nan, math.nan)
+    return {
+        "requests": sums.requests,
+        "instances": int(sums.instances),
+        "advantage": sums.advantage / sums.instances if sums.instances else None,
+        "low": _num(interval.low),
+        "high": _num(interval.high),
+        "p_value": test.p_value if test else 1.0,
+    }
+
+
+def _probabilities(
+    samples: Samples,
+    settings: VerdictConfig,
+    alpha: float,
+    route: str,
+    shadow: str,
+    production: str,
+) -> ProbabilityFigures:
+    def mean(family: str, model: str, role: str) -> float | None:
+        labels = {"route": route, "model": model, "role": role}
+        scored = samples.total(names.LABELLED_INSTANCES.total, **labels) - samples.total(
+            names.UNSCORABLE_INSTANCES.total, **labels
+        )
+        return samples.total(family, **labels) / scored if scored > 0 else None
+
+    return {
+        "production_log_loss": mean(names.LOG_LOSS.total, production, "production"),
+        "shadow_log_loss": mean(names.LOG_LOSS.total, shadow, "shadow"),
+        "production_brier": mean(names.BRIER.total, production, "production"),
+        "shadow_brier": mean(names.BRIER.total, shadow, "shadow"),
+        "log_loss": _score_difference(
+            samples, names.PAIRED_LOG_LOSS_SUMS.total, route, shadow, alpha, settings.effect_size
+        ),
+        "brier": _score_difference(
+            samples, names.PAIRED_BRIER_SUMS.total, route, shadow, alpha, settings.effect_size
+        ),
+        "calibration": _calibration(samples, route, shadow, "shadow"),
+    }
+
+
 def decide(
     settings: VerdictConfig,
     *,
@@ -577,6 +636,11 @@ def _shadow_report(
         "quality": test,
         "guardrails": guardrails,
         "diagnostics": diagnostics,
+        "probabilities": (
+            _probabilities(samples, settings, alphas.quality, route, shadow, production)
+            if kind == "probabilities"
+            else None
+        ),
         "paired": paired,
         "regression": regression,
         "history": [],
@@ -638,6 +702,11 @@ def build_report(
                 "production_error": error,
                 "latency_buckets": bounds,
                 "production_latency_counts": counts,
+                "production_calibration": (
+                    _calibration(samples, route, production_name, "production")
+                    if kind == "probabilities"
+                    else []
+                ),
                 "diagnostics": diagnostics,
                 "shadows": shadow_reports,
             }

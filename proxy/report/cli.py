@@ -36,6 +36,13 @@ _READ = (
     names.PREDICTED_INSTANCES,
     names.LABELLED_PREDICTED,
     names.RECORDED,
+    names.BRIER,
+    names.LOG_LOSS,
+    names.UNSCORABLE_INSTANCES,
+    names.CALIBRATION_INSTANCES,
+    names.CALIBRATION_CORRECT,
+    names.PAIRED_LOG_LOSS_SUMS,
+    names.PAIRED_BRIER_SUMS,
 )
 _QUERIES = {
     **{

@@ -482,7 +482,8 @@ def _card(i: int, j: int, route: RouteReport, shadow: ShadowReport, level: str) 
             ident,
         )
         + "</figure>"
-        "</article>"
+        + _reliability_figure(route, shadow, name, ident)
+        + "</article>"
     )
 
 
@@ -521,6 +522,8 @@ def _of(part: Any, whole: Any, noun: str) -> str:
 def _figures(route: RouteReport, shadow: ShadowReport, level: str) -> str:
     production, name = _str(route.get("production")), _str(shadow.get("shadow"))
     groups = [_verdict_test(route, shadow), _labelled_figures(route, shadow)]
+    if shadow.get("probabilities"):
+        groups.append(_probability_group(_map(shadow.get("probabilities"))))
 
     dis = _map(shadow.get("disagreement"))
     groups.append(
@@ -949,6 +952,128 @@ def _shares(counts: Sequence[Any], groups: int) -> tuple[list[float], list[float
     if total <= 0:
         return None
     return values, [v / total for v in values]
+
+
+def _probability_group(figures: Any) -> str:
+    """Log loss and Brier score of both models, and their paired differences (production's
+    minus the shadow's: up is the shadow doing better) with always-valid intervals."""
+
+    def signed(value: Any) -> str:
+        return fmt_number(value, signed=True)
+
+    def difference(label: str, diff: Any) -> str:
+        d = _map(diff)
+        return _row_span(
+            label,
+            _cell(
+                signed(d.get("advantage")),
+                fmt_interval(d.get("low"), d.get("high"), signed),
+                f"{fmt_count(d.get('requests'))} labelled requests, always-valid",
+            ),
+        )
+
+    return _group(
+        "Probabilities on labelled instances",
+        [
+            _row(
+                "Log loss",
+                _cell(fmt_number(figures.get("production_log_loss"))),
+                _cell(fmt_number(figures.get("shadow_log_loss"))),
+            ),
+            _row(
+                "Brier score",
+                _cell(fmt_number(figures.get("production_brier"))),
+                _cell(fmt_number(figures.get("shadow_brier"))),
+            ),
+            difference("Log loss advantage (production - shadow)", figures.get("log_loss")),
+            difference("Brier advantage (production - shadow)", figures.get("brier")),
+        ],
+    )
+
+
+def _reliability_figure(route: RouteReport, shadow: ShadowReport, name: str, ident: str) -> str:
+    figures = _map(shadow.get("probabilities"))
+    if not figures:
+        return ""
+    return (
+        "<figure>"
+        "<figcaption>Reliability: how often each model is right at each confidence</figcaption>"
+        + _reliability_chart(
+            _list(route.get("production_calibration")),
+            _list(figures.get("calibration")),
+            name,
+            ident,
+        )
+        + "</figure>"
+    )
+
+
+def _reliability_chart(
+    production_bins: Sequence[Any], shadow_bins: Sequence[Any], name: str, ident: str
+) -> str:
+    """A reliability diagram: per confidence bin (the largest probability, in tenths), the share
+    of instances each model got right, against the diagonal a calibrated model follows."""
+    title = f"Reliability of production and {name or DASH}"
+    plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+
+    def x(confidence: float) -> float:
+        return _LEFT + confidence * plot_w
+
+    def y(share: float) -> float:
+        return _TOP + (1.0 - share) * plot_h
+
+    series = []
+    for who, colour, bins in (
+        ("production", _PRODUCTION_COLOUR, production_bins),
+        ("shadow", _SHADOW_COLOUR, shadow_bins),
+    ):
+        points = []
+        for b in bins:
+            m = _map(b)
+            low, instances, correct = (
+                _num(m.get("low")),
+                _num(m.get("instances")),
+                _num(m.get("correct")),
+            )
+            if low is not None and instances and correct is not None:
+                points.append((low + 0.05, correct / instances, int(instances)))
+        series.append((who, colour, points))
+    desc = "Share right per confidence bin, production vs shadow, against the diagonal."
+    out = [_svg_open("reliability", name, ident, title, desc)]
+    if not any(points for _, _, points in series):
+        return out[0] + _notice("no labelled probabilities yet") + "</svg>"
+    out.append(_y_axis([0.0, 0.25, 0.5, 0.75, 1.0], y, signed=False, title="share right"))
+    out.append(
+        f'<line class="diagonal" x1="{_f(x(0))}" y1="{_f(y(0))}" x2="{_f(x(1))}" '
+        f'y2="{_f(y(1))}" stroke="#8c959f" stroke-dasharray="4 3" />'
+    )
+    for who, colour, points in series:
+        if not points:
+            continue
+        path = " ".join(f"{_f(x(c))},{_f(y(s))}" for c, s, _ in points)
+        out.append(
+            f'<polyline class="line line-{who}" points="{path}" fill="none" '
+            f'stroke="{colour}" stroke-width="2" />'
+        )
+        for c, s, n in points:
+            tip = (
+                f"{who}, confidence {c - 0.05:.1f}-{c + 0.05:.1f}: {fmt_percent(s)} right of"
+                f" {fmt_count(n)}"
+            )
+            out.append(
+                f'<circle class="dot dot-{who}" cx="{_f(x(c))}" cy="{_f(y(s))}" r="3" '
+                f'fill="{colour}"><title>{_e(tip)}</title></circle>'
+            )
+    for tick in (0.0, 0.5, 1.0):
+        out.append(
+            f'<text x="{_f(x(tick))}" y="{_H - _BOTTOM + 16}" text-anchor="middle">'
+            f"{tick:.1f}</text>"
+        )
+    out.append(
+        f'<text x="{_f(_LEFT + plot_w / 2)}" y="{_H - 8}" text-anchor="middle">'
+        "confidence (largest probability)</text></svg>"
+    )
+    return "".join(out)
 
 
 def _latency_chart(

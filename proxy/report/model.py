@@ -12,6 +12,7 @@ from proxy.core.outcomes import Verdict
 
 __all__ = [
     "Accuracy",
+    "CalibrationBin",
     "ClassLabelling",
     "Disagreement",
     "ErrorFigures",
@@ -21,11 +22,13 @@ __all__ = [
     "PairedClassification",
     "PairedOutcomes",
     "PairedRegression",
+    "ProbabilityFigures",
     "Proportion",
     "QualityFigures",
     "Report",
     "RouteDiagnostics",
     "RouteReport",
+    "ScoreDifference",
     "ShadowDiagnostics",
     "ShadowReport",
 ]
@@ -181,6 +184,42 @@ class ShadowDiagnostics(TypedDict):
     labels_needed: int | None
 
 
+class ScoreDifference(TypedDict):
+    """A paired score's difference, production's minus the shadow's (up is the shadow doing
+    better), per instance with the request as the unit, with its always-valid interval (for
+    reading: the verdict is decided on accuracy)."""
+
+    requests: int
+    instances: int
+    advantage: float | None
+    low: float | None
+    high: float | None
+    p_value: float
+
+
+class CalibrationBin(TypedDict):
+    """One bin of a reliability chart: instances whose confidence (largest probability) is
+    from `low` to low + 0.1, and how many of them the model got right."""
+
+    low: float
+    instances: int
+    correct: int
+
+
+class ProbabilityFigures(TypedDict):
+    """A probabilities route's shadow: mean log loss and Brier score of both models on their
+    labelled instances, the paired differences with always-valid intervals, and the shadow's
+    reliability chart (production's is the route's)."""
+
+    production_log_loss: float | None
+    shadow_log_loss: float | None
+    production_brier: float | None
+    shadow_brier: float | None
+    log_loss: ScoreDifference
+    brier: ScoreDifference
+    calibration: list[CalibrationBin]
+
+
 class HistoryPoint(TypedDict):
     """The shadow's advantage (up is better) at time t, with its interval."""
 
@@ -208,6 +247,7 @@ class ShadowReport(TypedDict):
     quality: QualityFigures
     guardrails: list[Guardrail]
     diagnostics: ShadowDiagnostics
+    probabilities: ProbabilityFigures | None  # null on a route that is not probabilities
     paired: PairedClassification
     regression: PairedRegression | None  # null on a route that is not a regression
     history: list[HistoryPoint]
@@ -225,6 +265,7 @@ class RouteReport(TypedDict):
     production_error: ErrorFigures
     latency_buckets: list[float]
     production_latency_counts: list[int]
+    production_calibration: list[CalibrationBin]  # empty on a route that is not probabilities
     diagnostics: RouteDiagnostics
     shadows: list[ShadowReport]
 
