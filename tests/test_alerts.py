@@ -205,7 +205,17 @@ def test_dashboard_is_provisionable_and_every_panel_uses_the_datasource_variable
     assert verdict["type"] == "stat"
     (mapping,) = verdict["fieldConfig"]["defaults"]["mappings"]
     texts = {value: option["text"] for value, option in mapping["options"].items()}
-    assert texts == {"1": "better", "-1": "worse", "0": "not known yet"}
+    # Every state of the verdict gauge (proxy.core.outcomes.Verdict.gauge), by its value.
+    assert texts == {
+        "1": "better",
+        "0.5": "equivalent",
+        "0": "inconclusive",
+        "-0.5": "insufficient data",
+        "-1": "worse",
+    }
+    from proxy.core.outcomes import Verdict
+
+    assert {f"{v.gauge:g}" for v in Verdict} == set(texts)
 
 
 def test_compose_proxy_config_is_valid() -> None:

@@ -335,15 +335,15 @@ def test_pair_classification_tallies_every_outcome() -> None:
     )
 
 
-def test_pair_probabilities_tallies_every_outcome_with_unscorable_as_wrong() -> None:
+def test_pair_probabilities_leaves_out_instances_unscorable_on_either_side() -> None:
     labels = [1, 0, 1, 0, 1, 2]
     production = [0.9, [0.6, 0.4], [0.2, 0.8], "bad", [0.0, 0.0], [0.5, 0.3, 0.2]]
     shadow = [[0.1, 0.9], [0.7, 0.3], None, [0.9, 0.1], 0.3, [0.1, 0.1, 0.1]]
-    # 0-1 both right; 2 production only (shadow unscorable); 3 shadow only (production
-    # unscorable); 4 both wrong (one unscorable); 5 both wrong (shadow ties to class 0).
+    # 0-1 both right; 2, 3, 4 unscorable on one side; 5 both wrong (shadow ties to class 0).
     result = pair(PROBABILITIES, production, shadow, labels)
     tallies = (result.both_right, result.production_only, result.shadow_only, result.both_wrong)
-    assert tallies == (2, 1, 1, 2)
+    # Unscorable on one side (2, 3 and 4): left out of the pair, as a failed answer is.
+    assert tallies == (2, 0, 0, 1)
     # Scorable on both sides: instances 0, 1 and 5. Log loss and Brier, production's minus the
     # shadow's: 0 on instance 0 (the same vector), then ln(0.7 / 0.6) and ln((1/3) / 0.2);
     # Brier 0.32 - 0.18 and 0.98 - 6/9.

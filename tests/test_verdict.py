@@ -344,6 +344,7 @@ routes:
     assert shadow["diagnostics"] == {
         "paired_requests": 80,
         "lost_pairs": 20,
+        "unscorable_instances": 0,
         "coverage": 0.8,
         "effect": 0.01,
         "labels_needed": shadow["diagnostics"]["labels_needed"],
@@ -411,3 +412,57 @@ async def test_probabilities_report_log_loss_brier_and_reliability(
         page = await resp.text()
     assert page.count('class="chart chart-reliability"') == 1
     assert "Log loss advantage (production - shadow)" in page
+
+
+def test_the_verdict_never_contradicts_the_interval_it_prints() -> None:
+    """An interval that excludes 0 is never printed next to "inconclusive", nor one that
+    includes it next to "better" or "worse": both come from the same always-valid sequence.
+    Checked on report after report along simulated paths, through build_report itself."""
+    from loadtest.simulate import Classification
+    from proxy.config import VerdictConfig
+    from proxy.core.outcomes import RequestSum
+    from proxy.report.build import Samples, build_report
+
+    settings = VerdictConfig(min_labels=30)
+    rng = np.random.default_rng(17)
+    seen = set()
+    for traffic in (
+        Classification(theta=0.6),
+        Classification(batch=5, correlation=0.5, theta=0.58),
+    ):
+        b, c, m = traffic.draw(rng, 3000)
+        for t in range(100, 3000, 100):
+            samples: list[tuple[str, dict[str, str], float]] = [
+                ("shadowproxy_route_info", {"route": "/r", "kind": "classification",
+                                            "production": "p"}, 1.0),
+                ("shadowproxy_shadow_enqueued_total", {"route": "/r", "shadow": "s"}, float(t)),
+            ]  # fmt: skip
+            pair = {"route": "/r", "shadow": "s"}
+            outcomes = {"production_only": b[:t].sum(), "shadow_only": c[:t].sum(),
+                        "both_right": (m[:t] - b[:t] - c[:t]).sum(), "both_wrong": 0.0}  # fmt: skip
+            for outcome, value in outcomes.items():
+                samples.append(("shadowproxy_paired_outcomes_total", {**pair, "outcome": outcome},
+                                float(value)))  # fmt: skip
+            sums: dict[RequestSum, float] = {}
+            for mi, d in zip(m[:t], c[:t] - b[:t], strict=True):
+                for name, value in RequestSum.of(float(mi), float(d)).items():
+                    sums[name] = sums.get(name, 0.0) + value
+            for name, value in sums.items():
+                samples.append(("shadowproxy_paired_request_sums_total", {**pair, "sum": name},
+                                value))  # fmt: skip
+            report = build_report(Samples(samples), settings, generated_at=0.0)
+            [shadow] = report["routes"][0]["shadows"]
+            verdict, low, high = (
+                shadow["verdict"],
+                shadow["quality"]["low"],
+                shadow["quality"]["high"],
+            )
+            seen.add(verdict)
+            if verdict == "better":
+                assert low > 0, shadow["reason"]
+            elif verdict == "worse":
+                assert high < 0, shadow["reason"]
+            elif verdict == "inconclusive" and low is not None:
+                assert low <= 0 <= high, shadow["reason"]
+                assert "not decided yet" in shadow["reason"]
+    assert {"better", "inconclusive"} <= seen

@@ -108,10 +108,11 @@ class Paired:
     """Production and one shadow scored on the same instances.
 
     Classification and probabilities fill the four outcome counts (McNemar's test uses the
-    discordant two); an unscorable prediction counts as wrong for its side. Regression fills
-    ``n``, ``d_sum`` and ``d_squared_sum`` over ``d = |shadow error| - |production error|``
-    (a paired t interval's inputs), skipping instances unscorable on either side; a negative
-    mean d means the shadow is closer.
+    discordant two). Regression fills ``n``, ``d_sum`` and ``d_squared_sum`` over
+    ``d = |shadow error| - |production error|`` (a paired t interval's inputs); a negative mean
+    d means the shadow is closer. Instances unscorable on either side (a malformed probability
+    vector, a non-numeric regression prediction) are left out of the pair, as a request the
+    shadow failed on is: they are counted as unscorable for their model, and reported.
 
         >>> paired = pair(CompareKind.CLASSIFICATION, [1, 0, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1])
         >>> paired.both_right, paired.production_only, paired.shadow_only, paired.both_wrong
@@ -214,16 +215,12 @@ def pair(
             for prod, shad, label in rows:
                 prod_outcome = _probability_outcome(prod, label)
                 shad_outcome = _probability_outcome(shad, label)
-                outcomes.append(
-                    (
-                        prod_outcome is not None and prod_outcome[0],
-                        shad_outcome is not None and shad_outcome[0],
-                    )
-                )
-                if prod_outcome is not None and shad_outcome is not None:
-                    scored += 1
-                    log_loss += prod_outcome[1] - shad_outcome[1]
-                    brier += prod_outcome[2] - shad_outcome[2]
+                if prod_outcome is None or shad_outcome is None:
+                    continue  # left out, as a failed answer is; counted as unscorable
+                outcomes.append((prod_outcome[0], shad_outcome[0]))
+                scored += 1
+                log_loss += prod_outcome[1] - shad_outcome[1]
+                brier += prod_outcome[2] - shad_outcome[2]
             tally = _tally(outcomes)
             return Paired(
                 tally.both_right, tally.production_only, tally.shadow_only, tally.both_wrong,

@@ -354,9 +354,11 @@ def _shadow_diagnostics(
         else None
     )
     paired = quality_figures["requests"]
+    model = {"route": route, "model": shadow, "role": "shadow"}
     return {
         "paired_requests": paired,
         "lost_pairs": max(0, labelled - paired),
+        "unscorable_instances": int(samples.total(names.UNSCORABLE_INSTANCES.total, **model)),
         "coverage": min(1.0, paired / labelled) if labelled else None,
         "effect": effect,
         "labels_needed": needed,

@@ -636,7 +636,8 @@ def _verdict_test(route: RouteReport, shadow: ShadowReport) -> str:
                 _cell(
                     fmt_count(own.get("paired_requests")),
                     note=f"{fmt_count(own.get('lost_pairs'))} without one (shadow failed,"
-                    " timed out or was dropped: never compared)",
+                    " timed out or was dropped: never compared);"
+                    f" {fmt_count(own.get('unscorable_instances'))} instances unscorable",
                 ),
             )
         )

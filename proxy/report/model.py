@@ -179,6 +179,7 @@ class ShadowDiagnostics(TypedDict):
 
     paired_requests: int
     lost_pairs: int
+    unscorable_instances: int  # the shadow's labelled instances it answered unscorably
     coverage: float | None
     effect: float | None
     labels_needed: int | None
