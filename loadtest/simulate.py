@@ -269,9 +269,12 @@ def false_rate_family(
     error_rate: float = 0.005,
     error_margin: float = 0.01,
     latency_margin: float = 0.01,
+    disagreement: float = 0.2,
+    max_disagreement: float = 0.3,
 ) -> Rate:
     """`shadows` shadows identical to production (same accuracy, errors and latency), every
-    check on: quality after every label; the error and slow-request guardrails every
+    check on: quality after every label; the error, slow-request and disagreement guardrails
+    (this one with verdict.max_disagreement 0.3, the shadows disagreeing on 20%) every
     `check_every` requests. How often anything at all is falsely decided, with alpha split."""
     rng = np.random.default_rng(seed)
     alphas = split_alpha(alpha, shadows)
@@ -291,6 +294,13 @@ def false_rate_family(
             errors = rng.random(horizon) < error_rate
             latency = rng.lognormal(-3.0, 0.8, horizon)
             buckets = _cumulative_buckets(latency, bounds)
+            disagreed = (rng.random(horizon) < disagreement).astype(np.float64)
+            ones = np.ones(horizon)
+            _, disagreement_low, _ = sequential_ratio_paths(
+                *_sums_paths(ones, disagreed, pseudo=False), alpha=alphas.guardrail
+            )
+            if np.any(disagreement_low[check_every - 1 :: check_every] > max_disagreement):
+                decided = True
             for t in range(check_every, horizon + 1, check_every):
                 e = error_guardrail(
                     int(errors[:t].sum()), t, int(production_errors[:t].sum()), t,
