@@ -385,6 +385,12 @@ class Metrics:
             "Records in the prediction store, as of the last sweep.",
             "livemax",
         )
+        self.store_file_bytes = self._gauge(
+            n.STORE_FILE_BYTES,
+            "The embedded store's files on disk, in bytes, as of the last sweep: database and"
+            " wal (its write-ahead log, kept under 64 MiB by truncating checkpoints).",
+            "livemax",
+        )
         self.recording_queue_depth = self._gauge(
             n.RECORDING_QUEUE_DEPTH,
             "Writes waiting for the prediction store.",

@@ -1263,3 +1263,28 @@ routes:
     [message] = raised.value.errors
     assert "verdict.max_latency_ratio" in message
     assert "was replaced by verdict.latency_margin" in message
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "limit"),
+    [
+        ("shadow", "max_in_flight", 10_000_000, "10,000 (requests in flight to one shadow)"),
+        ("shadow", "max_queue", 100_000_000_000, "1,000,000 (requests waiting in memory)"),
+        ("production", "max_connections", 1_000_000, "10,000 (connections to one upstream)"),
+    ],
+)
+def test_absurd_bounds_are_refused(where: str, key: str, value: int, limit: str) -> None:
+    shadow = f", {key}: {value}" if where == "shadow" else ""
+    production = f", {key}: {value}" if where == "production" else ""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(
+            f"""
+routes:
+  - match: /m
+    protocol: kserve-v1
+    production: {{name: p, url: "http://127.0.0.1:9001"{production}}}
+    shadows: [{{name: s, url: "http://127.0.0.1:9002"{shadow}}}]
+"""
+        )
+    [message] = raised.value.errors
+    assert message.endswith(f".{key}: must be at most {limit} (got {value})")

@@ -215,3 +215,70 @@ async def test_a_request_id_that_is_not_utf8_is_passed_on_byte_for_byte(
     await p.settled()
     assert p.value("shadowproxy_comparisons_total", route="/v1/models/m:predict", shadow="s",
                    result="agree") == 1  # fmt: skip
+
+
+async def _raw(url: str, head: bytes) -> tuple[int, bytes]:
+    """One request written as raw bytes (a client library would normalise the path)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head)
+    await writer.drain()
+    async with asyncio.timeout(10):
+        answer = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", answer)[1])  # type: ignore[index]
+        body = await reader.readexactly(length)
+    writer.close()
+    return int(answer.split(b" ")[1]), body
+
+
+async def test_paths_that_could_escape_a_route_are_refused_and_never_forwarded(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    p = await proxy(route_yaml(prod.url))
+    refused = {
+        "/v1/models/m:predict/../../admin": "has a dot segment (. or ..)",
+        "/v1/models/m:predict/%2e%2e/%2E%2E/admin": "has a dot segment (. or ..)",
+        "/v1/models/m:predict/./x": "has a dot segment (. or ..)",
+        "/v1/models/m:predict/a%2Fb": "has an encoded slash (%2F or %5C)",
+        "/v1/models/m:predict/a%5cb": "has an encoded slash (%2F or %5C)",
+    }
+    for path, why in refused.items():
+        status, body = await _raw(
+            p.url, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+        )
+        assert (status, orjson.loads(body)) == (400, {"error": f"path {path!r} {why}"})
+    assert prod.received == []
+    assert p.value("shadowproxy_rejected_requests_total", reason="bad_path") == len(refused)
+    # Dots inside a segment are a name, not a dot segment; an encoded slash in the query is data.
+    status, _ = await _raw(
+        p.url,
+        b"POST /v1/models/m:predict/v1.0..x?q=%2F HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+    )
+    assert status == 200
+    [seen] = prod.received
+    assert seen.path_qs == "/v1/models/prod:predict/v1.0..x?q=%2F"
+
+
+async def test_a_request_id_longer_than_a_label_may_be_is_refused(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    p = await proxy(route_yaml(prod.url))
+    status, _, body = await p.post(
+        "/v1/models/m:predict", {"instances": [1]}, headers={"X-Request-ID": "x" * 257}
+    )
+    assert (status, orjson.loads(body)) == (
+        400,
+        {
+            "error": "X-Request-ID is 257 bytes long; at most 256 are accepted (a longer id"
+            " could never be labelled)"
+        },
+    )
+    assert prod.received == []
+    assert p.value("shadowproxy_rejected_requests_total", reason="bad_request_id") == 1
+    status, headers, _ = await p.post(
+        "/v1/models/m:predict", {"instances": [1]}, headers={"X-Request-ID": "y" * 256}
+    )
+    assert (status, headers["X-Request-ID"]) == (200, "y" * 256)

@@ -110,7 +110,14 @@ def test_classification_counts_matches() -> None:
 
 
 def test_classification_uses_numeric_equality() -> None:
-    assert score(CLASSIFICATION, [1, 1.0, True, 0], [1.0, 1, 1, False]).correct == 4
+    assert score(CLASSIFICATION, [1, 1.0, True, False], [1.0, 1, True, False]).correct == 4
+
+
+def test_a_boolean_is_a_class_of_its_own() -> None:
+    # A label true used to count as right for a prediction of class 1 (Python's True == 1).
+    assert score(CLASSIFICATION, [1, 0, True, 1.0], [True, False, 1, True]).correct == 0
+    paired = pair(CLASSIFICATION, [1], [True], [True])
+    assert (paired.production_only, paired.shadow_only) == (0, 1)
 
 
 def test_classification_string_and_int_differ() -> None:

@@ -649,17 +649,19 @@ async def test_stop_counts_the_batch_being_written_when_grace_runs_out(rig: Rig)
     assert rig.dropped("record", "store_unavailable", route="wine") == 1
 
 
-async def test_stop_counts_the_write_held_while_a_batch_gathers(rig: Rig) -> None:
+async def test_stop_writes_what_a_batch_was_gathering(rig: Rig) -> None:
     recorder = rig.recorder(flush_interval=3600.0)
     await recorder.start()
     recorder.record("iris", tee("r0"))
 
-    # The writer takes r0 first and waits for more; grace runs out long before.
-    await recorder.stop(0.01)
+    # The writer took r0 and waits an hour for more: a stop (SIGTERM) writes it now. It used
+    # to wait out the grace and drop it.
+    await recorder.stop(5.0)
 
-    assert rig.store.put_records_calls == []
+    assert [[r.request_id for r in call] for call in rig.store.put_records_calls] == [["r0"]]
     assert rig.value(DEPTH) == 0
-    assert rig.dropped("record", "store_unavailable") == 1
+    assert rig.dropped("record", "store_unavailable") == 0
+    assert rig.written("record") == 1
 
 
 # -- the measured store ------------------------------------------------------------------------

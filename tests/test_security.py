@@ -50,8 +50,10 @@ async def test_no_request_can_send_the_proxy_to_another_host(
         status = await raw(p.url, head.encode() + body)
         answered.append(status.split(b" ")[1])
     assert other.received == []
-    # The absolute-form target matches no route (404); the others reach production, their
-    # path kept under the configured URL's, where `@host` and `//host` are only path text.
-    assert answered == [b"404", b"200", b"200", b"200", b"200"]
-    assert [r.path_qs for r in prod.received] == [t.removeprefix(other.url) for t in targets[1:]]
-    assert [r.headers["Host"] for r in prod.received] == [prod.url.removeprefix("http://")] * 4
+    # The absolute-form target matches no route (404); a dot segment is refused (400); the
+    # others reach production, their path kept under the configured URL's, where `@host` and
+    # `//host` are only path text.
+    assert answered == [b"404", b"200", b"200", b"400", b"200"]
+    forwarded = [targets[1], targets[2], targets[4]]
+    assert [r.path_qs for r in prod.received] == [t.removeprefix(other.url) for t in forwarded]
+    assert [r.headers["Host"] for r in prod.received] == [prod.url.removeprefix("http://")] * 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -520,3 +521,26 @@ async def test_remove_old_counts_exactly_across_chunks(make_store: MakeStore) ->
     await store.put_records([record(f"new{i}", T0 + TTL + TOMBSTONE + i) for i in range(1200)])
     assert await store.remove_old(T0 + TTL + TOMBSTONE + 1) == Removed(expired=2500, evicted=200)
     assert await store.count() == 1000
+
+
+async def test_sqlite_keeps_its_write_ahead_log_under_its_bound(tmp_path: Path) -> None:
+    """A passive checkpoint never shrinks the WAL (a soak grew it to 4.86 GB): past half its
+    bound, the checkpoint truncates it, even while another connection reads."""
+    limit = 256 * 1024
+    store = SqliteStore(tmp_path / "p.db", ttl=TTL, wal_limit=limit)
+    await store.start()
+    reader = sqlite3.connect(tmp_path / "p.db")
+    try:
+        big = [list(range(200))]
+        for batch in range(20):
+            await store.put_records([record(f"r{batch}-{i}", predictions=big) for i in range(50)])
+        assert store.file_sizes()["wal"] > limit  # no checkpoint yet: it grew
+        reader.execute("SELECT count(*) FROM records").fetchone()  # a reader, then idle
+        await store.checkpoint()  # what the background loop runs every second
+        sizes = store.file_sizes()
+        assert sizes["wal"] <= limit
+        assert sizes["database"] > limit  # the records went to the database file
+        assert await store.count() == 1000
+    finally:
+        reader.close()
+        await store.close()

@@ -18,13 +18,12 @@ from proxy.analysis.responses import json_response
 from proxy.analysis.scoring import RouteScorer
 from proxy.config import LabelsConfig
 from proxy.core.joining import InvalidLabel, Score
-from proxy.core.outcomes import LabelRejection, LabelResult
+from proxy.core.outcomes import MAX_REQUEST_ID, LabelRejection, LabelResult
 from proxy.metrics import LabelMetrics
 from proxy.store.base import LabelStatus, PredictionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_ID = 256
 _INVALID = LabelResult.INVALID
 _ITEM_KEYS = ("request_id", "label")
 

@@ -5,6 +5,7 @@ records. A full queue or a failing store drops writes and counts them; productio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -80,6 +81,9 @@ class MeasuredStore(PredictionStore):
     async def count(self) -> int:
         return await self.inner.count()
 
+    def file_sizes(self) -> dict[str, int]:
+        return self.inner.file_sizes()
+
 
 @dataclass(frozen=True, slots=True)
 class RouteRecording:
@@ -130,6 +134,8 @@ class Recorder:
         self._queue: asyncio.Queue[_RecordItem | _ShadowItem] = asyncio.Queue(config.queue)
         self._depth: Gauge = metrics.recording_queue_depth
         self._tasks: list[asyncio.Task[None]] = []
+        self._hurry = asyncio.Event()  # set: write what is queued now (a flush, or a stop)
+        self._stopping = False
         self._store_down = False
         self._pending: dict[str, _RecordItem] = {}  # request id -> its record, not yet written
         self._in_hand: list[_RecordItem | _ShadowItem] = []  # taken by the writer, not counted
@@ -190,11 +196,18 @@ class Recorder:
         ]
 
     async def flush(self) -> None:
-        """Wait until every write queued so far has been handled (stored or counted)."""
-        await self._queue.join()
+        """Write everything queued so far now, without waiting out flush_interval, and wait
+        until it has been handled (stored or counted)."""
+        self._hurry.set()
+        try:
+            await self._queue.join()
+        finally:
+            if not self._stopping:
+                self._hurry.clear()
 
     async def stop(self, grace: float) -> None:
         """Flush for up to `grace` seconds, then drop (and count) what is left and close."""
+        self._stopping = True
         try:
             await asyncio.wait_for(self.flush(), grace)
         except TimeoutError:
@@ -217,9 +230,12 @@ class Recorder:
             self._in_hand = batch  # off the queue, not yet accounted for
             waiting = 1  # of the batch, still counted in the queue-depth gauge
             try:
-                if queue.qsize() < self._config.batch_size - 1:
-                    # Let a batch gather: one store round trip for many requests.
-                    await asyncio.sleep(self._config.flush_interval)
+                if queue.qsize() < self._config.batch_size - 1 and not self._hurry.is_set():
+                    # Let a batch gather: one store round trip for many requests (unless a
+                    # flush, or a stop, wants it written now).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._config.flush_interval):
+                            await self._hurry.wait()
                 while len(batch) < self._config.batch_size and not queue.empty():
                     batch.append(queue.get_nowait())
                 self._depth.dec(len(batch))
@@ -346,6 +362,8 @@ class Recorder:
         # Counted before anything else can fail: those records are gone.
         self._metrics.store_removed.labels(Removal.EXPIRED).inc(removed.expired)
         self._metrics.store_removed.labels(Removal.EVICTED).inc(removed.evicted)
+        for name, size in self.store.file_sizes().items():
+            self._metrics.store_file_bytes.labels(name).set(size)
         try:
             count = await self.store.count()
         except StoreUnavailable:

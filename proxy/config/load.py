@@ -33,21 +33,27 @@ from proxy.config.model import (
 from proxy.config.units import (
     _BEARER_RE,
     _alpha,
+    _batch,
     _body_cap,
     _boolean,
     _choice,
     _class_name,
+    _connections,
     _count,
     _effect_size,
     _header,
+    _in_flight,
     _kind,
     _listen,
     _listen_text,
     _log_level,
     _match,
     _method,
+    _points,
     _prediction_path,
     _prometheus_url,
+    _queue,
+    _records,
     _redis_url,
     _store_backend,
     _target_name,
@@ -148,7 +154,7 @@ def _target(c: _Checker, loc: _Loc) -> Target | None:
         path=url.path,
         timeout=c.optional(items, "timeout", _timeout, 30.0),
         connect_timeout=c.optional(items, "connect_timeout", _timeout, 1.0),
-        max_connections=c.optional(items, "max_connections", _count, 256),
+        max_connections=c.optional(items, "max_connections", _connections, 256),
     )
     return target if c.mark() == start else None
 
@@ -167,8 +173,8 @@ def _shadow(c: _Checker, loc: _Loc) -> Shadow | None:
         sample=c.optional(items, "sample", parse_fraction, 1.0),
         timeout=c.optional(items, "timeout", _timeout, 5.0),
         connect_timeout=c.optional(items, "connect_timeout", _timeout, 1.0),
-        max_in_flight=c.optional(items, "max_in_flight", _count, 16),
-        max_queue=c.optional(items, "max_queue", _count, 1000),
+        max_in_flight=c.optional(items, "max_in_flight", _in_flight, 16),
+        max_queue=c.optional(items, "max_queue", _queue, 1000),
         eject_after=c.optional(items, "eject_after", _count, 20),
         eject_for=c.optional(items, "eject_for", _timeout, 1.0),
     )
@@ -370,11 +376,11 @@ def _store(c: _Checker, loc: _Loc | None) -> StoreConfig:
         prefix=c.optional(items, "prefix", _text, default.prefix),
         ttl=c.optional(items, "ttl", _timeout, default.ttl),
         tombstone_ttl=c.optional(items, "tombstone_ttl", _timeout, default.tombstone_ttl),
-        max_records=c.optional(items, "max_records", _count, default.max_records),
+        max_records=c.optional(items, "max_records", _records, default.max_records),
         timeout=c.optional(items, "timeout", _timeout, default.timeout),
-        batch_size=c.optional(items, "batch_size", _count, default.batch_size),
+        batch_size=c.optional(items, "batch_size", _batch, default.batch_size),
         flush_interval=c.optional(items, "flush_interval", _timeout, default.flush_interval),
-        queue=c.optional(items, "queue", _count, default.queue),
+        queue=c.optional(items, "queue", _queue, default.queue),
         sweep_interval=c.optional(items, "sweep_interval", _timeout, default.sweep_interval),
     )
 
@@ -442,7 +448,7 @@ def _labels(c: _Checker, loc: _Loc | None) -> LabelsConfig:
         token=token,
         token_file=token_file,
         max_body=c.optional(items, "max_body", _body_cap, default.max_body),
-        max_batch=c.optional(items, "max_batch", _count, default.max_batch),
+        max_batch=c.optional(items, "max_batch", _batch, default.max_batch),
     )
 
 
@@ -489,7 +495,7 @@ def _verdict(c: _Checker, loc: _Loc | None) -> VerdictConfig:
         fleet_prometheus=c.optional(items, "fleet_prometheus", _prometheus_url, None),
         fleet_window=c.optional(items, "fleet_window", _timeout, default.fleet_window),
         history_interval=c.optional(items, "history_interval", _timeout, default.history_interval),
-        history_points=c.optional(items, "history_points", _count, default.history_points),
+        history_points=c.optional(items, "history_points", _points, default.history_points),
     )
 
 

@@ -210,6 +210,28 @@ def _count(value: object) -> int:
     return value
 
 
+def _at_most(limit: int, what: str) -> Callable[[object], int]:
+    """A count with a ceiling: a bound is there to bound memory, connections or time, and an
+    absurd one (10,000,000 connections in flight) bounds nothing. `what` says what it holds."""
+
+    def parse(value: object) -> int:
+        count = _count(value)
+        if count > limit:
+            raise ValueError(f"must be at most {limit:,} ({what})")
+        return count
+
+    return parse
+
+
+# Ceilings of the config's bounds, each far above any sane setting.
+_connections = _at_most(10_000, "connections to one upstream")
+_in_flight = _at_most(10_000, "requests in flight to one shadow")
+_queue = _at_most(1_000_000, "requests waiting in memory")
+_records = _at_most(1_000_000_000, "records in the store")
+_batch = _at_most(100_000, "items in one batch")
+_points = _at_most(1_000_000, "history points in memory per shadow")
+
+
 def _tolerance(value: object) -> float:
     if isinstance(value, str):
         # YAML 1.1 reads "1e-3" (no dot) as a string; take it as the number it plainly is.

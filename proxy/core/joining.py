@@ -283,8 +283,12 @@ def _class_label(label: Any) -> Any:
 
 
 def _same_class(prediction: Any, label: Any) -> bool:
-    # Plain ==: 1 == 1.0 == True count as one class, while "1" and 1 stay distinct.
-    return bool(_unwrap(prediction) == label)
+    # == for numbers (1 == 1.0 count as one class), while "1" and 1 stay distinct, and so do
+    # true and 1: a boolean is a class of its own, not the number Python makes of it.
+    value = _unwrap(prediction)
+    if isinstance(value, bool) != isinstance(label, bool):
+        return False
+    return bool(value == label)
 
 
 def _number(value: Any) -> float | None:

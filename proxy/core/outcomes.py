@@ -59,11 +59,18 @@ class ComparisonResult(StrEnum):
     TOO_MANY_INSTANCES = "too_many_instances"  # either side holds more than compare.max_instances
 
 
+MAX_REQUEST_ID = 256
+"""The longest request id, in characters (bytes, on the proxied port): a longer one is refused
+with a 400 there and by POST /labels, so every recorded request can be labelled."""
+
+
 class RejectReason(StrEnum):
     """Requests the proxy answers itself, without asking production."""
 
     NO_ROUTE = "no_route"
     BODY_TOO_LARGE = "body_too_large"
+    BAD_REQUEST_ID = "bad_request_id"
+    BAD_PATH = "bad_path"
 
 
 class LabelResult(StrEnum):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.core.exchange import Exchange, encode, join_headers
-from proxy.core.outcomes import Handoff, Outcome, RejectReason
+from proxy.core.outcomes import MAX_REQUEST_ID, Handoff, Outcome, RejectReason
 from proxy.core.routing import Router
 from proxy.core.sampling import WeightedSplit, bucket
 from proxy.front.client import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -147,6 +147,8 @@ class HotPath:
         self._control = control
         self._no_route = rejected[RejectReason.NO_ROUTE]
         self._too_large = rejected[RejectReason.BODY_TOO_LARGE]
+        self._bad_id = rejected[RejectReason.BAD_REQUEST_ID]
+        self._bad_path = rejected[RejectReason.BAD_PATH]
         self._handoff_too_large = handoff_counts[Handoff.TOO_LARGE]
         self._max_frame = max_frame
         self._ids = RequestIds()
@@ -169,6 +171,11 @@ class HotPath:
         if raw_path in ("/healthz", "/readyz") and method in ("GET", "HEAD"):
             self._answer(request, respond, self._health(raw_path))
             return
+        if ("." in raw_path or "%" in raw_path) and (why := unsafe_path(raw_path)):
+            self._bad_path.inc()
+            body = json.dumps({"error": f"path {raw_path[:200]!r} {why}"}).encode("ascii")
+            self._answer(request, respond, Response(400, [_JSON], body))
+            return
         # The request runs to its end on the generation it started with, whatever a reload does.
         generation = self.generation
         found = generation.router.match(raw_path, method)
@@ -180,6 +187,16 @@ class HotPath:
                 break
         if not request_id_bytes:
             request_id_bytes = self._ids.next()
+        elif len(request_id_bytes) > MAX_REQUEST_ID:
+            self._bad_id.inc()
+            header = id_header.decode("ascii")
+            message = (
+                f"{header} is {len(request_id_bytes)} bytes long; at most {MAX_REQUEST_ID} are"
+                " accepted (a longer id could never be labelled)"
+            )
+            body = json.dumps({"error": message}).encode("ascii")
+            self._answer(request, respond, Response(400, [_JSON], body))
+            return
         request_id = request_id_bytes.decode("utf-8", "surrogateescape")
         if found is None:
             self._no_route.inc()
@@ -338,6 +355,30 @@ class HotPath:
             self._answer(request, respond, response)
 
         control.begin(request.method, request.target, headers, request.body, answered)
+
+
+_DOT_SEGMENTS = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
+
+
+def unsafe_path(path: str) -> str | None:
+    """Why a request path is refused, or None. Paths are forwarded as the client sent them, so
+    what could make a route prefix mean something else is refused instead of rewritten: dot
+    segments ("." and "..", raw or percent-encoded, which a server behind may resolve past the
+    prefix matched here), and encoded slashes or backslashes (%2F, %5C), which split segments
+    differently for different servers. Envoy's normalize_path and nginx's URI normalisation
+    rewrite these; a model API never needs them, and a 400 shows the client what happened.
+
+        >>> unsafe_path("/v1/models/iris/../../admin")
+        'has a dot segment (. or ..)'
+        >>> unsafe_path("/v2/models/iris/versions/1.0/infer") is None
+        True
+    """
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered:
+        return "has an encoded slash (%2F or %5C)"
+    if any(segment in _DOT_SEGMENTS for segment in lowered.split("/")):
+        return "has a dot segment (. or ..)"
+    return None
 
 
 class RequestIds:

@@ -118,6 +118,10 @@ class PredictionStore(abc.ABC):
         max_records (evicted), counting each removed record once even when several replicas
         sweep the same store."""
 
+    def file_sizes(self) -> dict[str, int]:
+        """The store's files on local disk, in bytes, by name (none for a remote store)."""
+        return {}
+
     @abc.abstractmethod
     async def count(self) -> int:
         """Records currently stored (tombstones included)."""

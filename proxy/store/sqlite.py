@@ -39,6 +39,10 @@ from proxy.store.base import (
 _T = TypeVar("_T")
 
 _CHECKPOINT_INTERVAL = 1.0  # seconds between background WAL checkpoints
+WAL_LIMIT = 64 * 1024 * 1024
+"""The write-ahead log's bound in bytes: past half of it, a checkpoint also truncates the file
+(a passive one never shrinks it; a soak grew it to 4.86 GB), and journal_size_limit keeps it
+from staying larger after a checkpoint resets it."""
 _SWEEP_CHUNK = 1000  # rows deleted per transaction by remove_old
 
 _SCHEMA = """
@@ -95,8 +99,10 @@ class SqliteStore(PredictionStore):
         tombstone_ttl: float = 86400.0,
         max_records: int = 1_000_000,
         timeout: float = 5.0,
+        wal_limit: int = WAL_LIMIT,
     ) -> None:
         self.path = Path(path)
+        self.wal_limit = wal_limit
         self.ttl = ttl
         self.tombstone_ttl = tombstone_ttl
         self.max_records = max_records
@@ -242,6 +248,7 @@ class SqliteStore(PredictionStore):
             conn.execute("PRAGMA synchronous = NORMAL")
             # Checkpoints fsync: the background thread runs them, never a commit on the loop.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute(f"PRAGMA journal_size_limit = {int(self.wal_limit)}")
             conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
@@ -251,6 +258,7 @@ class SqliteStore(PredictionStore):
     def _open_background(self) -> None:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        conn.execute(f"PRAGMA journal_size_limit = {int(self.wal_limit)}")
         self._background = conn
 
     def _close_background(self) -> None:
@@ -266,18 +274,37 @@ class SqliteStore(PredictionStore):
                 conn.close()
 
     def _checkpoint(self) -> None:
-        if self._background is not None:
-            self._background.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """A passive checkpoint, or, once the WAL has passed half its bound, a truncating one
+        (which waits up to `timeout` for readers to move on)."""
+        if self._background is None:
+            return
+        big = self.file_sizes()["wal"] > self.wal_limit // 2
+        mode = "TRUNCATE" if big else "PASSIVE"
+        self._background.execute(f"PRAGMA wal_checkpoint({mode})")
+
+    def file_sizes(self) -> dict[str, int]:
+        """The database's files on disk, in bytes: the database and its write-ahead log."""
+        sizes = {}
+        for name, path in (("database", self.path), ("wal", Path(f"{self.path}-wal"))):
+            try:
+                sizes[name] = path.stat().st_size
+            except OSError:
+                sizes[name] = 0
+        return sizes
+
+    async def checkpoint(self) -> None:
+        """One checkpoint, on the background thread (what the loop runs every second)."""
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._checkpoint)
 
     async def _checkpoint_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(_CHECKPOINT_INTERVAL)
             if self._executor is None:
                 return
             # A failed checkpoint is not an error: the next one catches up; writes go on.
             with contextlib.suppress(sqlite3.Error, OSError):
-                await loop.run_in_executor(self._executor, self._checkpoint)
+                await self.checkpoint()
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

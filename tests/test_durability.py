@@ -1,0 +1,64 @@
+"""What the proxy promises about recorded predictions when it is stopped: on SIGTERM, every
+prediction it answered is written to the store before it exits (README, "What each store
+guarantees"). A real `python -m proxy run` process, its SQLite file read back afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from tests.conftest import FakeModelFactory, free_port, v1
+
+ROUTE = "/v1/models/m:predict"
+
+
+async def test_sigterm_writes_every_queued_prediction_before_exiting(
+    fake_model: FakeModelFactory, tmp_path: Path
+) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    port = free_port()
+    db = tmp_path / "p.db"
+    cfg = tmp_path / "proxy.yaml"
+    # A flush interval of a minute and batches of 10,000: nothing is written before SIGTERM.
+    cfg.write_text(
+        f"""
+listen: 127.0.0.1:{port}
+store: {{path: '{db}', flush_interval: 60s, batch_size: 10000}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run", "--config", str(cfg), stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    try:
+        while True:
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert line, "the proxy ended early"
+            doc = orjson.loads(line)
+            if doc["msg"] == "listening" and doc.get("role") == "front":
+                break
+        async with aiohttp.ClientSession() as session:
+            for i in range(50):
+                async with session.post(
+                    f"http://127.0.0.1:{port}{ROUTE}",
+                    json={"instances": [i]},
+                    headers={"X-Request-ID": f"r{i}"},
+                ) as resp:
+                    assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    with sqlite3.connect(db) as conn:
+        stored = {row[0] for row in conn.execute("SELECT request_id FROM records")}
+    assert stored == {f"r{i}" for i in range(50)}
