@@ -544,3 +544,11 @@ async def test_sqlite_keeps_its_write_ahead_log_under_its_bound(tmp_path: Path) 
     finally:
         reader.close()
         await store.close()
+
+
+async def test_put_shadows_names_the_orphans(store: PredictionStore) -> None:
+    await store.put_records([record("a")])
+    known, orphan = shadow("a", "s1", [1]), shadow("never-stored", "s1", [1])
+    put = await store.put_shadows([known, orphan])
+    assert put == []  # no late join: "a" has no label yet
+    assert put.orphans == [orphan]

@@ -26,6 +26,7 @@ from proxy.store.base import (
     Record,
     Removed,
     ShadowPredictions,
+    ShadowsPut,
     StoreUnavailable,
 )
 
@@ -60,9 +61,7 @@ class MeasuredStore(PredictionStore):
     async def put_records(self, records: Sequence[Record]) -> None:
         await self._timed(StoreOperation.PUT_RECORDS, lambda: self.inner.put_records(records))
 
-    async def put_shadows(
-        self, items: Sequence[ShadowPredictions]
-    ) -> list[tuple[ShadowPredictions, Record]]:
+    async def put_shadows(self, items: Sequence[ShadowPredictions]) -> ShadowsPut:
         return await self._timed(StoreOperation.PUT_SHADOWS, lambda: self.inner.put_shadows(items))
 
     async def get_records(self, request_ids: Sequence[str]) -> dict[str, Record]:
@@ -313,17 +312,23 @@ class Recorder:
         if not shadows:
             return
         late: list[tuple[ShadowPredictions, Record]] = []
+        orphans: list[ShadowPredictions] = []
 
         async def put() -> None:
-            late.extend(await self.store.put_shadows([s.predictions for s in shadows]))
+            put = await self.store.put_shadows([s.predictions for s in shadows])
+            late.extend(put)
+            orphans.extend(put.orphans)
 
         ok = await self._attempt(put())
         self._in_hand = []
+        orphaned = {id(o) for o in orphans}
         for item in shadows:
-            if ok:
-                self._recording[item.route].written[RecordKind.SHADOW].inc()
-            else:
+            if not ok:
                 self._drop(item, RecordDrop.STORE_UNAVAILABLE)
+            elif id(item.predictions) in orphaned:
+                self._drop(item, RecordDrop.ORPHAN)  # its record never reached the store
+            else:
+                self._recording[item.route].written[RecordKind.SHADOW].inc()
         for written, record in late:
             target = self._routes.get(record.route)
             if target is not None:

@@ -106,7 +106,7 @@ class RecordDrop(StrEnum):
     QUEUE_FULL = "queue_full"  # the recorder's queue was full
     STORE_UNAVAILABLE = "store_unavailable"  # the store failed
     NO_PREDICTIONS = "no_predictions"  # the answer held none (non-2xx or unparseable)
-    ORPHAN = "orphan"  # a shadow's record was not there (declared; not counted today)
+    ORPHAN = "orphan"  # a shadow's record was not in the store: nothing was written
 
 
 class PairedOutcome(StrEnum):

@@ -55,6 +55,19 @@ class ShadowPredictions:
     predictions: list[Any]
 
 
+class ShadowsPut(list[tuple[ShadowPredictions, Record]]):
+    """What put_shadows did: the late joins, as a list of (item, record) in input order, and
+    `orphans`, the items whose record is not in the store (nothing was written for them)."""
+
+    def __init__(
+        self,
+        joined: Sequence[tuple[ShadowPredictions, Record]] = (),
+        orphans: Sequence[ShadowPredictions] = (),
+    ) -> None:
+        super().__init__(joined)
+        self.orphans = list(orphans)
+
+
 @dataclass(frozen=True, slots=True)
 class LabelResult:
     status: LabelStatus
@@ -92,13 +105,12 @@ class PredictionStore(abc.ABC):
         first record: a client that reuses a request id does not erase a prediction."""
 
     @abc.abstractmethod
-    async def put_shadows(
-        self, items: Sequence[ShadowPredictions]
-    ) -> list[tuple[ShadowPredictions, Record]]:
+    async def put_shadows(self, items: Sequence[ShadowPredictions]) -> ShadowsPut:
         """Add shadows' predictions to their records. Returns, in input order, each item whose
         record already had a label, with that record (including the new predictions): the
-        caller joins those shadows now. Items whose record is unknown, or already has
-        predictions from that shadow, change nothing and are not returned."""
+        caller joins those shadows now. Items whose record is unknown change nothing and are
+        the result's `orphans`; items whose record already has that shadow's predictions
+        change nothing and are not returned."""
 
     @abc.abstractmethod
     async def get_records(self, request_ids: Sequence[str]) -> dict[str, Record]:

@@ -30,6 +30,7 @@ from proxy.store.base import (
     Record,
     Removed,
     ShadowPredictions,
+    ShadowsPut,
     StoreUnavailable,
 )
 
@@ -43,9 +44,10 @@ return 1
 """
 
 # KEYS: record. ARGV: shadow field, predictions.
-# Returns 0 when nothing changed or the record has no label yet, else the record's fields.
+# Returns -1 when there is no record (an orphan), 0 when nothing changed or the record has no
+# label yet, else the record's fields.
 _PUT_SHADOW = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'label') == 0 then return 0 end
 return redis.call('HGETALL', KEYS[1])
@@ -186,19 +188,20 @@ class RedisStore(PredictionStore):
             calls.append((keys, (self._expire, r.request_id, repr(float(r.created)), *fields)))
         await self._pipeline(self._put_record.sha, calls)
 
-    async def put_shadows(
-        self, items: Sequence[ShadowPredictions]
-    ) -> list[tuple[ShadowPredictions, Record]]:
+    async def put_shadows(self, items: Sequence[ShadowPredictions]) -> ShadowsPut:
         calls = [
             ((self._key(i.request_id),), (f"s:{i.shadow}", orjson.dumps(i.predictions)))
             for i in items
         ]
         replies = await self._pipeline(self._put_shadow.sha, calls)
-        return [
-            (item, _record(item.request_id, reply))
-            for item, reply in zip(items, replies, strict=True)
-            if isinstance(reply, list)
-        ]
+        return ShadowsPut(
+            [
+                (item, _record(item.request_id, reply))
+                for item, reply in zip(items, replies, strict=True)
+                if isinstance(reply, list)
+            ],
+            [item for item, reply in zip(items, replies, strict=True) if reply == -1],
+        )
 
     async def get_records(self, request_ids: Sequence[str]) -> dict[str, Record]:
         self._check_open()

@@ -33,6 +33,7 @@ from proxy.store.base import (
     Record,
     Removed,
     ShadowPredictions,
+    ShadowsPut,
     StoreUnavailable,
 )
 
@@ -172,11 +173,9 @@ class SqliteStore(PredictionStore):
         if rows:
             await self._run(self._put_records, rows)
 
-    async def put_shadows(
-        self, items: Sequence[ShadowPredictions]
-    ) -> list[tuple[ShadowPredictions, Record]]:
+    async def put_shadows(self, items: Sequence[ShadowPredictions]) -> ShadowsPut:
         if not items:
-            return []
+            return ShadowsPut()
         encoded = [orjson.dumps(item.predictions) for item in items]
         return await self._run(self._put_shadows, list(items), encoded)
 
@@ -341,11 +340,11 @@ class SqliteStore(PredictionStore):
 
         self._write(put)
 
-    def _put_shadows(
-        self, items: list[ShadowPredictions], encoded: list[bytes]
-    ) -> list[tuple[ShadowPredictions, Record]]:
-        def put(conn: sqlite3.Connection) -> list[tuple[ShadowPredictions, Record]]:
+    def _put_shadows(self, items: list[ShadowPredictions], encoded: list[bytes]) -> ShadowsPut:
+        def put(conn: sqlite3.Connection) -> ShadowsPut:
             ids = {item.request_id for item in items}
+            known = _existing(conn, ids)
+            orphans = [item for item in items if item.request_id not in known]
             # Only labelled records need to know which shadows are new: few rows, if any.
             labelled = _labelled(conn, ids)
             present = _shadows_of(conn, labelled)
@@ -361,7 +360,7 @@ class SqliteStore(PredictionStore):
                 added.setdefault(item.request_id, []).append(item.shadow)
                 joined.append(item)
             if not joined:
-                return []
+                return ShadowsPut(orphans=orphans)
             # Each item with its record as it stands after its own insert, not later ones.
             records = {rid: _read(conn, rid) for rid in added}
             result = []
@@ -372,7 +371,7 @@ class SqliteStore(PredictionStore):
                 hidden = set(later[later.index(item.shadow) + 1 :])
                 shadows = {k: v for k, v in record.shadows.items() if k not in hidden}
                 result.append((item, _replace_shadows(record, shadows)))
-            return result
+            return ShadowsPut(result, orphans)
 
         return self._write(put)
 
@@ -483,6 +482,22 @@ def _read(conn: sqlite3.Connection, request_id: str) -> Record | None:
         label=None if label is None else orjson.loads(label),
         labelled_at=labelled_at,
     )
+
+
+def _existing(conn: sqlite3.Connection, request_ids: set[str]) -> set[str]:
+    """Those of request_ids that have a record."""
+    ids = list(request_ids)
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):  # within SQLite's limit on bound parameters
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            rid
+            for (rid,) in conn.execute(
+                f"SELECT request_id FROM records WHERE request_id IN ({marks})", chunk
+            )
+        )
+    return found
 
 
 def _labelled(conn: sqlite3.Connection, request_ids: set[str]) -> set[str]:
