@@ -30,6 +30,7 @@ from proxy.store.base import (
     Removed,
     ShadowPredictions,
     ShadowsPut,
+    StoreTimedOut,
     StoreUnavailable,
 )
 
@@ -735,3 +736,13 @@ async def test_a_recorder_over_a_measured_store_times_its_writes_and_sweeps(rig:
         "set_labels": 0,
         "remove_old": 1,
     }
+
+
+async def test_a_write_that_timed_out_is_counted_as_such_not_as_lost(rig: Rig) -> None:
+    recorder = rig.recorder()
+    await recorder.start()
+    rig.store.fail("put_records", error=StoreTimedOut("fake store: no answer in time"))
+    recorder.record("iris", tee("r0"))
+    await recorder.flush()
+    assert rig.dropped("record", "timed_out") == 1
+    assert rig.dropped("record", "store_unavailable") == 0

@@ -27,6 +27,7 @@ from proxy.store.base import (
     Removed,
     ShadowPredictions,
     ShadowsPut,
+    StoreTimedOut,
     StoreUnavailable,
 )
 
@@ -300,14 +301,14 @@ class Recorder:
         self._in_hand = [*(item for item, _ in records), *shadows]
         # Records first: a shadow's write always follows its record's in the queue.
         if records:
-            ok = await self._attempt(self.store.put_records([r for _, r in records]))
+            failed = await self._attempt(self.store.put_records([r for _, r in records]))
             for item, record in records:
-                if ok:
+                if failed is None:
                     recording = self._recording[item.route]
                     recording.written[RecordKind.RECORD].inc()
                     recording.written[RecordKind.SHADOW].inc(len(record.shadows))
                 else:
-                    self._drop(item, RecordDrop.STORE_UNAVAILABLE)
+                    self._drop(item, failed)
         self._in_hand = list(shadows)
         if not shadows:
             return
@@ -319,12 +320,12 @@ class Recorder:
             late.extend(put)
             orphans.extend(put.orphans)
 
-        ok = await self._attempt(put())
+        failed = await self._attempt(put())
         self._in_hand = []
         orphaned = {id(o) for o in orphans}
         for item in shadows:
-            if not ok:
-                self._drop(item, RecordDrop.STORE_UNAVAILABLE)
+            if failed is not None:
+                self._drop(item, failed)
             elif id(item.predictions) in orphaned:
                 self._drop(item, RecordDrop.ORPHAN)  # its record never reached the store
             else:
@@ -334,18 +335,21 @@ class Recorder:
             if target is not None:
                 target.scorer.join_shadow(record, written.shadow)
 
-    async def _attempt(self, operation: Awaitable[None]) -> bool:
+    async def _attempt(self, operation: Awaitable[None]) -> RecordDrop | None:
+        """None when the write was made; else why it was not (or may not have been)."""
         try:
             await operation
         except StoreUnavailable as exc:
             if not self._store_down:
                 log.error("prediction store unavailable", extra={"error": str(exc)})
                 self._store_down = True
-            return False
+            if isinstance(exc, StoreTimedOut):
+                return RecordDrop.TIMED_OUT
+            return RecordDrop.STORE_UNAVAILABLE
         if self._store_down:
             log.info("prediction store available again")
             self._store_down = False
-        return True
+        return None
 
     # -- the sweeper ------------------------------------------------------------------------------
 

@@ -105,6 +105,9 @@ class RecordDrop(StrEnum):
 
     QUEUE_FULL = "queue_full"  # the recorder's queue was full
     STORE_UNAVAILABLE = "store_unavailable"  # the store failed
+    # The store did not answer in time after the write was sent: it may have been applied (a
+    # frozen Redis runs it on resuming). Not known lost, and not known written.
+    TIMED_OUT = "timed_out"
     NO_PREDICTIONS = "no_predictions"  # the answer held none (non-2xx or unparseable)
     ORPHAN = "orphan"  # a shadow's record was not in the store: nothing was written
 

@@ -25,6 +25,12 @@ class StoreUnavailable(Exception):
     """The store cannot be reached, or did not answer in time."""
 
 
+class StoreTimedOut(StoreUnavailable):
+    """The write was sent, and no answer came in time: it may have been applied, or may be
+    later (a frozen Redis runs the commands it holds once it resumes). Counted apart from the
+    writes known to be lost."""
+
+
 class LabelStatus(enum.Enum):
     JOINED = "joined"
     UNKNOWN_ID = "unknown_id"

@@ -31,6 +31,7 @@ from proxy.store.base import (
     Removed,
     ShadowPredictions,
     ShadowsPut,
+    StoreTimedOut,
     StoreUnavailable,
 )
 
@@ -295,6 +296,13 @@ class RedisStore(PredictionStore):
                         if attempt == 2:
                             raise
                 await self._load_scripts()
+        except redis.exceptions.TimeoutError as exc:
+            if "connecting" in str(exc).lower():  # nothing was sent
+                raise self._unavailable(exc) from exc
+            raise StoreTimedOut(
+                f"prediction store {self._url}: no answer in time; the write may still be"
+                f" applied ({exc})"
+            ) from exc
         except (redis.exceptions.RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
