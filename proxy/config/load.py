@@ -581,7 +581,11 @@ def parse_config(
     if size > MAX_CONFIG_BYTES:
         raise too_big(source, size)
     checker = _Checker(source, os.environ if env is None else env)
-    loader = _BoundedLoader(text, source)
+    try:
+        # The reader checks every character as it is built: a control character fails here.
+        loader = _BoundedLoader(text, source)
+    except yaml.YAMLError as exc:
+        raise _syntax_error(source, text, exc) from None
     try:
         node = loader.get_single_node()
         if node is None:

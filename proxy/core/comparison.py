@@ -120,9 +120,16 @@ class Comparator:
         """Compare two batches; raises ShapeMismatch when they cannot be paired up."""
         if len(production) != len(shadow):
             raise ShapeMismatch(f"production has {len(production)} instances, shadow {len(shadow)}")
+        if not production:
+            return Comparison(0, 0)
         match self.kind:
             case CompareKind.CLASSIFICATION:
-                differ = sum(1 for p, s in zip(production, shadow, strict=True) if p != s)
+                # A boolean is a class of its own, not the number Python makes of it.
+                differ = sum(
+                    1
+                    for p, s in zip(production, shadow, strict=True)
+                    if p != s or isinstance(p, bool) != isinstance(s, bool)
+                )
                 return Comparison(len(production), differ)
             case CompareKind.REGRESSION:
                 return Comparison(len(production), self._regression(production, shadow))
