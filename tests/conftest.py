@@ -267,12 +267,16 @@ def v1(predictions: list[Any]) -> Answer:
 class RedisServer:
     """A redis-server process on a free port of 127.0.0.1, without persistence."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
+        """A new server; `port` starts it on a given port (a restart, as far as a client can
+        tell)."""
         if shutil.which("redis-server") is None:
             pytest.fail("the tests need redis-server on PATH (.ci/setup installs it)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [

@@ -5,6 +5,7 @@ guarantees"). A real `python -m proxy run` process, its SQLite file read back af
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import sys
@@ -62,3 +63,60 @@ routes:
     with sqlite3.connect(db) as conn:
         stored = {row[0] for row in conn.execute("SELECT request_id FROM records")}
     assert stored == {f"r{i}" for i in range(50)}
+
+
+async def test_labels_answered_joined_survive_kill_9(
+    fake_model: FakeModelFactory, tmp_path: Path
+) -> None:
+    """What `POST /labels` answered as joined is committed before the answer: `kill -9` of the
+    whole process group right after it loses none of them."""
+    prod = await fake_model(lambda r: v1([1]))
+    port = free_port()
+    db = tmp_path / "p.db"
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(
+        f"""
+listen: 127.0.0.1:{port}
+store: {{path: '{db}', flush_interval: 1ms}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run", "--config", str(cfg),
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    joined: list[str] = []
+    try:
+        while True:
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert line, "the proxy ended early"
+            doc = orjson.loads(line)
+            if doc["msg"] == "listening" and doc.get("role") == "front":
+                break
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for i in range(40):
+                async with session.post(
+                    base + ROUTE, json={"instances": [i]}, headers={"X-Request-ID": f"r{i}"}
+                ) as resp:
+                    assert resp.status == 200
+            for i in range(40):  # one at a time, as they were recorded
+                label = [{"request_id": f"r{i}", "label": 1}]
+                async with session.post(base + "/labels", json=label) as resp:
+                    assert resp.status == 200
+                    if (await resp.json())["counts"]["joined"] == 1:
+                        joined.append(f"r{i}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+    assert joined == [f"r{i}" for i in range(40)]  # recorded within milliseconds: all join
+    with sqlite3.connect(db) as conn:
+        labelled = {
+            r[0] for r in conn.execute("SELECT request_id FROM records WHERE label IS NOT NULL")
+        }
+    assert set(joined) <= labelled

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
 import pytest
 
-from tests.conftest import FakeModelFactory, ProxyFactory, RunningProxy, free_port, v1
+from tests.conftest import (
+    FakeModelFactory,
+    ProxyFactory,
+    RedisServer,
+    RunningProxy,
+    free_port,
+    v1,
+)
 
 ROUTE = "/v1/models/m:predict"
 N = 20
@@ -237,3 +246,82 @@ async def test_a_failing_production_gives_its_own_error_and_nothing_else(
     # each label is told its request is unknown.
     assert p.value("shadowproxy_recorded_total", route=ROUTE, kind="record") == 0
     assert await post_labels(p) == {"unknown_id": N}
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+def redis_config(production: str, shadow: str, url: str) -> str:
+    return f"""
+store: {{backend: redis, url: '{url}', timeout: 200ms, flush_interval: 1ms}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    production: {{name: prod, url: "{production}{ROUTE}"}}
+    shadows: [{{name: s, url: "{shadow}{ROUTE}"}}]
+"""
+
+
+def recording(p: RunningProxy) -> dict[str, float]:
+    found = {"written": p.value("shadowproxy_recorded_total", route=ROUTE, kind="record")}
+    for reason in ("queue_full", "store_unavailable", "timed_out", "no_predictions"):
+        found[reason] = p.value(
+            "shadowproxy_recording_dropped_total", route=ROUTE, kind="record", reason=reason
+        )
+    return {k: v for k, v in found.items() if v}
+
+
+async def test_a_frozen_redis_never_touches_production_and_every_write_is_accounted(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, own_redis_server: RedisServer
+) -> None:
+    server = own_redis_server
+    prod = await fake_model(lambda r: v1([1]))
+    shadow = await fake_model(lambda r: v1([1]))
+    p = await proxy(redis_config(prod.url, shadow.url, server.url))
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        assert await traffic(p) == [200] * N  # production, whatever the store does
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    counts = recording(p)
+    # Every write is either known written, known lost, or sent and unanswered in time.
+    assert sum(counts.values()) == N
+    assert set(counts) <= {"written", "timed_out", "store_unavailable"}
+    # A timed-out write may or may not have been applied: a frozen Redis runs what it had
+    # received once it resumes. The labels say which: every write known written joins, and
+    # no more than the written and the timed-out ones do.
+    labels = await post_labels(p)
+    assert set(labels) <= {"joined", "unknown_id"}
+    assert sum(labels.values()) == N
+    written, timed_out = counts.get("written", 0), counts.get("timed_out", 0)
+    assert written <= labels.get("joined", 0) <= written + timed_out
+
+
+async def test_a_restarted_redis_is_used_again_by_itself(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, own_redis_server: RedisServer
+) -> None:
+    server = own_redis_server
+    prod = await fake_model(lambda r: v1([1]))
+    shadow = await fake_model(lambda r: v1([1]))
+    p = await proxy(redis_config(prod.url, shadow.url, server.url))
+    server.stop()
+    assert await traffic(p) == [200] * N
+    assert recording(p) == {"store_unavailable": N}
+    restarted = RedisServer(port=server.port)
+    try:
+        for i in range(N, 2 * N):
+            status, _, _ = await p.post(
+                ROUTE, {"instances": [i]}, headers={"X-Request-ID": f"r{i}"}
+            )
+            assert status == 200
+        await p.settled()
+        assert recording(p) == {"store_unavailable": N, "written": N}
+        status, _, body = await p.post(
+            "/labels", [{"request_id": f"r{i}", "label": 1} for i in range(2 * N)]
+        )
+        assert status == 200
+        counts = {k: v for k, v in orjson.loads(body)["counts"].items() if v}
+        assert counts == {"unknown_id": N, "joined": N}
+    finally:
+        restarted.stop()
