@@ -270,3 +270,49 @@ async def test_sighup_reloads_a_running_proxy(fake_model: FakeModelFactory, tmp_
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+INVALID = {
+    "empty": b"",
+    "binary": bytes(range(256)),
+    "control character": b"\x1froutes: []\n",
+    "not a mapping": b"- a\n- b\n",
+    "deep nesting": b"routes: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    "unknown key": b'{"routes": [], "rootes": []}',
+    "wrong type": b'{"routes": "none"}',
+    "invalid UTF-8": b"routes: [\xff\xfe]\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INVALID))
+async def test_every_kind_of_invalid_file_is_one_counted_failure_and_changes_nothing(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, kind: str
+) -> None:
+    prod, s1 = [await fake_model(echo) for _ in range(2)]
+    path = tmp_path / "proxy.json"
+    p = await proxy(config(prod.url, [{"name": "s1", "url": s1.url + ROUTE}]), path)
+    before = p.state.config
+    await asyncio.to_thread(path.write_bytes, INVALID[kind])
+    result = await reload_config(p.state)
+    assert not result.ok
+    assert result.errors
+    assert all(str(path) in error for error in result.errors), result.errors
+    assert p.value("shadowproxy_config_reloads_total", result="failure") == 1
+    assert p.state.config is before
+    status, _, _ = await p.post(ROUTE, {"instances": [1]})
+    assert status == 200
+
+
+async def test_a_missing_file_is_one_counted_failure_and_changes_nothing(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod = await fake_model(echo)
+    path = tmp_path / "proxy.json"
+    p = await proxy(config(prod.url, []), path)
+    path.unlink()
+    result = await reload_config(p.state)
+    assert not result.ok
+    assert str(path) in result.errors[0]
+    assert p.value("shadowproxy_config_reloads_total", result="failure") == 1
+    status, _, _ = await p.post(ROUTE, {"instances": [1]})
+    assert status == 200
