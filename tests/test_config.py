@@ -1011,6 +1011,7 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
             "ttl": "7d",
             "tombstone_ttl": "1d",
             "max_records": 1000000,
+            "max_disk": "10GiB",
             "timeout": "1s",
             "batch_size": 500,
             "flush_interval": "50ms",

@@ -576,3 +576,28 @@ async def test_a_write_to_a_frozen_redis_times_out_and_is_applied_on_resume(
         assert set(await store.get_records(["before", "frozen"])) == {"before", "frozen"}
     finally:
         await store.close()
+
+
+async def test_sqlite_removes_the_oldest_records_beyond_max_disk(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "p.db", ttl=TTL, max_disk=1024 * 1024)
+    await store.start()
+    try:
+        big = [list(range(300))]  # about 1.2 kB of predictions per record
+        for batch in range(20):
+            await store.put_records(
+                [record(f"r{batch:02}-{i:02}", created=T0 + batch, predictions=big)
+                 for i in range(100)]
+            )  # fmt: skip
+        removed = await store.remove_old(T0 + 30)
+        assert (removed.expired, removed.evicted) == (0, 0)
+        assert removed.over_disk > 0
+        left = await store.count()
+        assert left + removed.over_disk == 2000
+        # The oldest went first: what is left is the newest batches, whole.
+        newest = await store.get_records([f"r19-{i:02}" for i in range(100)])
+        assert len(newest) == 100
+        assert await store.get_records(["r00-00"]) == {}
+        # Under the bound now: a second sweep removes nothing.
+        assert await store.remove_old(T0 + 30) == Removed()
+    finally:
+        await store.close()

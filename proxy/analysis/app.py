@@ -53,7 +53,7 @@ def build_store(config: StoreConfig) -> PredictionStore:
         return RedisStore(config.url, prefix=config.prefix, **limits)
     from proxy.store.sqlite import SqliteStore
 
-    return SqliteStore(config.path, **limits)
+    return SqliteStore(config.path, max_disk=config.max_disk, **limits)
 
 
 def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:

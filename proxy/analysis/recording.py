@@ -371,6 +371,7 @@ class Recorder:
         # Counted before anything else can fail: those records are gone.
         self._metrics.store_removed.labels(Removal.EXPIRED).inc(removed.expired)
         self._metrics.store_removed.labels(Removal.EVICTED).inc(removed.evicted)
+        self._metrics.store_removed.labels(Removal.OVER_DISK).inc(removed.over_disk)
         for name, size in self.store.file_sizes().items():
             self._metrics.store_file_bytes.labels(name).set(size)
         try:

@@ -115,6 +115,8 @@ store.tombstone_ttl                  1d                           how long after
                                                                   still told "expired"
 store.max_records                    1000000                      records kept; the oldest beyond it
                                                                   are evicted
+store.max_disk                       10GiB                        SQLite: database bytes in use; the
+                                                                  oldest records beyond are removed
 store.timeout                        1s                           time per store operation
 store.batch_size                     500                          writes per store round trip
 store.flush_interval                 50ms                         how long a write may wait for

@@ -109,6 +109,7 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                 "ttl": _format_duration(store.ttl),
                 "tombstone_ttl": _format_duration(store.tombstone_ttl),
                 "max_records": store.max_records,
+                "max_disk": None if store.max_disk is None else _format_size(store.max_disk),
                 "timeout": _format_duration(store.timeout),
                 "batch_size": store.batch_size,
                 "flush_interval": _format_duration(store.flush_interval),

@@ -73,6 +73,7 @@ class StoreConfig:
     ttl: float = 7 * 86400.0
     tombstone_ttl: float = 86400.0
     max_records: int = 1_000_000
+    max_disk: int | None = 10 * 1024**3  # SQLite: bytes in use; the oldest records beyond go
     timeout: float = 1.0
     batch_size: int = 500
     flush_interval: float = 0.05

@@ -375,6 +375,13 @@ def _url(value: object) -> _Url:
     return _Url(url, f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"))
 
 
+def _disk_cap(value: object) -> int:
+    size = parse_size(value)
+    if size < 1024 * 1024:
+        raise ValueError("must be at least 1MiB")
+    return size
+
+
 def _prometheus_url(value: object) -> str:
     found = _url(value)
     return found.origin + found.path

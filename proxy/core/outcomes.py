@@ -165,6 +165,7 @@ class Removal(StrEnum):
 
     EXPIRED = "expired"  # older than ttl + tombstone_ttl
     EVICTED = "evicted"  # beyond max_records
+    OVER_DISK = "over_disk"  # beyond store.max_disk, the oldest first (SQLite)
 
 
 class ReloadOutcome(StrEnum):

@@ -83,7 +83,8 @@ class LabelResult:
 @dataclass(frozen=True, slots=True)
 class Removed:
     expired: int = 0
-    evicted: int = 0
+    evicted: int = 0  # beyond max_records
+    over_disk: int = 0  # beyond max_disk (the embedded store)
 
 
 class PredictionStore(abc.ABC):

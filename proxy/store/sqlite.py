@@ -101,9 +101,11 @@ class SqliteStore(PredictionStore):
         max_records: int = 1_000_000,
         timeout: float = 5.0,
         wal_limit: int = WAL_LIMIT,
+        max_disk: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.wal_limit = wal_limit
+        self.max_disk = max_disk  # bytes of the database in use; the oldest beyond are removed
         self.ttl = ttl
         self.tombstone_ttl = tombstone_ttl
         self.max_records = max_records
@@ -196,13 +198,14 @@ class SqliteStore(PredictionStore):
 
     async def remove_old(self, now: float) -> Removed:
         cutoff = now - self.ttl - self.tombstone_ttl
-        expired = evicted = 0
+        expired = evicted = over_disk = 0
         while True:  # small transactions, so the loop (and other processes) get their turn
             removed = await self._run(self._remove_chunk, cutoff)
-            if not (removed.expired or removed.evicted):
-                return Removed(expired=expired, evicted=evicted)
+            if not (removed.expired or removed.evicted or removed.over_disk):
+                return Removed(expired=expired, evicted=evicted, over_disk=over_disk)
             expired += removed.expired
             evicted += removed.evicted
+            over_disk += removed.over_disk
             await asyncio.sleep(0)
 
     async def count(self) -> int:
@@ -426,10 +429,14 @@ class SqliteStore(PredictionStore):
                 return Removed(expired=expired)
             (stored,) = conn.execute("SELECT count(*) FROM records").fetchone()
             surplus = min(stored - self.max_records, _SWEEP_CHUNK)
-            if surplus <= 0:
-                return Removed()
             oldest = "SELECT request_id FROM records ORDER BY created, request_id LIMIT ?"
-            return Removed(evicted=_delete(conn, oldest, (surplus,)))
+            if surplus > 0:
+                return Removed(evicted=_delete(conn, oldest, (surplus,)))
+            if self.max_disk is not None and stored and _used_bytes(conn) > self.max_disk:
+                # Freed pages are reused, not returned: the file stops growing at the bound.
+                chunk = max(1, min(_SWEEP_CHUNK, stored // 20))
+                return Removed(over_disk=_delete(conn, oldest, (chunk,)))
+            return Removed()
 
         return self._write(remove)
 
@@ -439,6 +446,14 @@ class SqliteStore(PredictionStore):
             raise sqlite3.OperationalError("the database is not open")
         (stored,) = self._background.execute("SELECT count(*) FROM records").fetchone()
         return int(stored)
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes of the database's pages in use (free pages, reused by later writes, excluded)."""
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+    (size,) = conn.execute("PRAGMA page_size").fetchone()
+    return int((pages - free) * size)
 
 
 def _delete(conn: sqlite3.Connection, select_ids: str, params: tuple[Any, ...]) -> int:
