@@ -817,7 +817,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="seconds, not minutes, and small hostile inputs: the machinery, not the speed",
     )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="SECONDS",
+        help="instead of the scenarios, the soak (loadtest/soak.py) for this long, e.g. 1800",
+    )
     args = parser.parse_args(argv)
+    if args.soak:
+        from loadtest import soak
+
+        out = REPO / "loadtest" / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return soak.main(
+            ["--duration", str(args.soak), "--json", str(out / f"soak-{stamp}.json"),
+             "--png", str(out / f"soak-{stamp}.png")]
+        )  # fmt: skip
 
     if args.smoke:
         args.duration, args.warmup, args.connections = 1.0, 0.0, 4
