@@ -19,6 +19,17 @@ from tests.conftest import FakeModelFactory, free_port, v1
 ROUTE = "/v1/models/m:predict"
 
 
+async def front_listening(proc: asyncio.subprocess.Process) -> None:
+    """Read the proxy's JSON log until its front process says it is listening."""
+    assert proc.stderr is not None
+    while True:
+        line = await asyncio.wait_for(proc.stderr.readline(), 20)
+        assert line, "the proxy ended early"
+        doc = orjson.loads(line)
+        if doc["msg"] == "listening" and doc.get("role") == "front":
+            return
+
+
 async def test_sigterm_writes_every_queued_prediction_before_exiting(
     fake_model: FakeModelFactory, tmp_path: Path
 ) -> None:
@@ -43,12 +54,7 @@ routes:
     )
     assert proc.stderr is not None
     try:
-        while True:
-            line = await asyncio.wait_for(proc.stderr.readline(), 20)
-            assert line, "the proxy ended early"
-            doc = orjson.loads(line)
-            if doc["msg"] == "listening" and doc.get("role") == "front":
-                break
+        await front_listening(proc)
         async with aiohttp.ClientSession() as session:
             for i in range(50):
                 async with session.post(
@@ -92,12 +98,7 @@ routes:
     assert proc.stderr is not None
     joined: list[str] = []
     try:
-        while True:
-            line = await asyncio.wait_for(proc.stderr.readline(), 20)
-            assert line, "the proxy ended early"
-            doc = orjson.loads(line)
-            if doc["msg"] == "listening" and doc.get("role") == "front":
-                break
+        await front_listening(proc)
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
             for i in range(40):
@@ -135,12 +136,7 @@ routes:
     )  # fmt: skip
     assert again.stderr is not None
     try:
-        while True:
-            line = await asyncio.wait_for(again.stderr.readline(), 20)
-            assert line, "the proxy ended early"
-            doc = orjson.loads(line)
-            if doc["msg"] == "listening" and doc.get("role") == "front":
-                break
+        await front_listening(again)
         async with aiohttp.ClientSession() as session:
             labels = [{"request_id": "r0", "label": 1}, {"request_id": "later", "label": 1}]
             async with session.post(base + "/labels", json=labels) as resp:

@@ -501,36 +501,24 @@ def _read(conn: sqlite3.Connection, request_id: str) -> Record | None:
 
 def _existing(conn: sqlite3.Connection, request_ids: set[str]) -> set[str]:
     """Those of request_ids that have a record."""
+    return _records_among(conn, request_ids, "")
+
+
+def _labelled(conn: sqlite3.Connection, request_ids: set[str]) -> set[str]:
+    """Those of request_ids whose record has a label."""
+    return _records_among(conn, request_ids, "label IS NOT NULL AND ")
+
+
+def _records_among(conn: sqlite3.Connection, request_ids: set[str], condition: str) -> set[str]:
+    """Those of request_ids with a record meeting `condition` (SQL ending in AND, or "")."""
     ids = list(request_ids)
     found: set[str] = set()
     for start in range(0, len(ids), 500):  # within SQLite's limit on bound parameters
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        found.update(
-            rid
-            for (rid,) in conn.execute(
-                f"SELECT request_id FROM records WHERE request_id IN ({marks})", chunk
-            )
-        )
+        query = f"SELECT request_id FROM records WHERE {condition}request_id IN ({marks})"
+        found.update(rid for (rid,) in conn.execute(query, chunk))
     return found
-
-
-def _labelled(conn: sqlite3.Connection, request_ids: set[str]) -> set[str]:
-    """Those of request_ids whose record has a label."""
-    ids = list(request_ids)
-    labelled: set[str] = set()
-    for start in range(0, len(ids), 500):  # within SQLite's limit on bound parameters
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        labelled.update(
-            rid
-            for (rid,) in conn.execute(
-                f"SELECT request_id FROM records WHERE label IS NOT NULL"
-                f" AND request_id IN ({marks})",
-                chunk,
-            )
-        )
-    return labelled
 
 
 def _shadows_of(conn: sqlite3.Connection, request_ids: set[str]) -> set[tuple[str, str]]:
