@@ -149,6 +149,7 @@ def _summary(text: str) -> list[tuple[str, str, str, str, str]]:
 
 
 async def _report(session: aiohttp.ClientSession, every: float, stop: asyncio.Event) -> None:
+    drawn = 0
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
@@ -161,10 +162,23 @@ async def _report(session: aiohttp.ClientSession, every: float, stop: asyncio.Ev
             for route in report["routes"]
             for shadow in route["shadows"]
         }
-        print(f"\n{'route':<26}{'model':<24}{'teed':>8}{'disagree':>10}{'accuracy':>10}  verdict")
+        lines = [f"{'route':<26}{'model':<24}{'teed':>8}{'disagree':>10}{'accuracy':>10}  verdict"]
         for route, model, teed, disagree, accuracy in rows:
             verdict = verdicts.get((route, model), "")
-            print(f"{route:<26}{model:<24}{teed:>8}{disagree:>10}{accuracy:>10}  {verdict}")
+            lines.append(f"{route:<26}{model:<24}{teed:>8}{disagree:>10}{accuracy:>10}  {verdict}")
+        drawn = _draw(lines, drawn)
+
+
+def _draw(lines: list[str], drawn: int) -> int:
+    """Print the table; on a terminal, over the one drawn before (`drawn` lines high), so
+    that it updates in place. Returns the height drawn."""
+    if sys.stdout.isatty():
+        # Up to the previous table's first line, erase to the end of the screen, draw again.
+        print(f"\x1b[{drawn}F\x1b[J" if drawn else "", end="")
+    else:
+        print()
+    print("\n".join(lines), flush=True)
+    return len(lines)
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +213,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 " prediction\n"
                 f"  metrics:    curl -s {PROXY}/metrics | grep shadowproxy_disagreed\n"
                 f"  try it:     curl -s {PROXY}{V1_ROUTE} -d '{{\"instances\": [[1, 2, 3, 4]]}}'\n"
-                f"  verdicts:   {PROXY}/report.html  (or: shadow-proxy report --url {PROXY})\n"
+                f"  verdicts:   {PROXY}/report.html  (or: .venv/bin/shadow-proxy report --url"
+                f" {PROXY})\n"
                 f"Sending {args.rate:g} requests/s for {args.duration:g} s; Ctrl-C stops.",
                 flush=True,
             )

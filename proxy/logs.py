@@ -1,10 +1,12 @@
-"""JSON-lines logging on stderr: the formatter and the one set-up function."""
+"""JSON-lines logging on stderr: the formatter, the one set-up function, and the throttle that
+keeps a repeated warning (an upstream down, answers unreadable) to one line per key and period."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import orjson
@@ -46,3 +48,42 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # Warnings too are JSON lines: nothing else may write to stderr.
     logging.captureWarnings(True)
+
+
+class Throttled:
+    """At most one warning per key every `every` seconds; the ones held back are counted, and
+    the next line says how many (`suppressed`). Keys are bounded by the config (route, target,
+    cause); past `max_keys` the oldest are forgotten.
+
+    >>> throttled = Throttled(logging.getLogger("proxy.front"), every=10.0)
+    >>> throttled.warning(("iris", "iris-lr", "refused"), "production unreachable: %s", err)
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        every: float = 10.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
+    ) -> None:
+        self._logger = logger
+        self._every = every
+        self._clock = clock
+        self._max_keys = max_keys
+        self._last: dict[Hashable, tuple[float, int]] = {}  # key -> (when logged, held back)
+
+    def warning(self, key: Hashable, msg: str, *args: object, extra: dict[str, Any]) -> bool:
+        """Log unless `key` was logged less than `every` seconds ago; True when logged."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self._every:
+            self._last[key] = (last[0], last[1] + 1)
+            return False
+        if last is None and len(self._last) >= self._max_keys:
+            del self._last[next(iter(self._last))]
+        self._last.pop(key, None)  # re-inserted last: the dict stays oldest first
+        self._last[key] = (now, 0)
+        suppressed = last[1] if last is not None else 0
+        self._logger.warning(msg, *args, extra={**extra, "suppressed": suppressed})
+        return True

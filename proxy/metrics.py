@@ -14,6 +14,7 @@ from proxy import __version__
 from proxy import metric_names as n
 from proxy.core.comparison import OTHER_CLASS, ClassLabels, CompareKind
 from proxy.core.outcomes import (
+    Cause,
     ComparisonResult,
     Handoff,
     LabelRejection,
@@ -39,18 +40,19 @@ from proxy.metric_batching import (
 )
 from proxy.metric_names import Family
 
-# Millisecond resolution at the low end, where model servers live, up to the longest timeouts.
+# 1-2-5 steps from a millisecond, where model servers live, up to the longest timeouts: each
+# upstream and route has one series per bucket, so each bound costs (routes x models) lines.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 DISTANCE_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 # From a second to a month: labels arrive in minutes (corrections) or weeks (chargebacks).
 DELAY_BUCKETS = (
-    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0, 86400.0,
-    2 * 86400.0, 3 * 86400.0, 7 * 86400.0, 14 * 86400.0, 30 * 86400.0,
+    10.0, 60.0, 600.0, 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0,
 )  # fmt: skip
+# A store operation is a batch: fast, slow (tens of milliseconds), or broken (seconds).
+STORE_BUCKETS = (0.01, 0.1, 1.0)
 ERROR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0)
 
 
@@ -100,9 +102,28 @@ class Metrics:
             " timeout, connect_error (could not connect, or the connection broke), too_large (an"
             " answer over the size cap, cut while it was read).",
         )
+        self.upstream_errors = self._counter(
+            n.UPSTREAM_ERRORS,
+            "Upstream requests that got no usable answer, by cause: dns, refused, tls,"
+            " connect_timeout, unreachable, reset, timeout, too_large, bad_response, closed."
+            " A series appears with its first failure.",
+        )
+        self._upstream_errors: dict[tuple[str, str, str, str], Inc] = {}
         self.requests = self._counter(
             n.REQUESTS,
             "Requests matched to a route.",
+        )
+        self.http_requests = self._counter(
+            n.HTTP_REQUESTS,
+            "Client requests the front answered, by route (empty when none matched) and status"
+            " code; the proxy's own endpoints are not counted.",
+        )
+        self.http_duration = _histogram(
+            registry,
+            n.HTTP_DURATION,
+            "Time from a client request's arrival to its answer, by route: production's latency"
+            " plus the proxy's own (compare with upstream_request_duration_seconds).",
+            LATENCY_BUCKETS,
         )
         self.rejected = self._counter(
             n.REJECTED,
@@ -191,6 +212,12 @@ class Metrics:
             n.ROUTE_INFO,
             "One series per route: its comparison kind and production target; 1 for the running"
             " config, 0 for routes a reload removed.",
+            "livemax",
+        )
+        self.shadow_info = self._gauge(
+            n.SHADOW_INFO,
+            "One series per configured shadow of a route, traffic or not: 1 for the running"
+            " config, 0 for shadows a reload removed.",
             "livemax",
         )
 
@@ -363,7 +390,9 @@ class Metrics:
         self.compared_request_sums = self._counter(
             n.COMPARED_REQUEST_SUMS,
             "The same per-request sums for disagreement (d: instances disagreeing in a compared"
-            " request), behind the disagreement guardrail.",
+            " request), behind the disagreement guardrail: requests, instances_squared,"
+            " advantage_squared and cross_positive (instances and d are compared_instances and"
+            " disagreed_instances; d is never negative).",
         )
         self.recorded = self._counter(
             n.RECORDED,
@@ -385,6 +414,17 @@ class Metrics:
             "Records in the prediction store, as of the last sweep.",
             "livemax",
         )
+        self.store_max_records = self._gauge(
+            n.STORE_MAX_RECORDS,
+            "store.max_records: beyond it the oldest records are evicted (alert before).",
+            "livemax",
+        )
+        self.store_max_bytes = self._gauge(
+            n.STORE_MAX_BYTES,
+            "store.max_disk of the embedded store, in bytes: beyond it the oldest records are"
+            " removed (over_disk); 0 when the store has no such limit (Redis).",
+            "livemax",
+        )
         self.store_file_bytes = self._gauge(
             n.STORE_FILE_BYTES,
             "The embedded store's files on disk, in bytes, as of the last sweep: database and"
@@ -400,7 +440,7 @@ class Metrics:
             registry,
             n.STORE_DURATION,
             "Time a prediction-store operation took, by operation (failures included).",
-            LATENCY_BUCKETS,
+            STORE_BUCKETS,
         )
         self.handoff = self._counter(
             n.HANDOFF,
@@ -433,6 +473,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="liveall",
         )
+        self.process_fds = Gauge(
+            n.PROCESS_FDS.name,
+            "File descriptors a proxy process has open (sockets included), by role.",
+            n.PROCESS_FDS.labels,
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
         self.process_restarts = self._counter(
             n.PROCESS_RESTARTS,
             "Processes the supervisor restarted after they died, by role: front, analysis.",
@@ -443,56 +490,79 @@ class Metrics:
         if self.batcher is not None:
             self.batcher.flush()
 
-    def bind_handoff(self) -> dict[Handoff, Counter]:
-        return {h: self.handoff.labels(h) for h in Handoff}
+    def bind_handoff(self) -> dict[Handoff, Inc]:
+        """`sent` exists from the start; the failures appear with their first count."""
+        return {
+            h: self.handoff.labels(h) if h is Handoff.SENT else lazy(self.handoff, h)
+            for h in Handoff
+        }
 
-    def bind_faults(self) -> dict[Fault, Counter]:
-        return {f: self.client_faults.labels(f) for f in Fault}
+    def bind_faults(self) -> dict[Fault, Inc]:
+        return {f: lazy(self.client_faults, f) for f in Fault}
 
     def bind_labels(self) -> LabelMetrics:
         return LabelMetrics(
             received=self.labels_received,
             results={r: self.labels.labels(r) for r in LabelResult},
-            rejected={r: self.label_requests_rejected.labels(r) for r in LabelRejection},
+            rejected={r: lazy(self.label_requests_rejected, r) for r in LabelRejection},
         )
 
-    def bind_model(self, route: str, model: str, role: Role) -> ModelMetrics:
+    def bind_model(self, route: str, model: str, role: Role, kind: CompareKind) -> ModelMetrics:
+        """A model's label metrics. Families of another kind of route are not bound (their
+        series would stay at 0 for ever): a classification route has no absolute error, a
+        regression one no correct instances, and only probabilities have log loss, Brier score
+        and calibration."""
         labels = (route, model, role)
+        regression = kind is CompareKind.REGRESSION
+        probabilities = kind is CompareKind.PROBABILITIES
         return ModelMetrics(
             labelled=self.labelled_instances.labels(*labels),
-            correct=self.correct_instances.labels(*labels),
+            correct=NOTHING if regression else self.correct_instances.labels(*labels),
             unscorable=self.unscorable_instances.labels(*labels),
-            absolute_error=self.absolute_error.labels(*labels),
-            squared_error=self.squared_error.labels(*labels),
-            log_loss=self.log_loss.labels(*labels),
-            brier=self.brier.labels(*labels),
+            absolute_error=self.absolute_error.labels(*labels) if regression else NOTHING,
+            squared_error=self.squared_error.labels(*labels) if regression else NOTHING,
+            log_loss=self.log_loss.labels(*labels) if probabilities else NOTHING,
+            brier=self.brier.labels(*labels) if probabilities else NOTHING,
             calibration_instances=[
-                self.calibration_instances.labels(*labels, bin) for bin in n.CALIBRATION_BINS
+                self.calibration_instances.labels(*labels, bin) if probabilities else NOTHING
+                for bin in n.CALIBRATION_BINS
             ],
             calibration_correct=[
-                self.calibration_correct.labels(*labels, bin) for bin in n.CALIBRATION_BINS
+                self.calibration_correct.labels(*labels, bin) if probabilities else NOTHING
+                for bin in n.CALIBRATION_BINS
             ],
         )
 
-    def bind_pair(self, route: str, shadow: str) -> PairMetrics:
+    def bind_pair(self, route: str, shadow: str, kind: CompareKind) -> PairMetrics:
+        """A shadow's paired label metrics, those of its route's kind only (as bind_model)."""
+        regression = kind is CompareKind.REGRESSION
+        probabilities = kind is CompareKind.PROBABILITIES
+
+        def bound(family: Counter, on: bool) -> Inc:
+            return family.labels(route, shadow) if on else NOTHING
+
+        def sums(family: Counter, on: bool = True) -> dict[RequestSum, Inc]:
+            return {s: family.labels(route, shadow, s) if on else NOTHING for s in RequestSum}
+
         return PairMetrics(
-            outcomes={o: self.paired_outcomes.labels(route, shadow, o) for o in PairedOutcome},
-            n=self.paired_errors.labels(route, shadow),
-            shadow_worse=self.paired_shadow_worse.labels(route, shadow),
-            shadow_better=self.paired_shadow_better.labels(route, shadow),
-            difference_squares=self.paired_difference_squares.labels(route, shadow),
-            request_sums={s: self.paired_request_sums.labels(route, shadow, s) for s in RequestSum},
-            log_loss_sums={
-                s: self.paired_log_loss_sums.labels(route, shadow, s) for s in RequestSum
+            outcomes={
+                o: NOTHING if regression else self.paired_outcomes.labels(route, shadow, o)
+                for o in PairedOutcome
             },
-            brier_sums={s: self.paired_brier_sums.labels(route, shadow, s) for s in RequestSum},
+            n=bound(self.paired_errors, regression),
+            shadow_worse=bound(self.paired_shadow_worse, regression),
+            shadow_better=bound(self.paired_shadow_better, regression),
+            difference_squares=bound(self.paired_difference_squares, regression),
+            request_sums=sums(self.paired_request_sums),
+            log_loss_sums=sums(self.paired_log_loss_sums, probabilities),
+            brier_sums=sums(self.paired_brier_sums, probabilities),
         )
 
     def bind_recording(self, route: str) -> RecordingMetrics:
         return RecordingMetrics(
             written={k: self.recorded.labels(route, k) for k in RecordKind},
             dropped={
-                (k, r): self.recording_dropped.labels(route, k, r)
+                (k, r): lazy(self.recording_dropped, route, k, r)
                 for k in RecordKind
                 for r in RecordDrop
             },
@@ -517,8 +587,9 @@ class Metrics:
             outcomes={o: self.upstream_requests.labels(route, target, role, o) for o in Outcome},
         )
 
-    def bind_shadow(self, route: str, shadow: str) -> ShadowMetrics:
-        """With a batcher, the per-request ones are written once per loop iteration."""
+    def bind_shadow(self, route: str, shadow: str, kind: CompareKind) -> ShadowMetrics:
+        """With a batcher, the per-request ones are written once per loop iteration. The
+        probability distance is bound on probabilities routes only."""
         c, h, g = self.counting, self.observing, self.moving
         upstream = self.bind_upstream(route, shadow, Role.SHADOW)
         return ShadowMetrics(
@@ -526,15 +597,30 @@ class Metrics:
                 duration=h(upstream.duration),
                 outcomes={o: c(child) for o, child in upstream.outcomes.items()},
             ),
+            errors=partial(self.upstream_error, route, shadow, Role.SHADOW),
             enqueued=c(self.shadow_enqueued.labels(route, shadow)),
-            skipped={r: c(self.shadow_skipped.labels(route, shadow, r)) for r in SkipReason},
-            results={r: c(self.comparisons.labels(route, shadow, r)) for r in ComparisonResult},
+            skipped={r: lazy(self.shadow_skipped, route, shadow, r, wrap=c) for r in SkipReason},
+            results={
+                r: c(self.comparisons.labels(route, shadow, r))
+                if r in _HEADLINE_RESULTS
+                else lazy(self.comparisons, route, shadow, r, wrap=c)
+                for r in ComparisonResult
+            },
             compared=c(self.compared_instances.labels(route, shadow)),
             disagreed=c(self.disagreed_instances.labels(route, shadow)),
+            # Instances and disagreements are compared_ and disagreed_instances; disagreements
+            # never subtract, so the negative parts stay 0: neither is exported twice.
             compared_sums={
-                s: c(self.compared_request_sums.labels(route, shadow, s)) for s in RequestSum
+                s: c(self.compared_request_sums.labels(route, shadow, s))
+                if s in COMPARED_SUMS
+                else NOTHING
+                for s in RequestSum
             },
-            distance=h(self.probability_distance.labels(route, shadow)),
+            distance=(
+                h(self.probability_distance.labels(route, shadow))
+                if kind is CompareKind.PROBABILITIES
+                else NOTHING
+            ),
             queue_depth=g(self.shadow_queue_depth.labels(route, shadow)),
             in_flight=g(self.shadow_in_flight.labels(route, shadow)),
             paused=self.shadow_paused.labels(route, shadow),
@@ -599,8 +685,49 @@ class Metrics:
             self._class_counters[key] = counter
         return counter
 
-    def bind_rejections(self) -> dict[RejectReason, Counter]:
-        return {r: self.rejected.labels(r) for r in RejectReason}
+    def upstream_error(self, route: str, target: str, role: Role, cause: Cause) -> Inc:
+        """The failure counter of one upstream and cause, bound on its first failure."""
+        key = (route, target, role.value, cause.value)
+        child = self._upstream_errors.get(key)
+        if child is None:
+            child = self.counting(self.upstream_errors.labels(*key))
+            self._upstream_errors[key] = child
+        return child
+
+    def bind_client(self) -> ClientMetrics:
+        return ClientMetrics(self)
+
+    def bind_rejections(self) -> dict[RejectReason, Inc]:
+        return {r: lazy(self.rejected, r, wrap=self.counting) for r in RejectReason}
+
+
+class ClientMetrics:
+    """Client requests by route and status, and their duration by route (the front's
+    CountsAnswers): children bound on first use, written once per loop iteration.
+
+    >>> answers = metrics.bind_client()
+    >>> answers.count("/v2/models/iris/infer", 200, 0.0042)
+    """
+
+    __slots__ = ("_counts", "_durations", "_metrics")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._counts: dict[tuple[str, int], Inc] = {}
+        self._durations: dict[str, Observe] = {}
+
+    def count(self, route: str, status: int, seconds: float) -> None:
+        counter = self._counts.get((route, status))
+        if counter is None:
+            m = self._metrics
+            counter = m.counting(m.http_requests.labels(route, str(status)))
+            self._counts[(route, status)] = counter
+        counter.inc()
+        duration = self._durations.get(route)
+        if duration is None:
+            duration = self._metrics.observing(self._metrics.http_duration.labels(route))
+            self._durations[route] = duration
+        duration.observe(seconds)
 
 
 # prometheus-client gives bound children no type of their own: labels() returns the family type.
@@ -621,6 +748,7 @@ class ShadowMetrics:
     """Counted per shadow request: batched (metric_batching.py) when Metrics has a batcher."""
 
     upstream: UpstreamMetrics
+    errors: Callable[[Cause], Inc]  # failures by cause, bound on first use
     enqueued: Inc
     skipped: dict[SkipReason, Inc]
     results: dict[ComparisonResult, Inc]
@@ -639,45 +767,103 @@ class ShadowMetrics:
 class LabelMetrics:
     received: Counter
     results: dict[LabelResult, Counter]
-    rejected: dict[LabelRejection, Counter]
+    rejected: dict[LabelRejection, Inc]
+
+
+_HEADLINE_RESULTS = frozenset({ComparisonResult.AGREE, ComparisonResult.DISAGREE})
+COMPARED_SUMS = frozenset(
+    {
+        RequestSum.REQUESTS,
+        RequestSum.INSTANCES_SQUARED,
+        RequestSum.ADVANTAGE_SQUARED,
+        RequestSum.CROSS_POSITIVE,
+    }
+)
+"""The disagreement sums exported as compared_request_sums (the others are other series)."""
+
+
+class Lazy:
+    """A counter child bound on its first count: rare reasons (a fault, a drop, a failure)
+    appear in /metrics when they happen, instead of as a zero series per label set from the
+    start. Families whose counts the verdict pools across replicas are bound eagerly."""
+
+    __slots__ = ("_bind", "_child")
+
+    def __init__(self, bind: Callable[[], Inc]) -> None:
+        self._bind = bind
+        self._child: Inc | None = None
+
+    def inc(self, amount: float = 1) -> None:
+        if not amount:
+            return
+        child = self._child
+        if child is None:
+            child = self._child = self._bind()
+        child.inc(amount)
+
+
+def lazy(family: Counter, *labels: str, wrap: Callable[[Inc], Inc] | None = None) -> Lazy:
+    """`family`'s child for `labels`, bound (and wrapped: batched, say) on its first count."""
+
+    def bind() -> Inc:
+        child: Inc = family.labels(*labels)
+        return child if wrap is None else wrap(child)
+
+    return Lazy(bind)
+
+
+class _Nothing:
+    """A metric of another kind of route: counts nothing, exports nothing."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+NOTHING = _Nothing()
 
 
 @dataclass(frozen=True, slots=True)
 class ModelMetrics:
     labelled: Counter
-    correct: Counter
+    correct: Inc
     unscorable: Counter
-    absolute_error: Histogram
-    squared_error: Counter
-    log_loss: Counter
-    brier: Counter
-    calibration_instances: list[Counter]
-    calibration_correct: list[Counter]
+    absolute_error: Observe
+    squared_error: Inc
+    log_loss: Inc
+    brier: Inc
+    calibration_instances: list[Inc]
+    calibration_correct: list[Inc]
 
 
 @dataclass(frozen=True, slots=True)
 class PairMetrics:
-    outcomes: dict[PairedOutcome, Counter]
-    n: Counter
-    shadow_worse: Counter
-    shadow_better: Counter
-    difference_squares: Counter
-    request_sums: dict[RequestSum, Counter]
-    log_loss_sums: dict[RequestSum, Counter]
-    brier_sums: dict[RequestSum, Counter]
+    outcomes: dict[PairedOutcome, Inc]
+    n: Inc
+    shadow_worse: Inc
+    shadow_better: Inc
+    difference_squares: Inc
+    request_sums: dict[RequestSum, Inc]
+    log_loss_sums: dict[RequestSum, Inc]
+    brier_sums: dict[RequestSum, Inc]
 
 
 @dataclass(frozen=True, slots=True)
 class RecordingMetrics:
     written: dict[RecordKind, Counter]
-    dropped: dict[tuple[RecordKind, RecordDrop], Counter]
+    dropped: dict[tuple[RecordKind, RecordDrop], Inc]
     delay: Histogram
 
 
 class ClassCounter:
     """Counts one model's predicted instances per class. ClassLabels bounds the class labels;
     each label's child is bound once, on first use (configured classes and "other" at once, so
-    that their series exist, at 0, before any prediction).
+    that their series exist, at 0, before any prediction; without configured classes, each on
+    its first instance).
 
     >>> counter = metrics.bind_classes("iris", "iris-lr", "production", kind, ("setosa",))
     >>> counter.count(["setosa", "virginica", "setosa"])  # setosa += 2, other += 1
@@ -697,8 +883,9 @@ class ClassCounter:
         self._labels = labels
         self._wrap = wrap  # batches each class's child
         self._children: dict[str, Inc] = {}
-        for name in (*sorted(labels.named), OTHER_CLASS):
-            self._child(name)
+        if labels.named:  # without named classes, "other" appears once 20 classes are seen
+            for name in (*sorted(labels.named), OTHER_CLASS):
+                self._child(name)
 
     def _child(self, name: str) -> Inc:
         child = self._children.get(name)

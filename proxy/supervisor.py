@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,9 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from proxy.config import Config
 from proxy.processes.runtime import RESTARTED_ENV, RuntimePaths
+from proxy.validation import load_pickled
 
 log = logging.getLogger("proxy.supervisor")
 
@@ -33,6 +36,38 @@ RUNTIME_DIR_ENV = "SHADOW_PROXY_RUNTIME_DIR"
 SUPERVISOR_ENV = "SHADOW_PROXY_SUPERVISOR_PID"
 """Set by the supervisor for its processes: its pid, to which the analysis process sends SIGUSR2
 (a reload applied) to have it passed on to the fronts."""
+
+
+def busy_addresses(config: Config) -> list[str]:
+    """The addresses of `config` something else already listens on, each in words naming its
+    key: probed with a plain bind (no SO_REUSEPORT, which would share a port with another
+    proxy's fronts) before any process starts."""
+    found = []
+    for key, address in (
+        ("listen", (config.listen_host, config.listen_port)),
+        ("admin.listen", config.admin.listen),
+        ("metrics.listen", config.metrics.listen),
+    ):
+        if address is None or address[1] == 0:
+            continue
+        host, port = address
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)  # fmt: skip
+        except OSError as exc:
+            found.append(f"{config.source}: {key}: cannot resolve {host!r}: {exc}")
+            continue
+        for family, kind, proto, _, sockaddr in infos[:1]:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(sockaddr)
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    found.append(
+                        f"{config.source}: {key}: cannot listen on {host}:{port}: {reason}"
+                    )
+    return found
 
 
 def signal_supervisor(signum: int) -> None:
@@ -125,7 +160,7 @@ class Supervisor:
         self._kill(self._pids(FRONT), signum)
 
     def run(self) -> int:
-        metrics_dir = os.environ.get(MULTIPROC_ENV)
+        metrics_dir = os.environ.get(MULTIPROC_ENV) or None  # set but empty: unset
         owned = metrics_dir is None
         if metrics_dir is None:
             metrics_dir = tempfile.mkdtemp(prefix="shadow-proxy-metrics-")
@@ -147,6 +182,12 @@ class Supervisor:
                 print(f"invalid config {self.config_path}:", file=sys.stderr)
                 for error in errors:
                     print(f"  {error}", file=sys.stderr)
+                return 1
+            busy = busy_addresses(load_pickled(RuntimePaths(runtime_dir).config))
+            if busy:
+                # Before any process starts: nothing is created (no store file), no traceback.
+                for error in busy:
+                    print(f"shadow-proxy cannot start: {error}", file=sys.stderr)
                 return 1
             return self._supervise(metrics_dir, runtime_dir)
         finally:

@@ -1,21 +1,20 @@
-"""The operations artifacts: the Prometheus alerts (checked and unit-tested by promtool), the
-Grafana dashboard and the compose stack, each held to the metric names the proxy exports."""
+"""The operations artifacts: the Prometheus alerts (checked and unit-tested by promtool) and the
+compose stack, held to the metric names the proxy exports. The Grafana dashboard's tests are in
+test_dashboard.py; the helpers here (promtool, the metric-name check) serve both."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from proxy.metrics import Metrics
 
@@ -23,12 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / "configs" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yaml"
 ALERTS_TEST = PROMETHEUS / "alerts_test.yaml"
-DASHBOARD = REPO / "configs" / "grafana" / "shadow-proxy.json"
 COMPOSE = REPO / "configs" / "compose"
 
 METRIC_NAME = re.compile(r"shadowproxy_[a-z_]+")
+# The standard process collector's series (process_cpu_seconds_total, ...) of the process that
+# serves /metrics, and Prometheus's own `up`: the only other names a query may use.
+OTHER_NAME = re.compile(r"(?<![\w:])process_[a-z_]+")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -60,7 +60,15 @@ def exported_names() -> tuple[set[str], set[str]]:
     return names, histograms
 
 
+def process_names() -> set[str]:
+    """The standard process collector's sample names (process_cpu_seconds_total, ...)."""
+    collector = ProcessCollector(registry=None)
+    return {sample.name for family in collector.collect() for sample in family.samples}
+
+
 def unknown_metric_names(text: str) -> set[str]:
+    """The names in a query (or a file of them) that nothing exports: `shadowproxy_*` ones
+    against the proxy's registry, `process_*` ones against the process collector's."""
     names, histograms = exported_names()
     unknown = set()
     for used in METRIC_NAME.findall(text):
@@ -70,7 +78,7 @@ def unknown_metric_names(text: str) -> set[str]:
                 break
         if used not in names:
             unknown.add(used)
-    return unknown
+    return unknown | (set(OTHER_NAME.findall(text)) - process_names())
 
 
 def load_yaml(path: Path) -> Any:
@@ -113,6 +121,10 @@ def test_the_name_check_tells_exported_names_from_others() -> None:
         "shadowproxy_labels_received_total",
         "shadowproxy_upstream_request_duration_seconds_bucket",
         "shadowproxy_absolute_error_sum",
+        "shadowproxy_http_request_duration_seconds_bucket",
+        "shadowproxy_process_cpu_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
     ]
     assert unknown_metric_names(" ".join(exported)) == set()
     # A counter is only ever its _total series, and only histograms have buckets.
@@ -120,6 +132,9 @@ def test_the_name_check_tells_exported_names_from_others() -> None:
         "shadowproxy_upstream_requests",
         "shadowproxy_verdict_bucket",
         "shadowproxy_no_such_thing",
+        "shadowproxy_store_max_bytes_total",
+        "process_cpu_seconds",
+        "process_no_such_thing",
     }
     assert unknown_metric_names(" ".join(sorted(others))) == others
 
@@ -128,6 +143,21 @@ def test_alerts_use_only_exported_metric_names() -> None:
     text = ALERTS.read_text()
     assert len(set(METRIC_NAME.findall(text))) >= 10
     assert unknown_metric_names(text) == set()
+
+
+def scrape_job() -> str:
+    (job,) = load_yaml(PROMETHEUS / "prometheus.yml")["scrape_configs"]
+    name: str = job["job_name"]
+    return name
+
+
+def test_the_scrape_alerts_select_the_scrape_job_of_prometheus_yml() -> None:
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    selector = f'up{{job="{scrape_job()}"}}'
+    assert rules["ShadowProxyDown"]["expr"].strip() == f"{selector} == 0"
+    assert rules["ShadowProxyNotScraped"]["expr"].strip() == f"absent({selector})"
+    # And the tests feed them that job's targets.
+    assert f'up{{job="{scrape_job()}", instance=' in ALERTS_TEST.read_text()
 
 
 def test_every_alert_has_a_window_a_severity_and_annotations() -> None:
@@ -149,73 +179,6 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
     assert set(names) <= firing, "alerts with no test where they fire"
     assert set(names) <= quiet, "alerts with no test where they must not fire"
     assert firing | quiet <= set(names), "tests of alerts that do not exist"
-
-
-def dashboard() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return doc
-
-
-def walk(node: Any) -> Iterator[dict[str, Any]]:
-    """Every JSON object in the document, depth first."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from walk(item)
-
-
-def test_dashboard_queries_use_only_exported_metric_names() -> None:
-    doc = dashboard()
-    exprs = [obj["expr"] for obj in walk(doc["panels"]) if "expr" in obj]
-    queries = [v["query"] for v in doc["templating"]["list"] if v["type"] == "query"]
-    assert len(exprs) >= 20
-    assert len(queries) == 2
-    for expr in exprs + queries:
-        assert METRIC_NAME.search(expr), expr
-        assert unknown_metric_names(expr) == set(), expr
-
-
-def test_dashboard_is_provisionable_and_every_panel_uses_the_datasource_variable() -> None:
-    doc = dashboard()
-    assert doc["uid"] == "shadow-proxy"
-    assert doc["id"] is None
-    variables = {v["name"]: v for v in doc["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource"
-    assert variables["datasource"]["query"] == "prometheus"
-    for name, metric in (
-        ("route", "shadowproxy_route_info"),
-        ("shadow", "shadowproxy_shadow_enqueued"),
-    ):
-        assert variables[name]["type"] == "query"
-        assert variables[name]["query"].startswith(f"label_values({metric}")
-        assert variables[name]["multi"] is True
-        assert variables[name]["includeAll"] is True
-        assert variables[name]["datasource"] == DATASOURCE
-    panels = doc["panels"]
-    ids = [p["id"] for p in panels]
-    assert len(ids) == len(set(ids))
-    for panel in panels:
-        assert panel["datasource"] == DATASOURCE, panel["title"]
-        for target in panel.get("targets", []):
-            assert target["datasource"] == DATASOURCE, panel["title"]
-    (verdict,) = [p for p in panels if p["title"] == "Verdict"]
-    assert verdict["type"] == "stat"
-    (mapping,) = verdict["fieldConfig"]["defaults"]["mappings"]
-    texts = {value: option["text"] for value, option in mapping["options"].items()}
-    # Every state of the verdict gauge (proxy.core.outcomes.Verdict.gauge), by its value.
-    assert texts == {
-        "1": "better",
-        "0.5": "equivalent",
-        "0": "inconclusive",
-        "-0.5": "insufficient data",
-        "-1": "worse",
-    }
-    from proxy.core.outcomes import Verdict
-
-    assert {f"{v.gauge:g}" for v in Verdict} == set(texts)
 
 
 def test_compose_proxy_config_is_valid() -> None:

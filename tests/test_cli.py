@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -162,3 +163,100 @@ def test_check_config_warns_about_labels_without_a_token_and_redacts_it(tmp_path
     assert closed.stderr == ""
     assert "token: <redacted>" in closed.stdout
     assert "s3cret" not in closed.stdout
+
+
+def check_config(path: Path, stdout: int = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(path)],
+        stdout=stdout, stderr=subprocess.PIPE, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_check_config_locates_a_yaml_mistake_by_line_and_column_with_a_hint(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "routes:\n"
+        "  - match: /predict\n"
+        "    protocol: kserve-v1\n"
+        "    production:\n"
+        "      name: p\n"
+        "      url:http://p:8080\n"
+    )
+    done = check_config(bad)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"invalid config {bad}:\n"
+        f"  {bad}:6:7: invalid YAML: while scanning a simple key, could not find expected ':';"
+        " hint: put a space after the colon: 'url: http://p:8080', not 'url:http://p:8080'\n"
+    )
+
+
+def test_check_config_points_a_misplaced_key_to_its_section(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "alpha: 0.01\n"
+        "routes:\n"
+        "  - match: /predict\n"
+        "    protocol: kserve-v1\n"
+        "    timeout: 2s\n"
+        "    production: {name: p, url: 'http://p:8080'}\n"
+    )
+    done = check_config(bad)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines()[1:] == [
+        f"  {bad}:1: alpha: unknown key 'alpha' (did you mean verdict.alpha?); allowed: listen,"
+        " request_id_header, max_body, shadow_max_body, shadow_max_response,"
+        " shadow_strip_headers, shutdown_timeout, shadow_drain_timeout, access_log, log_level,"
+        " routes, store, labels, verdict, admin, metrics",
+        f"  {bad}:5: routes[0].timeout: unknown key 'timeout' (did you mean"
+        " routes[0].production.timeout or routes[0].shadows[].timeout?); allowed: name, match,"
+        " methods, protocol, output, prediction_path, production, shadows, compare, record",
+    ]
+
+
+def test_check_config_takes_a_relative_tolerance_in_percent(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "listen: 127.0.0.1:8080\n"
+        "routes:\n"
+        "  - match: /predict\n"
+        "    protocol: kserve-v1\n"
+        "    production: {name: p, url: 'http://p:8080'}\n"
+        "    compare: {kind: regression, tolerance: 0.5, relative_tolerance: 1%}\n"
+    )
+    done = check_config(good)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "    tolerance: 0.5\n    relative_tolerance: 0.01\n" in done.stdout
+
+
+def test_check_config_into_a_closed_pipe_ends_quietly_with_its_status(tmp_path: Path) -> None:
+    # `check-config FILE | head -1`: the reader is gone before most of the output is written.
+    # The status still says whether the file is valid, so that `set -o pipefail` scripts work.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = check_config(EXAMPLES[0], stdout=write)
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("routes: []\n")
+        invalid = check_config(bad, stdout=write)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert invalid.returncode == 1
+    assert (
+        invalid.stderr
+        == f"invalid config {bad}:\n  {bad}:1: routes: must be a non-empty list (got [])\n"
+    )
+
+
+def test_check_config_piped_into_head_prints_its_first_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$0" -m proxy check-config "$1" | head -1', sys.executable,
+         str(EXAMPLES[0])],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(f"# {EXAMPLES[0]}: valid, hash ")
+    assert done.stdout.count("\n") == 1

@@ -259,6 +259,77 @@ def test_custom_protocol_and_comparators() -> None:
     assert b.comparator == Comparator(CompareKind.PROBABILITIES, distance=Distance.JENSEN_SHANNON)
 
 
+@pytest.mark.parametrize(
+    ("written", "share"),
+    [("1%", 0.01), ("0.5 %", 0.005), ("150%", 1.5), ("0.01", 0.01), (0.01, 0.01), (2, 2.0)],
+)
+def test_relative_tolerance_is_a_fraction_and_takes_percent(written: object, share: float) -> None:
+    config = parse_config(
+        MINIMAL + f"    compare: {{kind: regression, relative_tolerance: {written}}}\n", env={}
+    )
+    assert config.routes[0].comparator == Comparator(CompareKind.REGRESSION, 0.0, share)
+    # The effective config reads back to the same share.
+    dumped = config_to_dict(config)["routes"][0]["compare"]["relative_tolerance"]
+    assert dumped == share
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        (
+            "-1%",
+            "expected a share of production's value like '1%' or 0.01; it must be >= 0",
+        ),
+        (
+            "-0.1",
+            "expected a share of production's value like '1%' or 0.01; must be a finite number"
+            " >= 0",
+        ),
+        ("lots", "expected a share of production's value like '1%' or 0.01; expected a number"),
+    ],
+)
+def test_relative_tolerance_refuses_what_is_not_a_share(written: str, message: str) -> None:
+    assert errors_of(
+        MINIMAL + f"    compare: {{kind: regression, relative_tolerance: '{written}'}}\n"
+    ) == [f"c.yaml:5: routes[0].compare.relative_tolerance: {message} (got '{written}')"]
+
+
+def test_an_absolute_tolerance_in_percent_points_to_relative_tolerance() -> None:
+    # `tolerance` is in the target's units (a price in dollars): a share has no meaning there.
+    assert errors_of(MINIMAL + "    compare: {kind: regression, tolerance: 1%}\n") == [
+        "c.yaml:5: routes[0].compare.tolerance: an absolute tolerance is a number in the "
+        "target's units, not a share; for a share of production's value, set "
+        "relative_tolerance (got '1%')"
+    ]
+    config = parse_config(MINIMAL + "    compare: {kind: regression, tolerance: 0.5}\n", env={})
+    assert config.routes[0].comparator.tolerance == 0.5
+
+
+def test_every_fraction_key_takes_percent() -> None:
+    config = parse_config(
+        MINIMAL.replace("    production:", "    record: 25%\n    production:")
+        + "    shadows: [{name: s, url: 'http://s', sample: 12.5%}]\n"
+        + "    compare: {kind: regression, relative_tolerance: 1%}\n"
+        + "verdict: {alpha: 5%, margin: 2%, max_error_rate: 3%, latency_margin: 4%,"
+        + " max_disagreement: 30%}\n",
+        env={},
+    )
+    [route] = config.routes
+    assert (route.record, route.shadows[0].sample, route.comparator.relative_tolerance) == (
+        0.25,
+        0.125,
+        0.01,
+    )
+    v = config.verdict
+    assert (v.alpha, v.margin, v.max_error_rate, v.latency_margin, v.max_disagreement) == (
+        0.05,
+        0.02,
+        0.03,
+        0.04,
+        0.3,
+    )
+
+
 def test_compare_max_instances() -> None:
     config = parse_config(MINIMAL + "    compare: {kind: regression, max_instances: 3}\n", env={})
     assert config.routes[0].comparator == Comparator(CompareKind.REGRESSION, max_instances=3)
@@ -501,6 +572,64 @@ def test_unknown_keys_at_every_level() -> None:
     ]
 
 
+ROUTE_ALLOWED = (
+    "allowed: name, match, methods, protocol, output, prediction_path, production, shadows, "
+    "compare, record"
+)
+PRODUCTION_ALLOWED = "allowed: name, url, timeout, connect_timeout, max_connections"
+
+
+def test_a_key_under_the_wrong_section_is_pointed_to_its_own() -> None:
+    assert errors_of(
+        """\
+        alpha: 0.01
+        routes:
+          - match: /a
+            protocol: kserve-v1
+            timeout: 2s
+            production: {name: p, url: "http://p", sample: 5%, max_body: 1MiB}
+            shadows: [{name: s, url: "http://s", record: 10%}]
+            compare: {kind: classification, name: x}
+        """
+    ) == [
+        "c.yaml:1: alpha: unknown key 'alpha' (did you mean verdict.alpha?); allowed: listen, "
+        "request_id_header, max_body, shadow_max_body, shadow_max_response, "
+        "shadow_strip_headers, shutdown_timeout, shadow_drain_timeout, access_log, log_level, "
+        "routes, store, labels, verdict, admin, metrics",
+        "c.yaml:5: routes[0].timeout: unknown key 'timeout' (did you mean "
+        f"routes[0].production.timeout or routes[0].shadows[].timeout?); {ROUTE_ALLOWED}",
+        "c.yaml:6: routes[0].production.sample: unknown key 'sample' (did you mean "
+        f"routes[0].shadows[].sample?); {PRODUCTION_ALLOWED}",
+        "c.yaml:6: routes[0].production.max_body: unknown key 'max_body' (did you mean "
+        f"max_body (at the top level) or labels.max_body?); {PRODUCTION_ALLOWED}",
+        "c.yaml:7: routes[0].shadows[0].record: unknown key 'record' (did you mean "
+        "routes[0].record?); allowed: name, url, sample, timeout, connect_timeout, "
+        "max_in_flight, max_queue, eject_after, eject_for",
+        "c.yaml:8: routes[0].compare.name: unknown key 'name' (did you mean routes[0].name, "
+        "routes[0].production.name or routes[0].shadows[].name?); allowed: kind, tolerance, "
+        "relative_tolerance, distance, classes, max_instances",
+    ]
+
+
+def test_a_misplaced_key_keeps_the_index_of_its_route() -> None:
+    second = "  - {match: /b, protocol: kserve-v1, production: {name: p, url: 'http://p'}}\n"
+    third = "  - {match: /c, protocol: mlflow, production: {name: p, url: 'http://p'}, ttl: 1d}\n"
+    [error] = errors_of(MINIMAL + second + third)
+    assert error.startswith(
+        "c.yaml:6: routes[2].ttl: unknown key 'ttl' (did you mean store.ttl?); allowed: "
+    )
+
+
+def test_a_flow_key_without_a_space_after_its_colon_says_so() -> None:
+    assert errors_of(
+        "routes:\n  - match: /a\n    protocol: kserve-v1\n    production: {name: p, url:http://p}\n"
+    ) == [
+        "c.yaml:4: routes[0].production.url:http://p: unknown key 'url:http://p' (did you mean"
+        f" 'url: http://p'? a key needs ': ', with a space); {PRODUCTION_ALLOWED}",
+        "c.yaml:4: routes[0].production.url: required key missing",
+    ]
+
+
 def test_yaml_boolean_key_is_unknown() -> None:
     # YAML 1.1 reads a bare `on` as the boolean true; the error still shows what was written.
     assert errors_of("on: 1\n" + MINIMAL)[0].startswith("c.yaml:1: on: unknown key 'on'; ")
@@ -719,19 +848,110 @@ def test_listen_forms() -> None:
 
 def test_yaml_syntax_error_and_empty_file() -> None:
     assert errors_of("routes:\n  - match: [/a\n") == [
-        "c.yaml:3: invalid YAML: while parsing a flow sequence, expected ',' or ']', "
-        "but got '<stream end>'"
+        "c.yaml:2:12: invalid YAML: while parsing a flow sequence, expected ',' or ']', "
+        "but got '<stream end>'; hint: the '[' opened here is never closed with ']'"
     ]
     assert errors_of("a: 1\n---\nb: 2\n") == [
-        "c.yaml:2: invalid YAML: expected a single document in the stream, "
-        "but found another document"
+        "c.yaml:2:1: invalid YAML: expected a single document in the stream, "
+        "but found another document; hint: a config is one YAML document: remove the '---' "
+        "and what follows it"
     ]
     assert errors_of("a: !!python/name:os.system x\n") == [
-        "c.yaml:1: invalid YAML: could not determine a constructor for the tag "
-        "'tag:yaml.org,2002:python/name:os.system'"
+        "c.yaml:1:4: invalid YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/name:os.system'; hint: YAML tags such as '!!python/...' "
+        "are not accepted: remove the tag"
     ]
     assert errors_of("# only a comment\n") == ["c.yaml:1: config is empty"]
     assert errors_of("") == ["c.yaml:1: config is empty"]
+
+
+# Each broken line is line 4 of a route, under `production:` (indented 6) or a route key.
+YAML_MISTAKES = {
+    "a tab": (
+        "      name: p\n\turl: http://p\n",
+        "c.yaml:6:1: invalid YAML: while scanning for the next token, found character '\\t' "
+        "that cannot start any token; hint: YAML indents with spaces, never tabs: replace the "
+        "tab with spaces",
+    ),
+    "an unclosed quote": (
+        '      name: p\n      url: "http://p\n',
+        "c.yaml:6:12: invalid YAML: while scanning a quoted scalar, found unexpected end of "
+        'stream; hint: the " quote opened here is never closed: end the value with a matching "',
+    ),
+    "no space after a colon": (
+        "      name: p\n      url:http://p\n",
+        "c.yaml:6:7: invalid YAML: while scanning a simple key, could not find expected ':'; "
+        "hint: put a space after the colon: 'url: http://p', not 'url:http://p'",
+    ),
+    "a missing colon": (
+        "      name: p\n      url http://p\n",
+        "c.yaml:6:7: invalid YAML: while scanning a simple key, could not find expected ':'; "
+        "hint: each line of a mapping is 'key: value': is the colon missing?",
+    ),
+    "a key indented too far": (
+        "      name: p\n        url: http://p\n",
+        "c.yaml:6:9: invalid YAML: mapping values are not allowed here; hint: this line is "
+        "indented more than line 5, whose key already has a value: indent it as the other keys "
+        "of its mapping",
+    ),
+    "a key indented too little": (
+        "      name: p\n     url: http://p\n",
+        "c.yaml:6:6: invalid YAML: while parsing a block mapping, expected <block end>, but "
+        "found '<block mapping start>'; hint: check the indentation: this line starts in a "
+        "column that matches none of the mappings or lists above it (the keys of one mapping, "
+        "and the '-' of one list, line up)",
+    ),
+    "an unquoted ': ' in a value": (
+        "      name: p: q\n      url: http://p\n",
+        "c.yaml:5:14: invalid YAML: mapping values are not allowed here; hint: a value that "
+        "contains ': ' must be quoted, as in key: 'a: b' (or a line break is missing before "
+        "the next key)",
+    ),
+    "an unclosed bracket": (
+        "      name: p\n      url: http://p\n    methods: [POST\n",
+        "c.yaml:7:14: invalid YAML: while parsing a flow sequence, expected ',' or ']', but got "
+        "'<stream end>'; hint: the '[' opened here is never closed with ']'",
+    ),
+    "a backslash in double quotes": (
+        '      name: p\n      url: "http:\\p"\n',
+        "c.yaml:6:19: invalid YAML: while scanning a double-quoted scalar, found unknown escape "
+        "character 'p'; hint: in double quotes a backslash starts an escape such as \\n: use "
+        "single quotes, or write \\\\ for a backslash",
+    ),
+}
+
+
+@pytest.mark.parametrize(("mistake", "expected"), YAML_MISTAKES.values(), ids=YAML_MISTAKES)
+def test_a_yaml_mistake_names_line_column_and_a_hint(mistake: str, expected: str) -> None:
+    text = "routes:\n  - match: /a\n    protocol: kserve-v1\n    production:\n" + mistake
+    assert errors_of(text) == [expected]
+
+
+def test_a_line_without_its_colon_is_pointed_at_not_the_next_one() -> None:
+    assert errors_of("listen 0.0.0.0:8080\nroutes: []\n") == [
+        "c.yaml:1:1: invalid YAML: mapping values are not allowed here; hint: this line is not "
+        "'key: value' (is its colon missing?), so YAML reads it as running on into line 2"
+    ]
+
+
+def test_a_control_character_is_located_by_line_and_column() -> None:
+    assert errors_of("routes:\n  - match: /a\x1f\n") == [
+        "c.yaml:2:14: invalid YAML: unacceptable character #x001f: special characters are not "
+        "allowed; hint: remove it (control characters are not allowed in YAML, even quoted: in "
+        "double quotes, write it as an escape such as \\x1f)"
+    ]
+
+
+def test_a_syntax_error_in_a_file_names_the_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text("routes:\n  - match: /a\n\tprotocol: kserve-v1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    [error] = info.value.errors
+    assert error.startswith(f"{path}:3:1: invalid YAML: ")
+    assert error.endswith(
+        "; hint: YAML indents with spaces, never tabs: replace the tab with spaces"
+    )
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
@@ -1184,17 +1404,9 @@ def docstring_defaults() -> dict[str, str]:
 
 
 def test_the_docstring_lists_every_key_the_loader_accepts() -> None:
-    sections = {
-        "store": loader._STORE_KEYS,
-        "labels": loader._LABELS_KEYS,
-        "verdict": loader._VERDICT_KEYS,
-        "admin": loader._ADMIN_KEYS,
-        "metrics": loader._METRICS_KEYS,
-        "routes[]": loader._ROUTE_KEYS,
-        "routes[].production": loader._PRODUCTION_KEYS,
-        "routes[].shadows[]": loader._SHADOW_KEYS,
-        "routes[].compare": loader._COMPARE_KEYS,
-    }
+    # The schema the loaders check keys against, which also points misplaced keys home.
+    sections = {section: keys for section, keys in loader._SCHEMA.items() if section}
+    assert loader._SCHEMA[""] is loader._TOP_KEYS
     accepted = set(loader._TOP_KEYS) | {
         f"{section}.{key}" for section, keys in sections.items() for key in keys
     }

@@ -172,8 +172,9 @@ def test_a_control_character_is_a_config_error_not_a_traceback() -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config("\x1f")
     assert raised.value.errors == (
-        "<string>:1: invalid YAML: unacceptable character #x001f: special characters are not"
-        ' allowed\n  in "<unicode string>", position 0',
+        "<string>:1:1: invalid YAML: unacceptable character #x001f: special characters are not"
+        " allowed; hint: remove it (control characters are not allowed in YAML, even quoted: in"
+        " double quotes, write it as an escape such as \\x1f)",
     )
 
 

@@ -115,7 +115,7 @@ async def test_report_gives_the_verdict_the_figures_and_the_gauges(
     assert quality["p_value"] < quality["alpha"] == 0.025
     assert quality["decision"] == "better"
     assert shadow["verdict"] == "better"
-    assert shadow["reason"].startswith("the shadow is better: accuracy difference +10.0 points")
+    assert shadow["reason"].startswith("the shadow is better: accuracy advantage +10.0 points")
     assert shadow["errors"] == 0
     assert [g["name"] for g in shadow["guardrails"]] == [
         "error_rate",
@@ -192,7 +192,8 @@ async def test_report_command_reads_a_proxy_and_prometheus(
             return web.json_response({"status": "success", "data": {"result": at}})
         assert request.query["time"] == "1700000000.5"
         found = re.fullmatch(
-            r"sum by \(([^)]*)\) \((?:increase\((\w+)\[30d\]\)|(shadowproxy_route_info))\)",
+            r"sum by \(([^)]*)\) \("
+            r"(?:increase\((\w+)\[30d\]\)|(shadowproxy_(?:route|shadow)_info))\)",
             request.query["query"],
         )
         assert found is not None
@@ -342,16 +343,16 @@ def test_tripped_guardrails_make_it_worse_whatever_the_labels_say() -> None:
 def test_the_quality_decision_gives_the_verdict_and_its_reason() -> None:
     assert _decide() == (
         "better",
-        "the shadow is better: accuracy difference +4.0 points (always-valid 97.5% interval +1.0"
+        "the shadow is better: accuracy advantage +4.0 points (always-valid 97.5% interval +1.0"
         " points to +7.0 points, exact test, p = 0.01)",
     )
     assert _decide(decision="worse", advantage=-0.04, low=-0.07, high=-0.01)[0] == "worse"
     assert _decide(decision="equivalent", advantage=0.0, low=-0.005, high=0.005)[1].startswith(
-        "the shadow is as good as production within +-1.0 points: accuracy difference +0.0"
+        "the shadow is as good as production within +-1.0 points: accuracy advantage +0.0"
     )
     assert _decide(decision=None, p_value=0.2, low=-0.01) == (
         "inconclusive",
-        "not decided yet: accuracy difference +4.0 points (always-valid 97.5% interval -1.0"
+        "not decided yet: accuracy advantage +4.0 points (always-valid 97.5% interval -1.0"
         " points to +7.0 points, exact test, p = 0.2)",
     )
     assert _decide(decision=None, low=None, high=None, requests=120, method="requests") == (
@@ -392,8 +393,8 @@ async def test_a_regression_route_reports_errors_and_a_paired_verdict(
     assert s["disagreement"]["disagreed"] == n  # every shadow answer is beyond the 0.1 tolerance
     regression = s["regression"]
     assert regression["n"] == n
-    assert regression["mean_difference"] == pytest.approx(-0.5)
-    assert regression["low"] < -0.5 < regression["high"] < 0
+    assert regression["advantage"] == pytest.approx(0.5)  # up is the shadow doing better
+    assert 0 < regression["low"] < 0.5 < regression["high"]
     assert s["verdict"] == "better"
     assert s["reason"].startswith("the shadow is better: mean absolute error advantage +0.5")
     # The gauges carry the shadow's advantage: production's error minus the shadow's.

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import itertools
 import json
 import math
 import re
@@ -21,6 +22,7 @@ from proxy.report.html import (
     fmt_percent,
     fmt_points,
     render_html,
+    time_ticks,
 )
 
 SAMPLE = Path(__file__).with_name("report-sample.json")
@@ -74,6 +76,28 @@ class Page(HTMLParser):
 
 def sample() -> dict[str, Any]:
     report: dict[str, Any] = json.loads(SAMPLE.read_text())
+    # The sample's regression figures are the shadow's absolute error minus production's
+    # ("mean_difference"); the model's are the shadow's advantage, production's minus the
+    # shadow's: turned round here.
+    for route in report["routes"]:
+        if route["kind"] != "regression":
+            continue
+        for shadow in route["shadows"]:
+            old = shadow["regression"]
+            if "mean_difference" in old:
+                shadow["regression"] = {
+                    "n": old["n"],
+                    "advantage": -old["mean_difference"],
+                    "low": -old["high"],
+                    "high": -old["low"],
+                    "sequential_p": old["sequential_p"],
+                    "cs_low": -old["cs_high"],
+                    "cs_high": -old["cs_low"],
+                }
+                shadow["history"] = [
+                    {**h, "difference": -h["difference"], "low": -h["high"], "high": -h["low"]}
+                    for h in shadow["history"]
+                ]
     return report
 
 
@@ -143,15 +167,17 @@ def test_reason_sits_under_the_badge(html: str) -> None:
     assert "shadow&#x27;s absolute error is 0.70 higher" in card(html, "price-nn")
 
 
-def test_one_accuracy_and_one_latency_chart_per_shadow(html: str) -> None:
+def test_one_history_and_one_latency_chart_per_shadow_by_kind(html: str) -> None:
+    """The history is of accuracy points on a classification route, of the MAE advantage on a
+    regression route."""
     page = Page(html)
-    for kind in ("chart-accuracy", "chart-latency"):
+    for kind, shadows in (
+        ("chart-accuracy", ["iris-rf", "iris-xgb-canary"]),
+        ("chart-mae", ["price-nn"]),
+        ("chart-latency", ["iris-rf", "iris-xgb-canary", "price-nn"]),
+    ):
         charts = page.find("svg", kind)
-        assert sorted(a["data-shadow"] for a, _ in charts) == [
-            "iris-rf",
-            "iris-xgb-canary",
-            "price-nn",
-        ]
+        assert sorted(a["data-shadow"] for a, _ in charts) == shadows
         assert all(a["class"] == f"chart {kind}" for a, _ in charts)
 
 
@@ -166,8 +192,16 @@ def test_better_shadow_history_is_a_30_point_line_with_band_and_zero(html: str) 
     assert svg.count('<polygon class="band"') == 1
     assert svg.count('<line class="zero"') == 1
     assert svg.count('<circle class="point"') == 30
-    assert "time (UTC)" in svg
-    assert "accuracy difference (pp)" in svg
+    assert ">time (UTC), 2026</text>" in svg
+    assert ">accuracy advantage (pp)</text>" in svg
+    assert ">▲ shadow better</text>" in svg
+    # 30 hourly points: a tick every 6 hours, with the day, as the history spans two days.
+    assert re.findall(r'class="tick-x"[^>]*>([^<]*)<', svg) == [
+        "26 Nov 18:00",
+        "27 Nov 00:00",
+        "27 Nov 06:00",
+        "27 Nov 12:00",
+    ]
     assert ">+20</text>" in svg
     assert ">0</text>" in svg
     assert "not enough history yet" not in svg
@@ -187,7 +221,7 @@ def test_classification_figures_are_formatted(html: str) -> None:
     better = card(html, "iris-rf")
     expected = [
         '<span class="v">90.2%</span> <span class="ci">[88.1%, 92.0%]</span>',
-        '<span class="n">812 of 900 right</span>',
+        '<span class="n">812 of 900 labelled instances right</span>',
         '<span class="v">94.3%</span> <span class="ci">[92.6%, 95.7%]</span>',
         '<span class="v">+4.1 pp</span> <span class="ci">[+2.2, +6.0] pp</span>',
         "only shadow right on 59, only production on 22",
@@ -205,43 +239,92 @@ def test_classification_figures_are_formatted(html: str) -> None:
     for fragment in expected:
         assert fragment in better, fragment
     assert "MAE" not in better
+    assert 'Accuracy advantage <span class="n">(+ = shadow better)</span></th>' in better
+    assert "the shadow&#x27;s accuracy minus production&#x27;s, in percentage points" in better
 
 
 def test_regression_figures_are_formatted(html: str) -> None:
     worse = card(html, "price-nn")
     expected = [
         '<th scope="row">MAE</th><td><span class="v">12.4</span> <span class="n">500 labelled'
-        '</span></td><td><span class="v">13.1</span> <span class="n">500 labelled</span></td>',
+        ' instances</span></td><td><span class="v">13.1</span> <span class="n">500 labelled'
+        " instances</span></td>",
         '<th scope="row">RMSE</th><td><span class="v">18.9</span></td>'
         '<td><span class="v">20.2</span></td>',
-        '<span class="v">+0.7</span> <span class="ci">[+0.3, +1.1]</span>',
-        "n = 500 pairs",
+        '<span class="v">-0.7</span> <span class="ci">[-1.1, -0.3]</span>',
+        "on 500 labelled instances of both",
         '<span class="v">p = 0.012</span>',
-        '<span class="v">[+0.1, +1.3]</span>',
+        '<span class="v">[-1.3, -0.1]</span>',
         "31.9%",
         "143.2 ms",
     ]
     for fragment in expected:
         assert fragment in worse, fragment
-    assert "Accuracy on labelled" not in worse
-    svg = chart(html, "accuracy", "price-nn")
-    assert "error difference" in svg
+    assert "accuracy" not in worse.lower()
+    assert 'MAE advantage <span class="n">(+ = shadow better)</span></th>' in worse
+    svg = chart(html, "mae", "price-nn")
+    assert ">MAE advantage</text>" in svg
     assert svg.count('<circle class="point"') == 6
 
 
 def test_latency_chart_draws_bucket_shares_with_legend(html: str) -> None:
     svg = chart(html, "latency", "iris-rf")
-    assert svg.count('<rect class="bar bar-production"') == 11
-    assert svg.count('<rect class="bar bar-shadow"') == 11
-    labels = re.findall(r'text-anchor="middle">([^<]*)</text>', svg)
-    assert labels[:11] == ["1", "2", "5", "10", "20", "50", "100", "200", "500", "1000", "+Inf"]
-    assert "bucket upper bound (ms)" in svg
-    assert "share of requests (%)" in svg
+    # The 11 buckets' last three are empty for both: left out.
+    assert svg.count('<rect class="bar bar-production"') == 8
+    assert svg.count('<rect class="bar bar-shadow"') == 8
+    labels = re.findall(r'class="tick-x"[^>]*>([^<]*)</text>', svg)
+    assert labels == ["0", "1", "2", "5", "10", "20", "50", "100", "200"]  # the buckets' edges
+    assert ">latency (ms), histogram bucket edges</text>" in svg
+    assert ">share of requests (%)</text>" in svg
     assert ">production</text>" in svg
     assert ">shadow</text>" in svg
     # 500 of 1,200 production and 520 of 1,197 shadow requests fell in (5 ms, 10 ms].
-    assert "<title>production, bucket ≤ 10 ms: 41.7% (500)</title>" in svg
-    assert "<title>shadow, bucket ≤ 10 ms: 43.4% (520)</title>" in svg
+    assert "<title>production, 5-10 ms: 41.7% (500)</title>" in svg
+    assert "<title>shadow, 5-10 ms: 43.4% (520)</title>" in svg
+
+
+def _latency_route(production: list[int], shadow: list[int]) -> dict[str, Any]:
+    bounds = [
+        0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+        0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+    ]  # fmt: skip
+    return {
+        **NULL_ROUTE,
+        "latency_buckets": bounds,
+        "production_latency_counts": production,
+        "shadows": [{"shadow": "s", "verdict": "better", "requests": 9, "latency_counts": shadow}],
+    }
+
+
+def test_latency_chart_of_26_buckets_shows_the_populated_range_with_spaced_labels() -> None:
+    """26 buckets, requests in the 3rd to the 24th: 22 bars each, and labels only as many as
+    fit without touching (one every other edge), the edges labelled in ms, then seconds."""
+    production = [0, 0, 4, 9, 3] + [0] * 21
+    shadow = [0] * 8 + [1, 5, 2] + [0] * 12 + [1, 0, 0]
+    svg = chart(render_html({"routes": [_latency_route(production, shadow)]}), "latency", "s")
+    assert svg.count('<rect class="bar bar-production"') == 22
+    assert svg.count('<rect class="bar bar-shadow"') == 22
+    ticks = re.findall(r'<text class="tick-x" x="([\d.]+)"[^>]*>([^<]*)</text>', svg)
+    labels = [label for _, label in ticks]
+    assert labels == [
+        "1", "3", "7.5", "15", "30", "75", "150", "300", "750", "1.5 s", "3 s", "10 s",
+    ]  # fmt: skip
+    assert len(set(labels)) == len(labels)
+    xs = [float(x) for x, _ in ticks]
+    assert xs[0] == 60.0  # the plot's left edge: the lower edge of the first bar
+    gaps = [b - a for a, b in itertools.pairwise(xs)]
+    widest = max(len(label) for label in labels) * 6.2
+    assert min(gaps) >= widest
+    assert svg.count('<line class="axis" x1=') == 1 + 23 + 1  # y axis, 23 edges, x axis
+
+
+def test_latency_chart_of_one_populated_bucket() -> None:
+    svg = chart(
+        render_html({"routes": [_latency_route([0] * 25 + [7], [0] * 25 + [2])]}), "latency", "s"
+    )
+    assert svg.count('<rect class="bar bar-production"') == 1
+    assert re.findall(r'class="tick-x"[^>]*>([^<]*)</text>', svg) == ["30 s", "+Inf"]
+    assert "<title>production, over 30 s: 100.0% (7)</title>" in svg
 
 
 def test_summary_links_every_shadow(html: str) -> None:
@@ -336,7 +419,7 @@ def test_shadow_with_every_figure_null_or_malformed(kind: str | None) -> None:
         "accuracy": None,
         "error": None,
         "paired": {"difference": "0.1", "mcnemar_p": True, "sequential_p": math.nan},
-        "regression": {"n": None, "mean_difference": None},
+        "regression": {"n": None, "advantage": None},
         "history": [
             {"t": 1795796400.0, "difference": 0.02, "low": None, "high": None},
             {"t": None, "difference": 0.03},
@@ -349,7 +432,8 @@ def test_shadow_with_every_figure_null_or_malformed(kind: str | None) -> None:
     page = Page(html)
     assert page.errors == []
     assert page.find("span", "verdict")[0][0]["class"] == "verdict verdict-inconclusive"
-    assert "not enough history yet" in chart(html, "accuracy", "s")
+    history = "mae" if kind == "regression" else "accuracy"
+    assert "not enough history yet" in chart(html, history, "s")
     assert "no latency observations yet" in chart(html, "latency", "s")
     assert "Figures with their intervals" in html  # alpha out of range: no level claimed
 
@@ -373,8 +457,228 @@ def test_two_points_at_one_instant_and_mismatched_buckets() -> None:
     latency = chart(html, "latency", "s")
     assert latency.count('<rect class="bar bar-production"') == 3
     assert latency.count('<rect class="bar bar-shadow"') == 3
-    assert "<title>production, bucket ≤ 5 ms: 100.0% (3)</title>" in latency
-    assert "<title>shadow, bucket +Inf: 33.3% (1)</title>" in latency
+    assert "<title>production, 0-5 ms: 100.0% (3)</title>" in latency
+    assert "<title>shadow, over 50 ms: 33.3% (1)</title>" in latency
+
+
+# --- each route by its kind, one sign, shadows with no traffic, problems -------------------------
+
+
+def route_section(html: str, index: int) -> str:
+    found = re.search(rf'<section class="route" id="route-{index}".*?</section>', html, re.S)
+    assert found is not None
+    return found.group(0)
+
+
+def _shadow(name: str, **figures: Any) -> dict[str, Any]:
+    return {"shadow": name, "verdict": "inconclusive", "requests": 50, **figures}
+
+
+def test_a_regression_route_never_shows_accuracy_even_if_the_report_has_some() -> None:
+    """build_report gives a regression route's accuracy too (0%: no prediction is exactly
+    right); the page shows MAE and RMSE only."""
+    zero = {"labelled": 540, "correct": 0, "value": 0.0, "low": 0.0, "high": 0.007}
+    shadow = _shadow(
+        "s",
+        accuracy=zero,
+        error={"labelled": 540, "mae": 0.49, "rmse": 0.55},
+        paired={"n": 540, "difference": 0.0, "low": 0.0, "high": 0.0, "mcnemar_p": 1.0},
+        quality={"method": "requests", "advantage": 0.51, "low": 0.49, "high": 0.53},
+        regression={"n": 540, "advantage": 0.51, "low": 0.48, "high": 0.53},
+        history=[
+            {"t": 1795796400.0 + 20 * k, "difference": 0.5, "low": 0.4, "high": 0.6}
+            for k in range(3)
+        ],
+    )
+    route = {
+        **NULL_ROUTE,
+        "kind": "regression",
+        "production_accuracy": zero,
+        "production_error": {"labelled": 540, "mae": 1.0, "rmse": 1.0},
+        "shadows": [shadow],
+    }
+    html = render_html({"alpha": 0.05, "routes": [route]})
+    section = route_section(html, 0)
+    assert "accuracy" not in section.lower()
+    assert " pp" not in section
+    assert "MAE 1, RMSE 1 on 540 labelled instances" in section
+    assert '<span class="v">+0.51</span> <span class="ci">[+0.49, +0.53]</span>' in section
+    assert ">MAE advantage</text>" in section  # the history's y axis
+    assert "<td>MAE (target&#x27;s units)</td><td>+0.51</td><td>[+0.49, +0.53]</td>" in html
+
+
+def test_every_advantage_is_labelled_plus_is_shadow_better() -> None:
+    """Table rows, captions, chart titles, the summary's header and the footer."""
+    html = render_html(sample())
+    rows = re.findall(r'<th scope="row">([^<]*advantage[^<]*)(.{0,60})', html, re.I)
+    assert rows
+    for label, rest in rows:
+        assert label.endswith(" "), label
+        assert rest.startswith('<span class="n">(+ = shadow better)</span></th>'), label
+    assert '<th scope="col">Advantage (+ = shadow better)</th>' in html
+    captions = re.findall(r"<figcaption>([^<]*advantage[^<]*)<", html, re.I)
+    assert captions == [
+        "Accuracy advantage over time (+ = shadow better)",
+        "Accuracy advantage over time (+ = shadow better)",
+        "MAE advantage over time (+ = shadow better)",
+    ]
+    titles = re.findall(r"<title id=[^>]*>([^<]*advantage[^<]*)<", html, re.I)
+    assert len(titles) == 3
+    assert all(t.endswith("(+ = shadow better)") for t in titles)
+    assert "production's mean absolute error (MAE) minus the shadow's" in html  # the footer
+    assert "shadow minus production" not in html.lower()
+    assert "production - shadow" not in html
+
+
+def test_guardrails_read_as_advantages_with_their_floor() -> None:
+    guardrails = [
+        {"name": "error_rate", "value": 0.03, "low": 0.02, "high": 0.04, "limit": 0.01,
+         "alpha": 0.008, "tripped": True},
+        {"name": "slow_requests", "value": -0.001, "low": -0.01, "high": 0.008, "limit": 0.01,
+         "alpha": 0.008, "tripped": False},
+        {"name": "disagreement", "value": 0.08, "low": 0.066, "high": 0.097, "limit": 0.3,
+         "alpha": 0.008, "tripped": False},
+    ]  # fmt: skip
+    html = render_html(
+        {"routes": [{**NULL_ROUTE, "shadows": [_shadow("s", guardrails=guardrails)]}]}
+    )
+    assert (
+        '<th scope="row">Error-rate advantage <span class="n">(+ = shadow better)</span></th>'
+        '<td colspan="2"><span class="v">-3.0 pp</span> <span class="ci">[-4.0, -2.0] pp</span>'
+        ' <span class="n">production&#x27;s error rate minus the shadow&#x27;s; guardrail: worse'
+        " if below -1.0 pp, tripped</span></td>"
+    ) in html
+    assert (
+        '<span class="v">+0.1 pp</span> <span class="ci">[-0.8, +1.0] pp</span>'
+        ' <span class="n">share of requests slower than production&#x27;s p99: production&#x27;s'
+        " minus the shadow&#x27;s; guardrail: worse if below -1.0 pp</span>"
+    ) in html
+    assert (
+        '<th scope="row">Disagreement guardrail</th><td colspan="2"><span class="v">8.0%</span>'
+        ' <span class="ci">[6.6%, 9.7%]</span> <span class="n">while labels are missing: worse'
+        " if above 30.0%</span>"
+    ) in html
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression", "probabilities"])
+def test_a_shadow_with_no_traffic_is_listed_without_figures_or_charts(kind: str) -> None:
+    idle = {
+        **_shadow("new", verdict="insufficient_data", reason="0 labelled requests", requests=0),
+        "history": [{"t": 1795796400.0 + k, "difference": None} for k in range(3)],
+        "latency_counts": [0] * 11,
+        "quality": {"method": "exact", "advantage": None, "low": -1.0, "high": 1.0},
+    }
+    route = {**NULL_ROUTE, "kind": kind, "shadows": [_shadow("busy"), idle]}
+    html = render_html({"routes": [route]})
+    page = Page(html)
+    assert page.errors == []
+    idle_card = card(html, "new")
+    assert '<span class="pill pill-idle">no traffic yet</span>' in idle_card
+    assert "No request has reached this shadow yet" in idle_card
+    assert "<svg" not in idle_card
+    assert "<table" not in idle_card
+    assert "<svg" in card(html, "busy")
+    [row] = [r for r in re.findall(r"<tr>.*?</tr>", html) if "#shadow-0-1" in r]
+    assert '<span class="pill pill-insufficient_data">insufficient data</span>' in row
+    assert '<span class="n">no traffic yet</span>' in row
+
+
+def test_problems_are_a_red_box_first_under_the_route_name() -> None:
+    problems = ["production's answers held no <predictions>: 30 of 300", "", None, "latest: x"]
+    routes = [{**NULL_ROUTE, "problems": problems}, {**NULL_ROUTE, "route": "/ok", "problems": []}]
+    html = render_html({"routes": routes})
+    assert Page(html).errors == []
+    first = route_section(html, 0)
+    assert re.search(r"</h2><div class=\"problems\" role=\"alert\">", first)
+    assert (
+        '<p class="problems-title">Problems: this route is not fully measured</p><ul>'
+        "<li>production&#x27;s answers held no &lt;predictions&gt;: 30 of 300</li>"
+        "<li>latest: x</li></ul>"
+    ) in first
+    assert "problems" not in route_section(html, 1).replace('class="route"', "")
+    assert html.count('class="problem-flag" href="#route-0"') == 0  # no shadows: no summary rows
+    css = re.search(r"\.problems \{[^}]*\}", html)
+    assert css is not None
+    assert "var(--worse)" in css.group(0)
+    assert "var(--problem-bg)" in css.group(0)
+
+
+def test_labelled_counts_say_requests_or_instances() -> None:
+    route = {
+        **NULL_ROUTE,
+        "production_latency": {"count": 1200},
+        "production_accuracy": {"labelled": 657, "correct": 600, "value": 0.913},
+        "diagnostics": {
+            "recorded_requests": 300,
+            "labelled_requests": 290,
+            "labelled_instances": 657,
+            "coverage": 290 / 300,
+        },
+    }
+    html = render_html({"routes": [route]})
+    assert (
+        '<p class="route-meta">production <strong>prod</strong> · 1,200 requests · accuracy'
+        " 91.3% on 657 labelled instances</p>"
+    ) in html
+    assert (
+        '<p class="route-meta">290 labelled requests (96.7% of 300 recorded) · 657 labelled'
+        " instances</p>"
+    ) in html
+    # A report without the instance count (from before it): production's labelled instances.
+    del route["diagnostics"]["labelled_instances"]
+    assert "290 labelled requests (96.7% of 300 recorded) · 657 labelled instances" in (
+        render_html({"routes": [route]})
+    )
+
+
+HOUR, DAY = 3600.0, 86400.0
+T0 = 1795796400.0  # 2026-11-27 16:20:00 UTC
+
+
+@pytest.mark.parametrize(
+    ("t1", "labels", "title"),
+    [
+        (T0 + 100, ["16:20:00", "16:20:30", "16:21:00", "16:21:30"], "time (UTC), 27 Nov 2026"),
+        (T0 + 8, ["16:20:00", "16:20:02", "16:20:04", "16:20:06", "16:20:08"],
+         "time (UTC), 27 Nov 2026"),
+        (T0 + 50 * 60, ["16:20", "16:30", "16:40", "16:50", "17:00", "17:10"],
+         "time (UTC), 27 Nov 2026"),
+        (T0 + 6 * HOUR, ["17:00", "18:00", "19:00", "20:00", "21:00", "22:00"],
+         "time (UTC), 27 Nov 2026"),
+        (T0 + 20 * HOUR, ["27 Nov 18:00", "28 Nov 00:00", "28 Nov 06:00", "28 Nov 12:00"],
+         "time (UTC), 2026"),
+        (T0 + 4 * DAY, ["28 Nov", "29 Nov", "30 Nov", "01 Dec"], "time (UTC), 2026"),
+        (T0 + 40 * DAY, ["2026-12-03", "2026-12-10", "2026-12-17", "2026-12-24", "2026-12-31"],
+         "time (UTC)"),
+        (T0, ["16:20:00"], "time (UTC), 27 Nov 2026"),
+        (T0 + 0.5, ["16:20:00"], "time (UTC), 27 Nov 2026"),
+    ],
+)  # fmt: skip
+def test_time_ticks_are_distinct_and_read_as_the_span_needs(
+    t1: float, labels: list[str], title: str
+) -> None:
+    ticks, axis = time_ticks(T0, t1)
+    assert [label for _, label in ticks] == labels
+    assert axis == title
+    assert all(T0 <= t <= t1 for t, _ in ticks)
+
+
+def test_time_ticks_of_nonsense() -> None:
+    assert time_ticks(T0, T0 - 1) == ([], "time (UTC)")
+    assert time_ticks(math.nan, T0) == ([], "time (UTC)")
+    ticks, _ = time_ticks(0.0, 1e15)  # no list of a billion candidates on the way
+    assert len(ticks) == 2
+
+
+def test_history_chart_time_labels_are_distinct_within_a_few_minutes() -> None:
+    """The history's points a minute apart used to read "22:24" at every tick."""
+    history = [
+        {"t": 1795818240.0 + 60 * k, "difference": 0.01 * k, "low": -0.1, "high": 0.1}
+        for k in range(5)
+    ]
+    html = render_html({"routes": [{**NULL_ROUTE, "shadows": [_shadow("s", history=history)]}]})
+    labels = re.findall(r'class="tick-x"[^>]*>([^<]*)<', chart(html, "accuracy", "s"))
+    assert labels == ["22:24", "22:25", "22:26", "22:27", "22:28"]
 
 
 # --- number formats ------------------------------------------------------------------------------

@@ -321,3 +321,68 @@ async def test_a_deep_metrics_directory_still_serves(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _busy_config(tmp_path: Path, port: int) -> Path:
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "listen": f"127.0.0.1:{port}",
+                "store": {"backend": "sqlite", "path": str(tmp_path / "predictions.db")},
+                "routes": [
+                    {
+                        "match": "/predict",
+                        "protocol": "kserve-v1",
+                        "record": 1.0,
+                        "production": {"name": "prod", "url": "http://127.0.0.1:9/predict"},
+                    }
+                ],
+            }
+        )
+    )
+    return cfg
+
+
+async def test_a_port_in_use_is_one_line_and_exit_1_with_nothing_created(tmp_path: Path) -> None:
+    """Another program on the port: no process starts, so no store file, no traceback, no
+    restarts; one line names the file, the key and the address."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        cfg = _busy_config(tmp_path, port)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "run", "--config", str(cfg),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert out == b""
+    assert err.decode() == (
+        f"shadow-proxy cannot start: {cfg}: listen: cannot listen on 127.0.0.1:{port}:"
+        " Address already in use\n"
+    )
+    assert not (tmp_path / "predictions.db").exists()
+
+
+async def test_an_empty_metrics_dir_variable_counts_as_unset(tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR= (set, but empty) once made prometheus-client write its files
+    into the working directory, and the supervisor delete every *.db there at start."""
+    keep = tmp_path / "keep.db"
+    keep.write_bytes(b"not a metrics file")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        cfg = _busy_config(tmp_path, port)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "run", "--config", str(cfg),
+            stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""},
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, err
+    assert await asyncio.to_thread(keep.read_bytes) == b"not a metrics file"
+    left = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.iterdir()))
+    assert left == ["keep.db", "proxy.yaml"]

@@ -135,7 +135,7 @@ async def test_the_same_counts_in_single_instance_requests_are_better(
     assert 0 < quality["low"] < 0.2 < quality["high"]
     assert quality["p_value"] < quality["alpha"] == 0.025
     assert report["verdict"] == "better"
-    assert report["reason"].startswith("the shadow is better: accuracy difference +20.0 points")
+    assert report["reason"].startswith("the shadow is better: accuracy advantage +20.0 points")
     assert gauges(p) == (1.0, 1.0)
     labels = {"route": ROUTE, "shadow": "cand"}
     assert p.value("shadowproxy_verdict_difference_lower", **labels) == quality["low"]
@@ -362,7 +362,7 @@ routes:
     async with p.session.get(p.url + "/report.html") as resp:
         page = await resp.text()
     assert '<p class="warning" role="alert">Warning: labels arrive for some' in page
-    assert "100 of 200 recorded requests labelled (50.0%)" in page
+    assert "100 labelled requests (50.0% of 200 recorded)" in page
 
 
 async def test_probabilities_report_log_loss_brier_and_reliability(
@@ -411,7 +411,8 @@ async def test_probabilities_report_log_loss_brier_and_reliability(
     async with p.session.get(p.url + "/report.html") as resp:
         page = await resp.text()
     assert page.count('class="chart chart-reliability"') == 1
-    assert "Log loss advantage (production - shadow)" in page
+    assert "Log loss advantage" in page
+    assert "log loss minus the shadow" in page
 
 
 def test_the_verdict_never_contradicts_the_interval_it_prints() -> None:

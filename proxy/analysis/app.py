@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -25,6 +25,7 @@ from proxy.analysis.exchanges import ExchangeHandler
 from proxy.analysis.intake import Intake
 from proxy.analysis.labels import LabelEndpoint
 from proxy.analysis.overrides import OverrideTable
+from proxy.analysis.problems import Problems
 from proxy.analysis.recording import MeasuredStore, Recorder
 from proxy.analysis.reload import reload_config
 from proxy.analysis.reporter import Reporter
@@ -67,13 +68,18 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     store: PredictionStore | None = None
     recorder: Recorder | None = None
     scorers = wiring.scorers(config, metrics)
+    problems = Problems()
     if config.records:
         store = MeasuredStore(build_store(config.store), metrics)
-        recorder = Recorder(store, config.store, wiring.recordings(config, scorers), metrics)
-    routes = wiring.build_routes(config, metrics, recorder)
+        metrics.store_max_records.set(config.store.max_records)
+        sqlite = config.store.backend == "sqlite"
+        metrics.store_max_bytes.set(config.store.max_disk or 0 if sqlite else 0)
+        recordings = wiring.recordings(config, scorers)
+        recorder = Recorder(store, config.store, recordings, metrics, problems)
+    routes = wiring.build_routes(config, metrics, recorder, problems)
     wiring.publish(metrics, config)
     exposition = _exposition(registry)
-    reporter = Reporter(exposition, metrics, config)
+    reporter = Reporter(exposition, metrics, config, problems)
     labels = LabelEndpoint(store, config.labels, scorers, metrics.bind_labels())
     exchanges = ExchangeHandler({r.name: r for r in routes}, unknown=metrics.intake_errors)
     state = ProxyState(
@@ -97,7 +103,9 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         app.router.add_get("/metrics", _metrics)
     else:
         app.router.add_route("*", "/metrics", moved("/metrics", "metrics.listen"))
-    # /healthz and /readyz are the front's: production's health, not the analysis process's.
+    # /healthz and /readyz are the front's: production's health, not the analysis process's;
+    # the front passes /readyz?verbose here, for the details.
+    app.router.add_get("/readyz", _verbose_readiness)
     app.router.add_post("/labels", labels.handle)
     app.router.add_get("/report", reporter.handle_json)
     app.router.add_get("/report.html", reporter.handle_html)
@@ -112,6 +120,23 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
 
 
 ADMIN = web.AppKey("admin", AdminAPI)
+
+
+async def _verbose_readiness(request: web.Request) -> web.Response:
+    """/readyz?verbose: production is ready (the front answers that itself and passes this on
+    only then); the analysis process's own state; and what keeps routes from being measured,
+    with the latest reason of each (a wrong `output` name, say). Problems never make the proxy
+    unready: production is served all the same."""
+    state = request.app[STATE]
+    problems = state.reporter.problems.listed()
+    return json_response(
+        200,
+        {
+            "status": "ready",
+            "analysis": "ready" if state.ready else "not ready",
+            "problems": problems,
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,12 +257,16 @@ async def start_analysis(
 
 def _exposition(registry: CollectorRegistry) -> CollectorRegistry:
     """Under the supervisor (prometheus-client's multiprocess mode), /metrics sums every
-    process's files; otherwise (the tests' one loop) it serves this process's registry."""
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return registry
-    merged = CollectorRegistry()
-    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # untyped upstream
-    return merged
+    process's files; otherwise (the tests' one loop) it serves this process's registry. Both
+    with the standard process_* series (CPU, memory, file descriptors) of the process serving
+    it; every process's own are shadowproxy_process_*{role}."""
+    exposition = registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        exposition = CollectorRegistry()
+        MultiProcessCollector(exposition)  # type: ignore[no-untyped-call]  # untyped upstream
+    with contextlib.suppress(ValueError):  # already there: a registry served twice (tests)
+        ProcessCollector(registry=exposition)
+    return exposition
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Gauge, Histogram
 
+from proxy.analysis.problems import Problems
 from proxy.analysis.scoring import RouteScorer
 from proxy.analysis.shadow import Tee
 from proxy.config import StoreConfig
@@ -125,8 +126,10 @@ class Recorder:
         config: StoreConfig,
         routes: dict[str, RouteRecording],
         metrics: Metrics,
+        problems: Problems | None = None,
     ) -> None:
         self.store = store
+        self._problems = problems  # answers it cannot read are reported there
         self._config = config
         self._routes = routes
         self._metrics = metrics
@@ -263,18 +266,21 @@ class Recorder:
         else:
             dropped[(RecordKind.SHADOW, reason)].inc()
 
-    def _to_record(self, item: _RecordItem) -> Record | None:
+    def _to_record(self, item: _RecordItem) -> Record | RecordDrop:
+        """The record to write, or why there is none."""
         tee, route = item.tee, self._routes[item.route]
         # From here on, shadows that answer are written on their own.
         if self._pending.get(tee.request_id) is item:
             del self._pending[tee.request_id]
         answer = tee.production
         if answer is None or not 200 <= answer.status < 300:
-            return None
+            return RecordDrop.NO_PREDICTIONS
         try:
             predictions = tee.production_predictions(route.extractor)
-        except ExtractionError:
-            return None
+        except ExtractionError as exc:
+            if self._problems is not None:
+                self._problems.saw(item.route, route.production, RecordDrop.UNREADABLE, str(exc))
+            return RecordDrop.UNREADABLE
         return Record(
             request_id=tee.request_id,
             route=item.route,
@@ -294,8 +300,8 @@ class Recorder:
                 shadows.append(item)
                 continue
             record = self._to_record(item)
-            if record is None:
-                self._drop(item, RecordDrop.NO_PREDICTIONS)
+            if isinstance(record, RecordDrop):
+                self._drop(item, record)
             else:
                 records.append((item, record))
         self._in_hand = [*(item for item, _ in records), *shadows]
@@ -369,9 +375,13 @@ class Recorder:
         except StoreUnavailable:
             return
         # Counted before anything else can fail: those records are gone.
-        self._metrics.store_removed.labels(Removal.EXPIRED).inc(removed.expired)
-        self._metrics.store_removed.labels(Removal.EVICTED).inc(removed.evicted)
-        self._metrics.store_removed.labels(Removal.OVER_DISK).inc(removed.over_disk)
+        for reason, count in (
+            (Removal.EXPIRED, removed.expired),
+            (Removal.EVICTED, removed.evicted),
+            (Removal.OVER_DISK, removed.over_disk),
+        ):
+            if count:  # a reason's series appears with its first removal
+                self._metrics.store_removed.labels(reason).inc(count)
         for name, size in self.store.file_sizes().items():
             self._metrics.store_file_bytes.labels(name).set(size)
         try:

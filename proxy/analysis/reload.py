@@ -137,7 +137,7 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
         recorder = state.recorder if new.records else None
         if recorder is not None:
             recorder.update_routes(wiring.recordings(new, scorers))
-        routes = wiring.build_routes(new, metrics, recorder)
+        routes = wiring.build_routes(new, metrics, recorder, state.reporter.problems)
         await _keep_overrides(state, routes)
         await wiring.start(routes)
         old_routes = state.routes

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy.analysis.problems import Problems
 from proxy.config import Config, config_hash
 from proxy.core.outcomes import Verdict
 from proxy.core.verdict import Hold
@@ -57,7 +58,14 @@ class Reporter:
     >>> app.router.add_get("/report", reporter.handle_json)
     """
 
-    def __init__(self, exposition: CollectorRegistry, metrics: Metrics, config: Config) -> None:
+    def __init__(
+        self,
+        exposition: CollectorRegistry,
+        metrics: Metrics,
+        config: Config,
+        problems: Problems | None = None,
+    ) -> None:
+        self.problems = problems if problems is not None else Problems()
         self._exposition = exposition
         self._metrics = metrics
         self._settings = config.verdict
@@ -71,7 +79,9 @@ class Reporter:
         self._fleet_task: asyncio.Task[None] | None = None
 
     def update(self, config: Config) -> None:
-        """A reload: decisions of comparisons it changed are no longer held."""
+        """A reload: decisions of comparisons it changed are no longer held; the problems seen
+        belong to the config it replaced."""
+        self.problems.clear()
         self._settings = config.verdict
         self._config_hash = config_hash(config)
         self._fingerprints = fingerprints(config)
@@ -142,6 +152,7 @@ class Reporter:
             config_hash=self._config_hash,
             history={key: list(points) for key, points in self._history.items()},
             hold=self._hold,
+            problems=self.problems.details(),
         )
         m = self._metrics
         for route in report["routes"]:

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from proxy.analysis.exchanges import RouteRuntime
+from proxy.analysis.problems import Problems
 from proxy.analysis.recording import Recorder, RouteRecording
 from proxy.analysis.scoring import RouteScorer
 from proxy.analysis.shadow import PredictionsCallback, ShadowDispatcher, ShadowSet, Tee
@@ -24,13 +25,14 @@ def scorers(config: Config, metrics: Metrics) -> dict[str, RouteScorer]:
 
 
 def _scorer(route: Route, metrics: Metrics) -> RouteScorer:
+    kind = route.comparator.kind
     return RouteScorer(
-        kind=route.comparator.kind,
-        production=metrics.bind_model(route.name, route.production.name, Role.PRODUCTION),
+        kind=kind,
+        production=metrics.bind_model(route.name, route.production.name, Role.PRODUCTION, kind),
         shadows={
-            s.name: metrics.bind_model(route.name, s.name, Role.SHADOW) for s in route.shadows
+            s.name: metrics.bind_model(route.name, s.name, Role.SHADOW, kind) for s in route.shadows
         },
-        pairs={s.name: metrics.bind_pair(route.name, s.name) for s in route.shadows},
+        pairs={s.name: metrics.bind_pair(route.name, s.name, kind) for s in route.shadows},
         recording=metrics.bind_recording(route.name),
         production_classes=metrics.bind_labelled_classes(
             route.name, route.production.name, route.comparator.kind, route.classes
@@ -47,9 +49,10 @@ def recordings(config: Config, scored: dict[str, RouteScorer]) -> dict[str, Rout
 
 
 def build_routes(
-    config: Config, metrics: Metrics, recorder: Recorder | None
+    config: Config, metrics: Metrics, recorder: Recorder | None, problems: Problems | None = None
 ) -> tuple[RouteRuntime, ...]:
-    """Every route of `config`, its shadow dispatchers built but not started."""
+    """Every route of `config`, its shadow dispatchers built but not started; answers they
+    cannot measure are reported to `problems`."""
     runtimes = []
     for route in config.routes:
         records = recorder is not None and route.record > 0
@@ -61,7 +64,7 @@ def build_routes(
         )
         dispatchers, shadow_metrics = [], []
         for shadow in route.shadows:
-            sm = metrics.bind_shadow(route.name, shadow.name)
+            sm = metrics.bind_shadow(route.name, shadow.name, kind)
             dispatcher = ShadowDispatcher(
                 shadow.name,
                 sample=shadow.sample,
@@ -88,6 +91,9 @@ def build_routes(
                 ),
                 eject_after=shadow.eject_after,
                 eject_for=shadow.eject_for,
+                route=route.name,
+                production=prod.name,
+                problems=problems,
             )
             dispatchers.append(dispatcher)
             shadow_metrics.append(sm)
@@ -118,6 +124,8 @@ def publish(metrics: Metrics, config: Config, value: float = 1.0) -> None:
     for route in config.routes:
         kind = route.comparator.kind.value
         metrics.route_info.labels(route.name, kind, route.production.name).set(value)
+        for shadow in route.shadows:
+            metrics.shadow_info.labels(route.name, shadow.name).set(value)
     metrics.set_config_info(
         config_hash(config),
         config.source,

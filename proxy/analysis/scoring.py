@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
-
 from proxy.core.comparison import CompareKind, ShapeMismatch
 from proxy.core.joining import InvalidLabel, Score, label_values, pair, score
 from proxy.core.outcomes import RequestSum
+from proxy.metric_batching import Inc
 from proxy.metrics import ClassCounter, ModelMetrics, PairMetrics, RecordingMetrics
 from proxy.store.base import Record
 
@@ -84,7 +83,7 @@ class RouteScorer:
             p.shadow_better.inc(paired.d_positive_sum - paired.d_sum)
 
 
-def _add(sums: dict[RequestSum, Counter], instances: float, advantage: float) -> None:
+def _add(sums: dict[RequestSum, Inc], instances: float, advantage: float) -> None:
     for name, value in RequestSum.of(instances, advantage).items():
         if value:
             sums[name].inc(value)

@@ -13,15 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.analysis.problems import Problems
 from proxy.core.comparison import Comparator, classify
 from proxy.core.exchange import Headers
 from proxy.core.extraction import ExtractionError, Extractor, decoded
 from proxy.core.outcomes import ComparisonResult, Outcome, RequestSum, SkipReason
 from proxy.core.sampling import Sampler
 from proxy.front.client import Upstream, UpstreamError, UpstreamResponse
+from proxy.logs import Throttled
 from proxy.metrics import ClassCounter, ShadowMetrics
 
 log = logging.getLogger(__name__)
+throttled = Throttled(log)  # a shadow failing: one line per route, shadow, cause and 10 s
+_PRODUCTIONS = frozenset({ComparisonResult.PRODUCTION_UNPARSEABLE})  # production's fault
 
 SHADOW_MARKER_HEADER = b"X-Shadow-Request"
 MAX_EJECTION = 30.0  # seconds: the longest a failing probe can double an ejection to
@@ -89,7 +93,7 @@ class ShadowDispatcher:
     ...     upstream=Upstream("http://iris-rf:8080", "/predict", timeout=2.0,
     ...                       max_connections=4, max_response=4 << 20),
     ...     extractor=route.extractor, comparator=route.comparator,
-    ...     metrics=metrics.bind_shadow("iris", "iris-rf"))
+    ...     metrics=metrics.bind_shadow("iris", "iris-rf", CompareKind.CLASSIFICATION))
     >>> await dispatcher.start()
     >>> dispatcher.submit(tee)        # never blocks; counts queue_full or shutting_down
     >>> await dispatcher.drain(5.0)   # on shutdown
@@ -112,8 +116,14 @@ class ShadowDispatcher:
         shadow_classes: ClassCounter | None = None,
         eject_after: int = 20,
         eject_for: float = 1.0,
+        route: str = "",
+        production: str = "production",
+        problems: Problems | None = None,
     ) -> None:
         self.name = name
+        self.route = route  # for logs and problems
+        self._production = production
+        self._problems = problems  # answers it cannot measure are reported there
         self._on_predictions = on_predictions
         # Class mix (None for regression): production's is shared by the route's dispatchers.
         self._production_classes = production_classes
@@ -290,6 +300,15 @@ class ShadowDispatcher:
         except UpstreamError as exc:
             # too_large included: the client stopped reading at the cap and dropped the part.
             m.outcomes[exc.outcome].inc()
+            self._m.errors(exc.cause).inc()
+            throttled.warning(
+                (self.route, self.name, exc.cause),
+                "shadow %s failed (%s): %s",
+                self.name,
+                exc.cause,
+                exc,
+                extra={"route": self.route, "shadow": self.name, "cause": exc.cause},
+            )
             self._m.results[ComparisonResult.SHADOW_FAILED].inc()
             self._failed()
             return
@@ -333,6 +352,9 @@ class ShadowDispatcher:
         self._m.results[found.result].inc()
         comparison = found.comparison
         if comparison is None:
+            if found.detail and self._problems is not None:
+                side = self._production if found.result in _PRODUCTIONS else self.name
+                self._problems.saw(self.route, side, found.result, found.detail)
             return
         self._m.compared.inc(comparison.instances)
         if comparison.disagreements:

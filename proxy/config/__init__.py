@@ -83,10 +83,10 @@ routes[].shadows[].eject_for         1s                           first ejection
                                                                   doubles it, up to 30s
 routes[].compare.kind                classification               classification | regression |
                                                                   probabilities
-routes[].compare.tolerance           0.0                          absolute tolerance, >= 0;
-                                                                  regression
-routes[].compare.relative_tolerance  0.0                          relative tolerance, >= 0;
-                                                                  regression
+routes[].compare.tolerance           0.0                          absolute tolerance, >= 0, in the
+                                                                  target's units; regression
+routes[].compare.relative_tolerance  0.0                          share of production's value,
+                                                                  "1%" or 0.01; regression
 routes[].compare.distance            total_variation              total_variation | jensen_shannon;
                                                                   probabilities
 routes[].compare.classes             none                         the classes named by the class-mix

@@ -56,6 +56,7 @@ from proxy.config.units import (
     _queue,
     _records,
     _redis_url,
+    _relative_tolerance,
     _store_backend,
     _target_name,
     _text,
@@ -134,6 +135,20 @@ _VERDICT_KEYS: Final = tuple(VerdictConfig.__dataclass_fields__)
 _VERDICT_REPLACED: Final = ("max_latency_ratio",)  # refused with a message saying what replaced it
 _ADMIN_KEYS: Final = tuple(AdminConfig.__dataclass_fields__)
 _METRICS_KEYS: Final = tuple(MetricsConfig.__dataclass_fields__)
+_SCHEMA: Final[Mapping[str, Sequence[str]]] = {
+    "": _TOP_KEYS,
+    "routes[]": _ROUTE_KEYS,
+    "routes[].production": _PRODUCTION_KEYS,
+    "routes[].shadows[]": _SHADOW_KEYS,
+    "routes[].compare": _COMPARE_KEYS,
+    "store": _STORE_KEYS,
+    "labels": _LABELS_KEYS,
+    "verdict": _VERDICT_KEYS,
+    "admin": _ADMIN_KEYS,
+    "metrics": _METRICS_KEYS,
+}
+"""Every section by its path (a list's items as []), with the keys its loader below takes: an
+unknown key found in another section is pointed there (`alpha` at the top: verdict.alpha)."""
 _OUTPUT_PROTOCOLS: Final = (Protocol.OPEN_INFERENCE_V2, Protocol.MLFLOW, Protocol.TFSERVING)
 
 
@@ -192,7 +207,7 @@ def _comparator(c: _Checker, loc: _Loc | None) -> Comparator:
     kind = c.optional(items, "kind", _choice(CompareKind), CompareKind.CLASSIFICATION)
     kind_ok = c.mark() == before
     tolerance = c.optional(items, "tolerance", _tolerance, 0.0)
-    relative = c.optional(items, "relative_tolerance", _tolerance, 0.0)
+    relative = c.optional(items, "relative_tolerance", _relative_tolerance, 0.0)
     distance = c.optional(items, "distance", _choice(Distance), Distance.TOTAL_VARIATION)
     max_instances = c.optional(items, "max_instances", _count, MAX_INSTANCES)
     # A tolerance on a classification route would be silently ignored: say so instead. Default
@@ -582,7 +597,7 @@ def parse_config(
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_CONFIG_BYTES:
         raise too_big(source, size)
-    checker = _Checker(source, os.environ if env is None else env)
+    checker = _Checker(source, os.environ if env is None else env, _SCHEMA)
     try:
         # The reader checks every character as it is built: a control character fails here.
         loader = _BoundedLoader(text, source)

@@ -233,7 +233,13 @@ _points = _at_most(1_000_000, "history points in memory per shadow")
 
 
 def _tolerance(value: object) -> float:
+    """`compare.tolerance`: an absolute tolerance, in the target's units (never a share)."""
     if isinstance(value, str):
+        if value.strip().endswith("%"):
+            raise ValueError(
+                "an absolute tolerance is a number in the target's units, not a share; for a"
+                " share of production's value, set relative_tolerance"
+            )
         # YAML 1.1 reads "1e-3" (no dot) as a string; take it as the number it plainly is.
         try:
             value = float(value)
@@ -244,6 +250,24 @@ def _tolerance(value: object) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError("must be a finite number >= 0")
     return float(value)
+
+
+_PERCENT_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*%\s*")
+_RELATIVE_HINT: Final = "expected a share of production's value like '1%' or 0.01"
+
+
+def _relative_tolerance(value: object) -> float:
+    """`compare.relative_tolerance`: a share of production's value, written as fractions are
+    ('1%', '0.5%', or 0.01). A share above 100% is allowed: it is a tolerance, not a rate."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        found = _PERCENT_RE.fullmatch(value)
+        if found is None:
+            raise ValueError(f"{_RELATIVE_HINT}; it must be >= 0")
+        return float(Decimal(found[1]) / 100)
+    try:
+        return _tolerance(value)
+    except ValueError as exc:
+        raise ValueError(f"{_RELATIVE_HINT}; {exc}") from None
 
 
 def _timeout(value: object) -> float:

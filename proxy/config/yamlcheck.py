@@ -65,9 +65,17 @@ def _show(value: object) -> str:
 class _Checker:
     """Collects errors while the validators walk the document; never stops at the first one."""
 
-    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        source: str,
+        env: Mapping[str, str],
+        schema: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """``schema``: every section's keys by its path (a list's items as ``[]``, the top level
+        as ``""``), so that a key put under the wrong section is pointed to its own."""
         self.source = source
         self.env = env
+        self.schema: Mapping[str, Sequence[str]] = schema or {}
         self._errors: list[tuple[int, str]] = []
 
     @property
@@ -95,7 +103,8 @@ class _Checker:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "<complex key>"
             path = _child_path(loc.path, str(key))
             if key_node.tag != _STR_TAG or key not in allowed:
-                self.add(_line(key_node), path, _unknown_key(str(key), allowed))
+                message = _unknown_key(str(key), allowed, loc.path, self.schema)
+                self.add(_line(key_node), path, message)
                 continue
             items[key] = _Loc(loc.value[key], value_node, path)
         return items
@@ -200,12 +209,52 @@ def _plain_scalar(text: str) -> object:
         loader.dispose()
 
 
-def _unknown_key(key: str, allowed: Sequence[str]) -> str:
+def _unknown_key(
+    key: str, allowed: Sequence[str], parent: str, schema: Mapping[str, Sequence[str]]
+) -> str:
     message = f"unknown key {key!r}"
+    elsewhere = _elsewhere(key, parent, schema)
     close = difflib.get_close_matches(key, allowed, n=1)
-    if close:
+    name, colon, value = key.partition(":")
+    if colon and name in allowed and value and not value.startswith(" "):
+        # `{url:http://x}` is one key in YAML, with no value: the space after ':' is missing.
+        message = f"{message} (did you mean '{name}: {value}'? a key needs ': ', with a space)"
+    elif elsewhere:
+        message = f"{message} (did you mean {_either(elsewhere)}?)"
+    elif close:
         message = f"{message} (did you mean {close[0]!r}?)"
     return f"{message}; allowed: {', '.join(allowed)}"
+
+
+_INDEX_RE: Final = re.compile(r"\[[0-9]+\]")
+
+
+def _elsewhere(key: str, parent: str, schema: Mapping[str, Sequence[str]]) -> list[str]:
+    """The full paths of the other sections that take ``key``, nearest to ``parent`` first: of
+    those sharing the most ancestry with it, with ``parent``'s list indexes where they share it.
+
+        >>> _elsewhere("timeout", "routes[2]", {"routes[]": ("name",),
+        ...     "routes[].production": ("timeout",), "store": ("timeout",)})
+        ['routes[2].production.timeout']
+    """
+    here = parent.split(".") if parent else []
+    pattern = [_INDEX_RE.sub("[]", part) for part in here]
+    found: list[tuple[int, str]] = []
+    for section, keys in schema.items():
+        parts = section.split(".") if section else []
+        if parts == pattern or key not in keys:
+            continue
+        shared = 0
+        while shared < min(len(parts), len(pattern)) and parts[shared] == pattern[shared]:
+            shared += 1
+        path = ".".join([*here[:shared], *parts[shared:], key])
+        found.append((shared, path if parts else f"{path} (at the top level)"))
+    nearest = max((shared for shared, _ in found), default=0)
+    return [path for shared, path in found if shared == nearest]
+
+
+def _either(paths: Sequence[str]) -> str:
+    return paths[0] if len(paths) == 1 else f"{', '.join(paths[:-1])} or {paths[-1]}"
 
 
 def _duplicate_keys(checker: _Checker, node: yaml.Node, path: str, seen: set[int]) -> None:
@@ -245,13 +294,127 @@ def _value_loc(loc: _Loc, key: str) -> _Loc | None:
 
 
 def _syntax_error(source: str, text: str, exc: yaml.YAMLError) -> ConfigError:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    if mark is not None:
-        line = int(mark.line) + 1
-    else:  # ReaderError (a non-printable character) has only an offset
-        line = text.count("\n", 0, int(getattr(exc, "position", 0))) + 1
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    if context:
-        problem = f"{context}, {problem}"
-    return ConfigError([f"{source}:{line}: invalid YAML: {problem}"])
+    """A YAML syntax error as one line: the file, and the line and column to look at (the start
+    of what was left open, for an unclosed quote or bracket), PyYAML's words, and a hint."""
+    lines = text.split("\n")
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML refuses: only an offset
+        before = text[: int(exc.position)]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        return ConfigError(
+            [
+                f"{source}:{line}:{column}: invalid YAML: unacceptable character"
+                f" #x{exc.character:04x}: {exc.reason}; hint: remove it (control characters are"
+                " not allowed in YAML, even quoted: in double quotes, write it as an escape such"
+                " as \\x1f)"
+            ]
+        )
+    problem_mark = getattr(exc, "problem_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    problem = str(getattr(exc, "problem", None) or exc)
+    context = str(getattr(exc, "context", None) or "")
+    where, hint = _syntax_hint(context, problem, _at(problem_mark), _at(context_mark), lines)
+    what = f"{context}, {problem}" if context else problem
+    at = "" if where is None else f"{where[0] + 1}:{where[1] + 1}:"
+    suffix = f"; hint: {hint}" if hint else ""
+    return ConfigError([f"{source}:{at} invalid YAML: {what}{suffix}"])
+
+
+_Where = tuple[int, int]  # a line and a column, from 0
+
+
+def _at(mark: yaml.Mark | None) -> _Where | None:
+    return None if mark is None else (int(mark.line), int(mark.column))
+
+
+_KEY_NO_SPACE_RE: Final = re.compile(r"\s*(?:-\s+)?([^\s:#'\"]+):(\S+)")
+_KEY_RE: Final = re.compile(r"\s*(?:-\s+)?[^\s#][^#]*?:(?:\s|$)")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _line_above(lines: Sequence[str], index: int) -> int | None:
+    """The index of the nearest line above ``index`` holding more than a comment."""
+    for above in range(min(index, len(lines)) - 1, -1, -1):
+        if lines[above].strip() and not lines[above].lstrip().startswith("#"):
+            return above
+    return None
+
+
+def _syntax_hint(
+    context: str,
+    problem: str,
+    problem_at: _Where | None,
+    context_at: _Where | None,
+    lines: Sequence[str],
+) -> tuple[_Where | None, str | None]:
+    """Where to point (PyYAML's problem mark, the start of what was left open, or the line that
+    caused it) and what most likely went wrong, read from PyYAML's words and the lines around."""
+
+    def line(at: _Where) -> str:
+        return lines[at[0]] if at[0] < len(lines) else ""
+
+    if "'\\t'" in problem:
+        return problem_at, "YAML indents with spaces, never tabs: replace the tab with spaces"
+    if "quoted scalar" in context and context_at is not None:
+        if "escape" in problem:
+            return problem_at, (
+                "in double quotes a backslash starts an escape such as \\n: use single quotes,"
+                " or write \\\\ for a backslash"
+            )
+        quote = line(context_at)[context_at[1] : context_at[1] + 1] or "'"
+        return context_at, (
+            f"the {quote} quote opened here is never closed: end the value with a matching {quote}"
+        )
+    if context == "while scanning a simple key" and context_at is not None:
+        found = _KEY_NO_SPACE_RE.match(line(context_at))
+        if found is not None:
+            key, value = found[1], found[2]
+            return context_at, f"put a space after the colon: '{key}: {value}', not '{key}:{value}'"
+        return context_at, "each line of a mapping is 'key: value': is the colon missing?"
+    if problem == "mapping values are not allowed here" and problem_at is not None:
+        here = line(problem_at)
+        if ": " in here[: problem_at[1]].lstrip(" -"):
+            return problem_at, (
+                "a value that contains ': ' must be quoted, as in key: 'a: b' (or a line break"
+                " is missing before the next key)"
+            )
+        above = _line_above(lines, problem_at[0])
+        if above is not None and _KEY_RE.match(lines[above]) is None:
+            return (above, _indent(lines[above])), (
+                f"this line is not 'key: value' (is its colon missing?), so YAML reads it as"
+                f" running on into line {problem_at[0] + 1}"
+            )
+        start = (problem_at[0], _indent(here))
+        if above is not None and _indent(here) > _indent(lines[above]):
+            return start, (
+                f"this line is indented more than line {above + 1}, whose key already has a"
+                " value: indent it as the other keys of its mapping"
+            )
+        return start, (
+            "check this line's indentation against the keys above it (the keys of one mapping"
+            " start in the same column), or quote a value that contains ': '"
+        )
+    if problem.startswith("expected <block end>"):
+        return problem_at, (
+            "check the indentation: this line starts in a column that matches none of the"
+            " mappings or lists above it (the keys of one mapping, and the '-' of one list,"
+            " line up)"
+        )
+    if context.startswith("while parsing a flow") and context_at is not None:
+        bracket, close = ("[", "]") if "sequence" in context else ("{", "}")
+        if "<stream end>" in problem:
+            return context_at, f"the '{bracket}' opened here is never closed with '{close}'"
+        opened = f"line {context_at[0] + 1}, column {context_at[1] + 1}"
+        return problem_at, (
+            f"the items of the '{bracket}' opened at {opened} are separated by ', ' and it ends"
+            f" with '{close}'"
+        )
+    if context.startswith("expected a single document"):
+        return problem_at, "a config is one YAML document: remove the '---' and what follows it"
+    if "could not determine a constructor for the tag" in problem:
+        return problem_at, "YAML tags such as '!!python/...' are not accepted: remove the tag"
+    if "found undefined alias" in problem:
+        return problem_at, "an alias (*name) needs an anchor (&name) defined before it"
+    return problem_at or context_at, None

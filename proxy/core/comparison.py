@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -437,6 +437,7 @@ class Classified:
     result: ComparisonResult
     shadow_predictions: list[Any] | None = None
     comparison: Comparison | None = None
+    detail: str = field(default="", compare=False)  # why nothing was compared, in words
 
 
 def classify(
@@ -464,19 +465,26 @@ def classify(
         return Classified(ComparisonResult.SAME_ERROR)
     try:
         expected = production()
-    except ExtractionError:
-        return Classified(ComparisonResult.PRODUCTION_UNPARSEABLE)
-    if len(expected) > comparator.max_instances:
-        return Classified(ComparisonResult.TOO_MANY_INSTANCES)
+    except ExtractionError as exc:
+        return Classified(ComparisonResult.PRODUCTION_UNPARSEABLE, detail=str(exc))
+    cap = comparator.max_instances
+    if len(expected) > cap:
+        return Classified(
+            ComparisonResult.TOO_MANY_INSTANCES,
+            detail=f"production's answer holds {len(expected)} instances, over {cap}",
+        )
     try:
         got = shadow()
-    except ExtractionError:
-        return Classified(ComparisonResult.SHADOW_UNPARSEABLE)
-    if len(got) > comparator.max_instances:
-        return Classified(ComparisonResult.TOO_MANY_INSTANCES)
+    except ExtractionError as exc:
+        return Classified(ComparisonResult.SHADOW_UNPARSEABLE, detail=str(exc))
+    if len(got) > cap:
+        return Classified(
+            ComparisonResult.TOO_MANY_INSTANCES,
+            detail=f"the shadow's answer holds {len(got)} instances, over {cap}",
+        )
     try:
         comparison = comparator.compare(expected, got)
-    except ShapeMismatch:
-        return Classified(ComparisonResult.SHAPE_MISMATCH, got)
+    except ShapeMismatch as exc:
+        return Classified(ComparisonResult.SHAPE_MISMATCH, got, detail=str(exc))
     agreed = ComparisonResult.DISAGREE if comparison.disagreements else ComparisonResult.AGREE
     return Classified(agreed, got, comparison)

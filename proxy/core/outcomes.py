@@ -27,6 +27,22 @@ class Outcome(StrEnum):
         return cls.OK if status < 500 else cls.HTTP_ERROR
 
 
+class Cause(StrEnum):
+    """Why an upstream gave no usable answer, finer than its Outcome: for logs and
+    shadowproxy_upstream_errors_total, so that "unreachable" says what to fix."""
+
+    DNS = "dns"  # the host name did not resolve
+    REFUSED = "refused"  # nothing listens at the port
+    TLS = "tls"  # the TLS handshake or certificate check failed
+    CONNECT_TIMEOUT = "connect_timeout"  # no connection within connect_timeout
+    UNREACHABLE = "unreachable"  # no route to the host, network down, other socket errors
+    RESET = "reset"  # the connection was reset or closed before the whole answer
+    TIMEOUT = "timeout"  # no whole answer in time (or no pooled connection free in time)
+    TOO_LARGE = "too_large"  # the answer passed the size cap
+    BAD_RESPONSE = "bad_response"  # not a valid HTTP/1.1 answer
+    CLOSED = "closed"  # the pool was closing (a reload or shutdown)
+
+
 class Role(StrEnum):
     PRODUCTION = "production"
     SHADOW = "shadow"
@@ -108,7 +124,10 @@ class RecordDrop(StrEnum):
     # The store did not answer in time after the write was sent: it may have been applied (a
     # frozen Redis runs it on resuming). Not known lost, and not known written.
     TIMED_OUT = "timed_out"
-    NO_PREDICTIONS = "no_predictions"  # the answer held none (non-2xx or unparseable)
+    NO_PREDICTIONS = "no_predictions"  # production failed or answered non-2xx: nothing to keep
+    # A 2xx answer whose predictions could not be read: the route's protocol, output or
+    # prediction_path does not fit the model server's answers (a misconfiguration, logged).
+    UNREADABLE = "unreadable"
     ORPHAN = "orphan"  # a shadow's record was not in the store: nothing was written
 
 

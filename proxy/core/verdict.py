@@ -176,8 +176,8 @@ def latency_guardrail(
     statistics on the buckets, as two binomial sequences at alpha / 2 each. Identical latency
     distributions put it around 0; the guardrail trips when its low end passes a margin."""
     bound = slow_bound(production_buckets, q)
-    if math.isinf(bound) or not shadow_buckets:
-        return bound, Interval(math.nan, math.nan)
+    if math.isinf(bound) or not shadow_buckets or not shadow_buckets[-1][1]:
+        return bound, Interval(math.nan, math.nan)  # nothing to compare: no shadow requests
 
     def above(buckets: Sequence[tuple[float, float]]) -> tuple[int, int]:
         total = int(buckets[-1][1])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl as ssl_module
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,19 +29,27 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from proxy.core.outcomes import Outcome
+from proxy.core.outcomes import Cause, Outcome
 
 log = logging.getLogger("proxy.front.client")
 
 
 class UpstreamError(Exception):
-    """The upstream gave no usable answer. `outcome` is the metric label for it."""
+    """The upstream gave no usable answer. `outcome` is the metric label for it; `cause` says
+    why, finer (the log's and shadowproxy_upstream_errors_total's label)."""
 
     outcome = Outcome.CONNECT_ERROR
+    cause = Cause.RESET
+
+    def __init__(self, message: str, cause: Cause | None = None) -> None:
+        super().__init__(message)
+        if cause is not None:
+            self.cause = cause
 
 
 class UpstreamTimeout(UpstreamError):
     outcome = Outcome.TIMEOUT
+    cause = Cause.TIMEOUT
 
 
 class UpstreamConnectError(UpstreamError):
@@ -52,6 +61,20 @@ class UpstreamTooLarge(UpstreamError):
     past the cap while being read (never more than the cap is held)."""
 
     outcome = Outcome.TOO_LARGE
+    cause = Cause.TOO_LARGE
+
+
+def connect_cause(exc: OSError) -> Cause:
+    """The cause of a failed connect, from the OSError the event loop raised."""
+    if isinstance(exc, socket.gaierror):
+        return Cause.DNS
+    if isinstance(exc, ConnectionRefusedError):
+        return Cause.REFUSED
+    if isinstance(exc, ssl_module.SSLError | ssl_module.CertificateError):
+        return Cause.TLS
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return Cause.RESET
+    return Cause.UNREACHABLE
 
 
 # Built per request: not frozen (5x cheaper to build); read-only by convention.
@@ -189,11 +212,19 @@ class _Connection(asyncio.Protocol):
                     )
                 )
             elif stop == _UNSOLICITED:
-                self._fail(UpstreamConnectError(f"{self._pool.origin}: more than one answer"))
+                self._fail(
+                    UpstreamConnectError(
+                        f"{self._pool.origin}: more than one answer", Cause.BAD_RESPONSE
+                    )
+                )
             else:
                 self._fail(UpstreamConnectError(f"{self._pool.origin}: {exc.__context__!r}"))
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._fail(UpstreamConnectError(f"{self._pool.origin}: malformed answer: {exc!r}"))
+            self._fail(
+                UpstreamConnectError(
+                    f"{self._pool.origin}: malformed answer: {exc!r}", Cause.BAD_RESPONSE
+                )
+            )
         finally:
             self._feeding = False
         # The result is given out once the parser is done with this connection: the caller may
@@ -429,7 +460,9 @@ class Upstream:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(UpstreamConnectError(f"{self.origin}: the pool is closed"))
+                waiter.set_exception(
+                    UpstreamConnectError(f"{self.origin}: the pool is closed", Cause.CLOSED)
+                )
         self._idle.clear()
         if self._all:
             self._all_gone = asyncio.Event()
@@ -541,7 +574,7 @@ class Upstream:
             except UpstreamError as exc:
                 result = exc
             except asyncio.CancelledError:
-                result = UpstreamConnectError(f"{self.origin}: the pool is closed")
+                result = UpstreamConnectError(f"{self.origin}: the pool is closed", Cause.CLOSED)
             try:
                 done(result)
             except Exception:
@@ -607,7 +640,7 @@ class Upstream:
 
     async def _acquire(self, deadline: float) -> _Connection:
         if self._closed:
-            raise UpstreamConnectError(f"{self.origin}: the pool is closed")
+            raise UpstreamConnectError(f"{self.origin}: the pool is closed", Cause.CLOSED)
         conn = self._take_idle()
         if conn is not None:
             return conn
@@ -660,17 +693,19 @@ class Upstream:
             else:
                 self._slot_freed()
             if isinstance(exc, TimeoutError):
-                raise UpstreamTimeout(f"no connection to {self.origin} in time") from exc
+                raise UpstreamTimeout(
+                    f"no connection to {self.origin} in time", Cause.CONNECT_TIMEOUT
+                ) from exc
             if isinstance(exc, OSError):  # refused, unreachable, TLS verification, reset
                 raise UpstreamConnectError(
-                    f"{self.origin}: {exc.__class__.__name__}: {exc}"
+                    f"{self.origin}: {exc.__class__.__name__}: {exc}", connect_cause(exc)
                 ) from exc
             raise
         conn = protocol
         self._all.add(conn)
         if self._closed:
             conn.abort()
-            raise UpstreamConnectError(f"{self.origin}: the pool is closed")
+            raise UpstreamConnectError(f"{self.origin}: the pool is closed", Cause.CLOSED)
         return conn
 
     def _release(self, conn: _Connection) -> None:

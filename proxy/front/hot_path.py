@@ -19,21 +19,41 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.core.exchange import Exchange, encode, join_headers
-from proxy.core.outcomes import MAX_REQUEST_ID, Handoff, Outcome, RejectReason
+from proxy.core.outcomes import MAX_REQUEST_ID, Cause, Handoff, Outcome, RejectReason
 from proxy.core.routing import Router
 from proxy.core.sampling import WeightedSplit, bucket
 from proxy.front.client import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 from proxy.front.handoff import Counts
 from proxy.front.server import Request, Respond, Response
+from proxy.logs import Throttled
 
 log = logging.getLogger("proxy.front.hot_path")
 access_log = logging.getLogger("proxy.access")
+throttled = Throttled(log)  # production failures: one line per route, target, cause and 10 s
+
+
+class _NotCounted:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def count(self, route: str, status: int, seconds: float) -> None:
+        pass
+
+
+_NOT_COUNTED = _NotCounted()
 
 
 class Observes(Protocol):
     """What the hot path needs of a histogram."""
 
     def observe(self, amount: float) -> None: ...
+
+
+class CountsAnswers(Protocol):
+    """What the hot path needs to count client requests: by route ("" when none matched) and
+    status, with the time from the request to its answer (proxy.metrics.ClientMetrics)."""
+
+    def count(self, route: str, status: int, seconds: float) -> None: ...
 
 
 # RFC 9110 section 7.6.1, plus the legacy Proxy-Connection. Host, Content-Length and
@@ -63,6 +83,7 @@ class FrontTarget:
     upstream: Upstream
     outcomes: Mapping[Outcome, Counts]
     duration: Observes
+    errors: Callable[[Cause], Counts] = lambda cause: _NOT_COUNTED  # failures by cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +162,7 @@ class HotPath:
         handoff_counts: Mapping[Handoff, Counts],
         max_frame: int,
         access_log: bool = False,
+        answers: CountsAnswers = _NOT_COUNTED,
     ) -> None:
         self.generation = generation  # replaced as a whole by a reload
         self._handoff = handoff
@@ -154,6 +176,7 @@ class HotPath:
         self._ids = RequestIds()
         self.ready = False  # /readyz: set once serving, cleared when shutting down
         self._access_log = access_log
+        self._answers = answers
         self._loop = asyncio.get_running_loop()  # once: Python 3.11 asks the kernel for its
         # pid on every get_running_loop()
 
@@ -169,12 +192,19 @@ class HotPath:
             self._to_control(request, respond)
             return
         if raw_path in ("/healthz", "/readyz") and method in ("GET", "HEAD"):
+            if query_at >= 0 and b"verbose" in target[query_at:] and self.ready:
+                # The details (what keeps routes from being measured) are the analysis
+                # process's: production's readiness itself is answered here.
+                self._to_control(request, respond)
+                return
             self._answer(request, respond, self._health(raw_path))
             return
+        loop = self._loop
+        started = loop.time()
         if ("." in raw_path or "%" in raw_path) and (why := unsafe_path(raw_path)):
             self._bad_path.inc()
             body = json.dumps({"error": f"path {raw_path[:200]!r} {why}"}).encode("ascii")
-            self._answer(request, respond, Response(400, [_JSON], body))
+            self._reply(request, respond, Response(400, [_JSON], body), "", started)
             return
         # The request runs to its end on the generation it started with, whatever a reload does.
         generation = self.generation
@@ -195,14 +225,15 @@ class HotPath:
                 " accepted (a longer id could never be labelled)"
             )
             body = json.dumps({"error": message}).encode("ascii")
-            self._answer(request, respond, Response(400, [_JSON], body))
+            route_name = found[1].name if found is not None else ""
+            self._reply(request, respond, Response(400, [_JSON], body), route_name, started)
             return
         request_id = request_id_bytes.decode("utf-8", "surrogateescape")
         if found is None:
             self._no_route.inc()
             message = f"no route matches {method} {raw_path}"
             error = _error(404, message, request_id, id_header, request_id_bytes)
-            self._answer(request, respond, error)
+            self._reply(request, respond, error, "", started)
             return
         prefix, route = found
         route.requests.inc()
@@ -210,14 +241,12 @@ class HotPath:
             self._too_large.inc()
             message = f"request body is larger than max_body ({generation.max_body} bytes)"
             error = _error(413, message, request_id, id_header, request_id_bytes)
-            self._answer(request, respond, error)
+            self._reply(request, respond, error, route.name, started)
             return
         headers = _forwarded_headers(request, generation.id_header_lower)
         headers.append((id_header, request_id_bytes))
         suffix = target[len(prefix) :]
         production = route.production.single or route.production.pick(bucket(request_id))
-        loop = self._loop
-        started = loop.time()
 
         def answered(answer: UpstreamResponse | UpstreamError) -> None:
             try:
@@ -230,7 +259,7 @@ class HotPath:
                 response = _error(500, f"internal error: {type(exc).__name__}", request_id,
                                   id_header, request_id_bytes)  # fmt: skip
             generation.leave()
-            self._answer(request, respond, response)
+            self._reply(request, respond, response, route.name, started)
 
         generation.in_flight += 1
         try:
@@ -257,6 +286,15 @@ class HotPath:
         id_header = generation.id_header
         if isinstance(answer, UpstreamError):
             production.outcomes[answer.outcome].inc()
+            production.errors(answer.cause).inc()
+            throttled.warning(
+                (route.name, production.name, answer.cause),
+                "production target %s failed (%s): %s",
+                production.name,
+                answer.cause,
+                answer,
+                extra={"route": route.name, "target": production.name, "cause": answer.cause},
+            )
             if route.tees:
                 self._hand_off(route, method, suffix, request_id, headers, body)
             if isinstance(answer, UpstreamTimeout):
@@ -282,6 +320,13 @@ class HotPath:
             )
         reason = answer.reason.encode("latin-1") if answer.reason else b""
         return Response(answer.status, out, answer.body, reason)
+
+    def _reply(
+        self, request: Request, respond: Respond, response: Response, route: str, started: float
+    ) -> None:
+        """Answer a request for a route ("" when none matched), counted."""
+        self._answers.count(route, response.status, self._loop.time() - started)
+        self._answer(request, respond, response)
 
     def _answer(self, request: Request, respond: Respond, response: Response) -> None:
         if self._access_log:

@@ -61,8 +61,9 @@ async def serve_analysis(config: Config, runtime_dir: str) -> None:
 
     loop.add_signal_handler(signal.SIGHUP, run, reload_config)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PROCESS_SIGNALS)
+    m = state.metrics
     stats = asyncio.create_task(
-        report_process(state.metrics.process_cpu, state.metrics.process_rss, "analysis"),
+        report_process(m.process_cpu, m.process_rss, m.process_fds, "analysis"),
         name="analysis:stats",
     )
     log.info(

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
@@ -63,6 +64,7 @@ def build_generation(config: Config, metrics: Metrics) -> Generation:
             ),
             {o: metrics.counting(c) for o, c in upstream_metrics.outcomes.items()},
             metrics.observing(upstream_metrics.duration),
+            partial(metrics.upstream_error, route.name, prod.name, Role.PRODUCTION),
         )
         front_route = FrontRoute(
             route.name,
@@ -187,6 +189,7 @@ async def start_front(
         handoff_counts=handoff_counts,
         max_frame=MAX_FRAME,
         access_log=config.access_log,
+        answers=metrics.bind_client(),
     )
     server = Server(hot_path, limits(config), count=count)
     if sock is not None:
@@ -207,9 +210,19 @@ async def serve_front(config: Config, runtime_dir: str, *, reuse_port: bool) -> 
     if os.environ.get(RESTARTED_ENV):
         metrics.process_restarts.labels("front").inc()
     paths = RuntimePaths(runtime_dir)
-    front = await start_front(
-        config, metrics, intake=paths.intake, control=paths.control, reuse_port=reuse_port
-    )
+    try:
+        front = await start_front(
+            config, metrics, intake=paths.intake, control=paths.control, reuse_port=reuse_port
+        )
+    except OSError as exc:  # the port was taken since the supervisor's check
+        log.error(
+            "cannot listen on %s:%s: %s",
+            config.listen_host,
+            config.listen_port,
+            exc.strerror or exc,
+            extra={"role": "front"},
+        )
+        raise SystemExit(1) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -230,7 +243,8 @@ async def serve_front(config: Config, runtime_dir: str, *, reuse_port: bool) -> 
     loop.add_signal_handler(signal.SIGHUP, reload)  # sent to the whole group, say: the same
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PROCESS_SIGNALS)
     stats = asyncio.create_task(
-        report_process(metrics.process_cpu, metrics.process_rss, "front"), name="front:stats"
+        report_process(metrics.process_cpu, metrics.process_rss, metrics.process_fds, "front"),
+        name="front:stats",
     )
     log.info(
         "listening",

@@ -6,6 +6,7 @@ between reports live with the caller."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -142,16 +143,19 @@ def _proportion(successes: float, n: float, confidence: float) -> Proportion:
 
 
 def _model_figures(
-    samples: Samples, route: str, model: str, role: str, confidence: float
+    samples: Samples, route: str, model: str, role: str, confidence: float, kind: str
 ) -> tuple[Accuracy, ErrorFigures]:
+    """A model's accuracy (null on a regression route, which has none) and errors (null on
+    the others)."""
     labels = {"route": route, "model": model, "role": role}
     labelled = samples.total(names.LABELLED_INSTANCES.total, **labels)
     correct = samples.total(names.CORRECT_INSTANCES.total, **labels)
-    accuracy: Accuracy = {
-        "labelled": int(labelled),
-        "correct": int(correct),
-        **_proportion(correct, labelled, confidence),
-    }
+    share: Proportion = (
+        _proportion(correct, labelled, confidence)
+        if kind != "regression"
+        else {"value": None, "low": None, "high": None}
+    )
+    accuracy: Accuracy = {"labelled": int(labelled), "correct": int(correct), **share}
     errors = samples.total(names.ABSOLUTE_ERROR.count, **labels)
     error_sum = samples.total(names.ABSOLUTE_ERROR.sum, **labels)
     squares = samples.total(names.SQUARED_ERROR.total, **labels)
@@ -192,6 +196,11 @@ class Holds(Protocol):
 
 def _fresh(route: str, shadow: str, check: str) -> Hold:
     return Hold("")
+
+
+def _p_text(p: float, digits: int = 3) -> str:
+    """`p = 0.0123`, `p = 2.3e-12`: never `p = 0`, which an underflow prints."""
+    return "p < 1e-300" if p < 1e-300 else f"p = {p:.{digits}g}"
 
 
 def _pct(x: float) -> str:
@@ -258,7 +267,14 @@ def _guardrails(
     _, slow = latency_guardrail(shadow_buckets, production_buckets, alpha=alpha)
     slow_value = None if math.isnan(slow.low) else (slow.low + slow.high) / 2
     add("slow_requests", slow_value, slow, settings.latency_margin)
-    compared = _request_sums(samples, names.COMPARED_REQUEST_SUMS.total, route, shadow)
+    # Its instances and disagreements are compared_ and disagreed_instances (not exported
+    # twice); disagreements never subtract.
+    pair = {"route": route, "shadow": shadow}
+    compared = dataclasses.replace(
+        _request_sums(samples, names.COMPARED_REQUEST_SUMS.total, route, shadow),
+        instances=samples.total(names.COMPARED_INSTANCES.total, **pair),
+        advantage=samples.total(names.DISAGREED_INSTANCES.total, **pair),
+    )
     disagreement = sequential_ratio(compared, alpha) if compared.requests >= 2 else None
     interval = disagreement.interval if disagreement else Interval(math.nan, math.nan)
     value = compared.advantage / compared.instances if compared.instances else None
@@ -296,12 +312,13 @@ def _route_diagnostics(samples: Samples, route: str, production: str) -> RouteDi
         )
         warnings.append(
             f"labels arrive for some of production's predicted classes more than for others"
-            f" (chi-square p = {bias_p:.2g}; labelled share by class: {rates}): the verdict is"
+            f" (chi-square {_p_text(bias_p, 2)}; labelled share by class: {rates}): the verdict is"
             " about the labelled requests, which are not a random sample"
         )
     return {
         "recorded_requests": int(recorded),
         "labelled_requests": int(labelled),
+        "labelled_instances": int(samples.total(names.LABELLED_INSTANCES.total, **model)),
         "coverage": min(1.0, labelled / recorded) if recorded else None,
         "label_delay_p50": _num(histogram_quantile(0.5, delay)) if labelled else None,
         "label_delay_p95": _num(histogram_quantile(0.95, delay)) if labelled else None,
@@ -309,6 +326,71 @@ def _route_diagnostics(samples: Samples, route: str, production: str) -> RouteDi
         "selection_bias_p": bias_p,
         "warnings": warnings,
     }
+
+
+_NOT_READ = {
+    "shadow_unparseable": "{shadow}'s answers held no predictions the route could read",
+    "shape_mismatch": "{shadow}'s answers hold a different number of predictions than production's",
+    "too_many_instances": "{shadow}: answers hold more instances than compare.max_instances",
+}
+PROBLEM_SHARE = 0.05
+"""A route's comparisons or recordings failing at least this often is a problem, in red."""
+
+
+def route_problems(samples: Samples, route: str, details: Sequence[str] = ()) -> list[str]:
+    """What keeps a route from being measured, in words: answers the route cannot read (a wrong
+    `output`, `prediction_path` or protocol, typically), and predictions never recorded.
+    `details` (the latest reasons, from the process that saw them) follow the counts."""
+    found: list[str] = []
+    shadows = sorted(
+        {
+            labels["shadow"]
+            for labels in samples.label_sets(names.COMPARISONS.total)
+            if labels.get("route") == route
+        }
+    )
+
+    def share(count: float, total: float, what: str, of: str, then: str) -> None:
+        if total and count / total >= PROBLEM_SHARE:
+            found.append(f"{what}: {int(count)} of {int(total)} {of} ({count / total:.0%}); {then}")
+
+    # Production's unreadable answers, once: from the shadow that compared the most.
+    worst = max(
+        shadows,
+        key=lambda s: samples.total(names.COMPARISONS.total, route=route, shadow=s),
+        default=None,
+    )
+    if worst is not None:
+        total = samples.total(names.COMPARISONS.total, route=route, shadow=worst)
+        count = samples.total(
+            names.COMPARISONS.total, route=route, shadow=worst, result="production_unparseable"
+        )
+        share(
+            count, total, "production's answers held no predictions the route could read",
+            "compared answers", "nothing is compared for them",
+        )  # fmt: skip
+    for shadow in shadows:
+        total = samples.total(names.COMPARISONS.total, route=route, shadow=shadow)
+        for result, text in _NOT_READ.items():
+            count = samples.total(
+                names.COMPARISONS.total, route=route, shadow=shadow, result=result
+            )
+            share(
+                count, total, text.format(shadow=shadow), "compared answers",
+                "nothing is compared for them",
+            )  # fmt: skip
+    recorded = samples.total(names.RECORDED.total, route=route, kind="record")
+    unreadable = samples.total(
+        names.RECORDING_DROPPED.total, route=route, kind="record", reason="unreadable"
+    )
+    share(
+        unreadable, unreadable + recorded, "production's answers were not recorded",
+        "answers to record", "they held no predictions the route could read, so their labels"
+        " will be unknown_id",
+    )  # fmt: skip
+    if found:
+        found.extend(f"latest: {detail}" for detail in details)
+    return found
 
 
 def _selection_bias(classes: Sequence[ClassLabelling]) -> float | None:
@@ -461,7 +543,7 @@ def decide(
             f"{settings.min_labels}"
         )
     low, high, p = quality["low"], quality["high"], quality["p_value"]
-    what = "accuracy difference" if kind != "regression" else "mean absolute error advantage"
+    what = "accuracy advantage" if kind != "regression" else "mean absolute error advantage"
     unit = "exact test" if quality["method"] == "exact" else "test on requests"
     if low is None or high is None:
         return Verdict.INCONCLUSIVE, (
@@ -471,7 +553,7 @@ def decide(
     assert advantage is not None
     stated = (
         f"{what} {_figure(kind, advantage)} (always-valid {1 - quality['alpha']:.1%} interval"
-        f" {_figure(kind, low)} to {_figure(kind, high)}, {unit}, p = {p:.3g})"
+        f" {_figure(kind, low)} to {_figure(kind, high)}, {unit}, {_p_text(p)})"
     )
     decision = quality["decision"]
     if decision == Verdict.BETTER:
@@ -564,7 +646,7 @@ def _shadow_report(
         "disagreed": int(disagreed),
         **_proportion(disagreed, compared, confidence),
     }
-    accuracy, error = _model_figures(samples, route, shadow, "shadow", confidence)
+    accuracy, error = _model_figures(samples, route, shadow, "shadow", confidence, kind)
 
     counts = {
         o: int(samples.total(names.PAIRED_OUTCOMES.total, **pair, outcome=o)) for o in PairedOutcome
@@ -594,15 +676,16 @@ def _shadow_report(
     regression: PairedRegression | None = None
     if kind == "regression":
         d_n = int(samples.total(names.PAIRED_ERRORS.total, **pair))
-        d_sum = samples.total(names.PAIRED_SHADOW_WORSE.total, **pair) - samples.total(
-            names.PAIRED_SHADOW_BETTER.total, **pair
+        # The advantage per instance: production's absolute error minus the shadow's.
+        a_sum = samples.total(names.PAIRED_SHADOW_BETTER.total, **pair) - samples.total(
+            names.PAIRED_SHADOW_WORSE.total, **pair
         )
         d_squares = samples.total(names.PAIRED_DIFFERENCE_SQUARES.total, **pair)
-        t = paired_t(d_n, d_sum, d_squares, confidence)
-        seq = sequential_paired_mean(d_n, d_sum, d_squares, alpha=settings.alpha)
+        t = paired_t(d_n, a_sum, d_squares, confidence)
+        seq = sequential_paired_mean(d_n, a_sum, d_squares, alpha=settings.alpha)
         regression = {
             "n": d_n,
-            "mean_difference": _num(t.value),
+            "advantage": _num(t.value),
             "low": _num(t.interval.low),
             "high": _num(t.interval.high),
             "sequential_p": seq.p_value,
@@ -657,22 +740,27 @@ def build_report(
     config_hash: str = "",
     history: Mapping[tuple[str, str], Sequence[HistoryPoint]] | None = None,
     hold: Holds | None = None,
+    problems: Mapping[str, Sequence[str]] | None = None,
 ) -> Report:
     """The whole report (its shape is the JSON of GET /report). `hold` keeps decisions between
-    reports (a running minimum of p, decisions held); without it each report stands alone."""
+    reports (a running minimum of p, decisions held); without it each report stands alone.
+    `problems` are, per route, the latest reasons its answers could not be read, in words
+    (proxy.analysis.problems keeps them), added to what the counts say."""
     routes: list[RouteReport] = []
     for info in sorted(samples.label_sets(names.ROUTE_INFO.name), key=lambda i: i["route"]):
         route, kind, production_name = info["route"], info["kind"], info["production"]
         upstream = {"route": route, "target": production_name, "role": "production"}
         accuracy, error = _model_figures(
-            samples, route, production_name, "production", 1 - settings.alpha
+            samples, route, production_name, "production", 1 - settings.alpha, kind
         )
         bounds, counts = _per_bucket(samples, **upstream)
         production_latency = _latency(samples, **upstream)
+        # Every configured shadow, traffic or not, and any a reload removed that has some.
         shadows = sorted(
             {
                 labels["shadow"]
-                for labels in samples.label_sets(names.SHADOW_ENQUEUED.total)
+                for family in (names.SHADOW_INFO.name, names.SHADOW_ENQUEUED.total)
+                for labels in samples.label_sets(family)
                 if labels.get("route") == route
             }
         )
@@ -710,6 +798,7 @@ def build_report(
                     else []
                 ),
                 "diagnostics": diagnostics,
+                "problems": route_problems(samples, route, (problems or {}).get(route, ())),
                 "shadows": shadow_reports,
             }
         )

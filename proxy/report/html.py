@@ -10,6 +10,17 @@ is read with .get() and coerced (_num, _str, _map, _list). mypy checks the key o
 through _map and _list; an unknown key in .get() it types as object without a word, so a test
 checks the keys of the figures read against the model.
 
+Three rules hold in every part of the page (summary, tables, charts and their axes):
+- a route shows its own kind's figures: accuracy in percentage points on classification routes
+  (and log loss, Brier and reliability on probabilities ones), MAE and RMSE in the target's
+  units on regression routes, never accuracy;
+- every advantage reads + = shadow better, and says so where it is shown: accuracy the
+  shadow's minus production's; MAE, log loss, Brier, error rate and slow requests production's
+  minus the shadow's (guardrails, which the report gives the other way round, are turned);
+- a count of labels names its unit: labelled requests or labelled instances.
+A shadow with no traffic yet is listed, without figures or charts; a route's problems are a red
+box under its name.
+
 >>> page = render_html(json.loads(Path("report.json").read_text()))
 >>> Path("report.html").write_text(page)
 """
@@ -42,10 +53,10 @@ __all__ = [
     "fmt_percent",
     "fmt_points",
     "render_html",
+    "time_ticks",
 ]
 
 DASH = "\u2013"
-_MINUS = "\u2212"
 """What a missing figure (null, NaN, infinite, not a number) reads as."""
 
 _VERDICTS = {
@@ -201,12 +212,61 @@ def _level(alpha: Any) -> str:
     return f"{(1 - a) * 100:.4g}%"
 
 
+# --- what each kind of route measures ------------------------------------------------------------
+
+_BETTER_UP = "+ = shadow better"
+
+
+def _kind(route: RouteReport) -> str:
+    """The route's kind as the page treats it: regression, probabilities, or classification
+    (also for a kind the page does not know, which it shows as it is)."""
+    kind = _str(route.get("kind"))
+    return kind if kind in ("regression", "probabilities") else "classification"
+
+
+def _measure(kind: str) -> tuple[str, str]:
+    """The name of the verdict's advantage on a kind of route, and what it is, spelled out."""
+    if kind == "regression":
+        return "MAE advantage", (
+            "production's mean absolute error minus the shadow's, in the target's units"
+        )
+    return "Accuracy advantage", "the shadow's accuracy minus production's, in percentage points"
+
+
+def _advantage(kind: str, value: Any) -> str:
+    """An advantage in its kind's units, signed: "+4.1 pp", or "+0.51" in the target's units."""
+    return fmt_number(value, signed=True) if kind == "regression" else fmt_points(value)
+
+
+def _advantage_bare(kind: str, value: Any) -> str:
+    return fmt_number(value, signed=True) if kind == "regression" else _points_bare(value)
+
+
+def _advantage_interval(kind: str, low: Any, high: Any) -> str:
+    unit = "" if kind == "regression" else "pp"
+    return fmt_interval(low, high, lambda v: _advantage_bare(kind, v), unit)
+
+
+def _margin(kind: str, value: Any) -> str:
+    x = _num(value)
+    if x is None:
+        return DASH
+    return f"±{fmt_number(abs(x))}" if kind == "regression" else f"±{abs(x) * 100:.1f} pp"
+
+
+def _no_traffic(shadow: ShadowReport) -> bool:
+    """A shadow no request has been sent to yet: configured, but new or sampled at 0%."""
+    requests = _num(shadow.get("requests"))
+    return requests is not None and requests <= 0
+
+
 # --- the page ------------------------------------------------------------------------------------
 
 _CSS = """
 :root {
   --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --bg: #f6f8fa; --card: #ffffff;
   --better: #1a7f37; --worse: #cf222e; --inconclusive: #9a6700; --insufficient: #59636e;
+  --problem-bg: #ffebe9; --problem-fg: #82071e;
 }
 * { box-sizing: border-box; }
 body {
@@ -224,9 +284,17 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fo
 .meta dt { color: var(--muted); }
 .meta dd { margin: 0; font-weight: 600; }
 main { padding: 1rem 2rem 2rem; max-width: 96rem; }
-h2 { font-size: 1.2rem; margin: 2rem 0 0.25rem; }
-.route-meta, .muted, .empty { color: var(--muted); margin: 0 0 1rem; }
-.cards { display: grid; gap: 1.25rem; grid-template-columns: repeat(auto-fit, minmax(36rem, 1fr)); }
+h2 { font-size: 1.2rem; margin: 2.25rem 0 0.5rem; display: flex; align-items: center;
+  gap: 0.6rem; flex-wrap: wrap; }
+.kind { font-size: 0.8rem; font-weight: 600; color: var(--muted); border: 1px solid var(--line);
+  border-radius: 999px; padding: 0.05rem 0.55rem; background: var(--card); }
+.route-meta, .muted, .empty { color: var(--muted); margin: 0 0 0.5rem; }
+.problems { background: var(--problem-bg); color: var(--problem-fg);
+  border: 1px solid var(--worse); border-left: 6px solid var(--worse); border-radius: 6px;
+  padding: 0.6rem 1rem; margin: 0 0 1rem; }
+.problems-title { margin: 0 0 0.25rem; font-weight: 700; }
+.problems ul { margin: 0; padding-left: 1.25rem; }
+.cards { display: grid; gap: 1.25rem; grid-template-columns: minmax(0, 1fr); margin-top: 1rem; }
 .card {
   background: var(--card); border: 1px solid var(--line); border-radius: 8px;
   padding: 1rem 1.25rem;
@@ -234,6 +302,10 @@ h2 { font-size: 1.2rem; margin: 2rem 0 0.25rem; }
 .card-header { display: flex; align-items: center; gap: 0.75rem; flex-wrap: wrap; }
 .card-header h3 { margin: 0; font-size: 1.1rem; }
 .reason { margin: 0.5rem 0 1rem; }
+.card-body { display: grid; gap: 1.5rem; align-items: start;
+  grid-template-columns: minmax(0, 1fr) minmax(0, 38rem); }
+@media (max-width: 70rem) { .card-body { grid-template-columns: minmax(0, 1fr); } }
+.card-charts figure:first-child { margin-top: 0; }
 .verdict, .pill {
   display: inline-block; padding: 0.15rem 0.6rem; border-radius: 999px; font-weight: 600;
   font-size: 0.85rem; color: #ffffff; background: var(--insufficient); white-space: nowrap;
@@ -245,20 +317,28 @@ h2 { font-size: 1.2rem; margin: 2rem 0 0.25rem; }
 .verdict-inconclusive, .pill-inconclusive { background: #fff8c5; color: var(--inconclusive);
   box-shadow: inset 0 0 0 1px #d4a72c; }
 .verdict-insufficient_data, .pill-insufficient_data { background: var(--insufficient); }
+.pill-idle { background: transparent; color: var(--muted); box-shadow: inset 0 0 0 1px #8c959f; }
+.idle { color: var(--muted); margin: 0; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 caption { text-align: left; color: var(--muted); font-size: 0.85rem; padding-bottom: 0.35rem; }
 th, td { text-align: left; padding: 0.3rem 0.5rem; border-bottom: 1px solid var(--line);
   vertical-align: top; }
 thead th { font-size: 0.85rem; color: var(--muted); font-weight: 600; }
 tbody th { font-weight: 500; }
+.figures th[scope="row"] { width: 32%; }
 tr.group th { background: var(--bg); font-size: 0.8rem; text-transform: uppercase;
   letter-spacing: 0.04em; color: var(--muted); }
-.ci, .n { color: var(--muted); font-size: 0.88em; white-space: nowrap; }
+.ci, .n { color: var(--muted); font-size: 0.88em; }
+.ci { white-space: nowrap; }
 .n { display: block; }
 .summary { background: var(--card); border: 1px solid var(--line); border-radius: 8px; }
 .summary a { color: inherit; }
-figure { margin: 1rem 0 0; }
+.summary .n { display: inline; }
+.summary td, .summary tbody th { white-space: nowrap; }
+.summary a.problem-flag { color: var(--worse); font-weight: 700; font-size: 0.85rem; }
+figure { margin: 1.25rem 0 0; }
 figcaption { font-size: 0.9rem; font-weight: 600; margin-bottom: 0.25rem; }
+figcaption .n { font-weight: 400; }
 .chart { width: 100%; height: auto; max-width: 40rem; display: block; }
 .chart text { font-family: inherit; font-size: 11px; fill: var(--muted); }
 .chart .axis { stroke: #8c959f; stroke-width: 1; }
@@ -268,6 +348,7 @@ figcaption { font-size: 0.9rem; font-weight: 600; margin-bottom: 0.25rem; }
 .chart .line { fill: none; stroke: #1f4e79; stroke-width: 2; }
 .chart .point { fill: #1f4e79; }
 .chart .notice { font-size: 14px; fill: var(--muted); }
+.chart .sign { font-weight: 600; fill: var(--better); }
 footer { color: var(--muted); font-size: 0.85rem; padding: 0 2rem 2rem; max-width: 60rem; }
 .visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden;
   clip: rect(0 0 0 0); white-space: nowrap; }
@@ -330,13 +411,16 @@ def _footer(level: str) -> str:
     at = f"{level} " if level else ""
     return (
         "<footer>"
-        "<p>The verdict's test takes the request as the unit and gives an always-valid "
-        "confidence sequence of the shadow's advantage (up is the shadow doing better): it stays "
-        "valid however often the report is looked at, so a verdict may be read off it at any "
-        f"time, and decisions are held once made. Other intervals in brackets are {at}"
-        "fixed-sample confidence intervals on instances, for reading only. "
-        f"Differences are shadow {_MINUS} production; pp = percentage points. "
-        "Latency shares are per histogram bucket.</p>"
+        f"<p>Every advantage reads the same way: {_BETTER_UP}. On classification and "
+        "probabilities routes it is the shadow's accuracy minus production's, in percentage "
+        "points (pp); on regression routes production's mean absolute error (MAE) minus the "
+        "shadow's, in the target's units; log-loss, Brier, error-rate and slow-request "
+        "advantages are production's figure minus the shadow's. "
+        "The verdict's test takes the request as the unit and gives an always-valid "
+        "confidence sequence of the advantage: it stays valid however often the report is "
+        "looked at, so a verdict may be read off it at any time, and decisions are held once "
+        f"made. Other intervals in brackets are {at}fixed-sample confidence intervals on "
+        "instances, for reading only. Latency shares are per histogram bucket.</p>"
         "</footer>"
     )
 
@@ -344,21 +428,32 @@ def _footer(level: str) -> str:
 def _summary(routes: Sequence[RouteReport]) -> str:
     rows = []
     for i, route in enumerate(routes):
-        regression = route.get("kind") == "regression"
+        kind = _kind(route)
+        measure = "MAE (target's units)" if kind == "regression" else "accuracy (pp)"
+        flag = (
+            f' <a class="problem-flag" href="#route-{i}">problems</a>'
+            if any(_str(p) for p in _list(route.get("problems")))
+            else ""
+        )
         for j, shadow in enumerate(_map(s) for s in _list(route.get("shadows"))):
             key, _symbol, label = _verdict(shadow)
             test = _map(shadow.get("quality"))
-            advantage = test.get("advantage")
-            diff = fmt_number(advantage, signed=True) if regression else fmt_points(advantage)
-            p = test.get("p_value")
+            if _no_traffic(shadow):
+                advantage, interval, p = '<span class="n">no traffic yet</span>', DASH, DASH
+            else:
+                advantage = _e(_advantage(kind, test.get("advantage")))
+                interval = _advantage_interval(kind, test.get("low"), test.get("high"))
+                p = _p_text(test.get("p_value"))
             rows.append(
                 "<tr>"
-                f"<td><code>{_e(_str(route.get('route')))}</code></td>"
+                f"<td><code>{_e(_str(route.get('route')))}</code>{flag}</td>"
                 f'<th scope="row"><a href="#shadow-{i}-{j}">'
                 f"{_e(_str(shadow.get('shadow')))}</a></th>"
                 f'<td><span class="pill pill-{key}">{_e(label)}</span></td>'
-                f"<td>{_e(diff)}</td>"
-                f"<td>{_e(_p_text(p))}</td>"
+                f"<td>{_e(measure)}</td>"
+                f"<td>{advantage}</td>"
+                f"<td>{_e(interval)}</td>"
+                f"<td>{_e(p)}</td>"
                 "</tr>"
             )
     if not rows:
@@ -368,7 +463,9 @@ def _summary(routes: Sequence[RouteReport]) -> str:
         "<caption>All shadow models</caption>"
         "<thead><tr>"
         '<th scope="col">Route</th><th scope="col">Shadow</th><th scope="col">Verdict</th>'
-        '<th scope="col">Advantage</th><th scope="col">Always-valid p</th>'
+        '<th scope="col">Measure</th>'
+        f'<th scope="col">Advantage ({_BETTER_UP})</th>'
+        '<th scope="col">Always-valid interval</th><th scope="col">Always-valid p</th>'
         "</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody>"
         "</table>"
@@ -376,25 +473,27 @@ def _summary(routes: Sequence[RouteReport]) -> str:
 
 
 def _route(i: int, route: RouteReport, level: str) -> str:
-    kind = _str(route.get("kind")) or "unknown"
+    kind = _kind(route)
+    shown_kind = _str(route.get("kind")) or "unknown"
     production = _str(route.get("production"))
     latency = _map(route.get("production_latency"))
-    facts = [f"{_e(kind)} route", f"production <strong>{_e(production or DASH)}</strong>"]
+    diagnostics = _map(route.get("diagnostics"))
+    facts = [f"production <strong>{_e(production or DASH)}</strong>"]
     if _num(latency.get("count")) is not None:
         facts.append(f"{_e(fmt_count(latency.get('count')))} requests")
     if kind == "regression":
         err = _map(route.get("production_error"))
         if _num(err.get("mae")) is not None:
             facts.append(
-                f"MAE {_e(fmt_number(err.get('mae')))} on "
-                f"{_e(fmt_count(err.get('labelled')))} labelled"
+                f"MAE {_e(fmt_number(err.get('mae')))}, RMSE {_e(fmt_number(err.get('rmse')))}"
+                f" on {_e(fmt_count(err.get('labelled')))} labelled instances"
             )
     else:
         acc = _map(route.get("production_accuracy"))
         if _num(acc.get("value")) is not None:
             facts.append(
                 f"accuracy {_e(fmt_percent(acc.get('value')))} on "
-                f"{_e(fmt_count(acc.get('labelled')))} labelled"
+                f"{_e(fmt_count(acc.get('labelled')))} labelled instances"
             )
     shadows = [_map(s) for s in _list(route.get("shadows"))]
     cards = (
@@ -405,31 +504,58 @@ def _route(i: int, route: RouteReport, level: str) -> str:
         else '<p class="empty">No shadow models on this route.</p>'
     )
     return (
-        f'<section class="route" id="route-{i}" aria-labelledby="route-{i}-title">'
-        f'<h2 id="route-{i}-title"><code>{_e(_str(route.get("route")) or DASH)}</code></h2>'
+        f'<section class="route" id="route-{i}" data-kind="{_e(kind)}" '
+        f'aria-labelledby="route-{i}-title">'
+        f'<h2 id="route-{i}-title"><code>{_e(_str(route.get("route")) or DASH)}</code>'
+        f' <span class="kind">{_e(shown_kind)} route</span></h2>'
+        f"{_problems(_list(route.get('problems')))}"
         f'<p class="route-meta">{" · ".join(facts)}</p>'
-        f"{_route_diagnostics(_map(route.get('diagnostics')))}"
+        f"{_route_diagnostics(diagnostics, route)}"
         f"{cards}"
         "</section>"
     )
 
 
-def _route_diagnostics(diagnostics: Any) -> str:
-    """Label coverage and delay in a line, and any warning (selection bias) as an alert."""
+def _problems(problems: Sequence[Any]) -> str:
+    """What stops the route from being measured, in red, first thing under its name."""
+    items = [_str(p) for p in problems if _str(p)]
+    if not items:
+        return ""
+    return (
+        '<div class="problems" role="alert">'
+        '<p class="problems-title">Problems: this route is not fully measured</p>'
+        f"<ul>{''.join(f'<li>{_e(item)}</li>' for item in items)}</ul>"
+        "</div>"
+    )
+
+
+def _route_diagnostics(diagnostics: Any, route: RouteReport) -> str:
+    """How much is labelled, in requests and in instances; label coverage and delay in a line;
+    any warning (selection bias) as an alert."""
     facts = []
     labelled, recorded = diagnostics.get("labelled_requests"), diagnostics.get("recorded_requests")
-    if _num(recorded):
-        facts.append(
-            f"{fmt_count(labelled)} of {fmt_count(recorded)} recorded requests labelled"
-            f" ({fmt_percent(diagnostics.get('coverage'))})"
+    instances = _num(diagnostics.get("labelled_instances"))
+    if instances is None:  # a report from before the count was there
+        if _kind(route) == "regression":
+            instances = _num(_map(route.get("production_error")).get("labelled"))
+        else:
+            instances = _num(_map(route.get("production_accuracy")).get("labelled"))
+    if _num(labelled) is not None:
+        of = (
+            f" ({fmt_percent(diagnostics.get('coverage'))} of {fmt_count(recorded)} recorded)"
+            if _num(recorded)
+            else ""
         )
+        facts.append(f"{fmt_count(labelled)} labelled requests{of}")
+        if instances is not None:
+            facts.append(f"{fmt_count(instances)} labelled instances")
     if _num(diagnostics.get("label_delay_p50")) is not None:
         facts.append(
             f"labels arrive after {fmt_duration(diagnostics.get('label_delay_p50'))} (median),"
             f" {fmt_duration(diagnostics.get('label_delay_p95'))} (p95)"
         )
     if _num(diagnostics.get("selection_bias_p")) is not None:
-        facts.append(f"selection-bias test p = {_p_text(diagnostics.get('selection_bias_p'))}")
+        facts.append(f"selection-bias test {_p_text(diagnostics.get('selection_bias_p'))}")
     out = f'<p class="route-meta">{_e(" · ".join(facts))}</p>' if facts else ""
     for warning in _list(diagnostics.get("warnings")):
         out += f'<p class="warning" role="alert">Warning: {_e(_str(warning))}</p>'
@@ -449,31 +575,42 @@ def _card(i: int, j: int, route: RouteReport, shadow: ShadowReport, level: str) 
     ident = f"shadow-{i}-{j}"
     name = _str(shadow.get("shadow"))
     key, symbol, label = _verdict(shadow)
-    regression = route.get("kind") == "regression"
+    kind = _kind(route)
     reason = _str(shadow.get("reason"))
-    # Up is the shadow doing better for both kinds: for regression the history holds
-    # production's mean absolute error minus the shadow's.
-    caption = (
-        f"Error advantage over time (production {_MINUS} shadow mean absolute error)"
-        if regression
-        else f"Accuracy difference over time (shadow {_MINUS} production)"
-    )
-    return (
+    idle = _no_traffic(shadow)
+    header = (
         f'<article class="card" id="{ident}" aria-labelledby="{ident}-title">'
         '<div class="card-header">'
         f'<h3 id="{ident}-title">{_e(name or DASH)}</h3>'
         f'<span class="verdict verdict-{key}" data-shadow="{_e(name)}">'
         f'<span class="visually-hidden">verdict: </span>'
         f'<span aria-hidden="true">{symbol}</span> {_e(label)}</span>'
-        "</div>"
+        + ('<span class="pill pill-idle">no traffic yet</span>' if idle else "")
+        + "</div>"
         f'<p class="reason">{_e(reason) if reason else DASH}</p>'
-        f"{_figures(route, shadow, level)}"
+    )
+    if idle:
+        # Nothing measured: no figures to show and no chart to draw, only that it is there.
+        return (
+            header
+            + '<p class="idle">No request has reached this shadow yet (it is new, sampled at 0%,'
+            " or every copy was dropped before it was sent): it has no figures and no charts"
+            " until it gets traffic.</p></article>"
+        )
+    measure, meaning = _measure(kind)
+    return (
+        header + '<div class="card-body">'
+        f'<div class="card-figures">{_figures(route, shadow, level)}</div>'
+        '<div class="card-charts">'
         "<figure>"
-        f"<figcaption>{caption}</figcaption>"
-        f"{_accuracy_chart(_list(shadow.get('history')), name, ident, regression=regression)}"
+        f"<figcaption>{_e(measure)} over time ({_BETTER_UP})"
+        f'<span class="n">{_e(meaning)}, with its always-valid interval</span></figcaption>'
+        f"{_history_chart(_list(shadow.get('history')), name, ident, kind)}"
         "</figure>"
         "<figure>"
-        "<figcaption>Latency distribution: production vs shadow</figcaption>"
+        "<figcaption>Latency distribution: production vs shadow"
+        '<span class="n">share of each model\'s requests per histogram bucket, over the'
+        " buckets any request fell in</span></figcaption>"
         + _latency_chart(
             _list(route.get("latency_buckets")),
             _list(route.get("production_latency_counts")),
@@ -482,8 +619,8 @@ def _card(i: int, j: int, route: RouteReport, shadow: ShadowReport, level: str) 
             ident,
         )
         + "</figure>"
-        + _reliability_figure(route, shadow, name, ident)
-        + "</article>"
+        + (_reliability_figure(route, shadow, name, ident) if kind == "probabilities" else "")
+        + "</div></div></article>"
     )
 
 
@@ -504,8 +641,10 @@ def _row(label: str, production: str, shadow: str) -> str:
     return f'<tr><th scope="row">{_e(label)}</th><td>{production}</td><td>{shadow}</td></tr>'
 
 
-def _row_span(label: str, both: str) -> str:
-    return f'<tr><th scope="row">{_e(label)}</th><td colspan="2">{both}</td></tr>'
+def _row_span(label: str, both: str, *, better_up: bool = False) -> str:
+    """A row whose figure spans both columns; `better_up` notes the sign under the label."""
+    sign = f' <span class="n">({_BETTER_UP})</span>' if better_up else ""
+    return f'<tr><th scope="row">{_e(label)}{sign}</th><td colspan="2">{both}</td></tr>'
 
 
 def _group(title: str, rows: Sequence[str]) -> str:
@@ -521,11 +660,17 @@ def _of(part: Any, whole: Any, noun: str) -> str:
 
 def _figures(route: RouteReport, shadow: ShadowReport, level: str) -> str:
     production, name = _str(route.get("production")), _str(shadow.get("shadow"))
-    groups = [_verdict_test(route, shadow), _labelled_figures(route, shadow)]
-    if shadow.get("probabilities"):
+    kind = _kind(route)
+    groups = [_verdict_test(route, shadow)]
+    if kind == "regression":
+        groups.append(_error_figures(route, shadow))
+    else:
+        groups.append(_accuracy_figures(route, shadow))
+    if kind == "probabilities":
         groups.append(_probability_group(_map(shadow.get("probabilities"))))
 
     dis = _map(shadow.get("disagreement"))
+    beyond = " (beyond the tolerance)" if kind == "regression" else ""
     groups.append(
         _group(
             "Agreement",
@@ -535,7 +680,8 @@ def _figures(route: RouteReport, shadow: ShadowReport, level: str) -> str:
                     _cell(
                         fmt_percent(dis.get("value")),
                         fmt_interval(dis.get("low"), dis.get("high"), fmt_percent),
-                        _of(dis.get("disagreed"), dis.get("compared"), "compared"),
+                        _of(dis.get("disagreed"), dis.get("compared"), "compared instances")
+                        + (beyond if _num(dis.get("compared")) is not None else ""),
                     ),
                 )
             ],
@@ -559,7 +705,7 @@ def _figures(route: RouteReport, shadow: ShadowReport, level: str) -> str:
 
     groups.append(
         _group(
-            "Reliability",
+            "Requests and errors",
             [
                 _row(
                     "Requests",
@@ -590,44 +736,82 @@ def _figures(route: RouteReport, shadow: ShadowReport, level: str) -> str:
     )
 
 
-_GUARDRAIL_NAMES = {
-    "error_rate": "Error rate, shadow minus production",
-    "slow_requests": "Requests slower than production's p99, shadow minus production",
-    "disagreement": "Disagreement (before labels)",
+_GUARDRAILS = {
+    # name: (row label, what the advantage is), both read with + = shadow better
+    "error_rate": ("Error-rate advantage", "production's error rate minus the shadow's"),
+    "slow_requests": (
+        "Slow-request advantage",
+        "share of requests slower than production's p99: production's minus the shadow's",
+    ),
 }
+
+
+def _guardrail(guard: Any) -> str:
+    """A guardrail's row. The report gives error_rate and slow_requests as the shadow's figure
+    minus production's, tripped when the low end passes the limit: shown turned round, as
+    advantages (+ = shadow better) that trip when the high end falls below minus the limit."""
+    name, limit = _str(guard.get("name")), _num(guard.get("limit"))
+    tripped = ", tripped" if guard.get("tripped") else ""
+    if name in _GUARDRAILS and limit is not None:
+        label, meaning = _GUARDRAILS[name]
+
+        def turned(key: str) -> float | None:
+            x = _num(guard.get(key))
+            return None if x is None else -x
+
+        return _row_span(
+            label,
+            _cell(
+                fmt_points(turned("value")),
+                fmt_interval(turned("high"), turned("low"), _points_bare, "pp"),
+                f"{meaning}; guardrail: worse if below {fmt_points(-limit)}{tripped}",
+            ),
+            better_up=True,
+        )
+    if name == "disagreement" and limit is not None:
+        return _row_span(
+            "Disagreement guardrail",
+            _cell(
+                fmt_percent(guard.get("value")),
+                fmt_interval(guard.get("low"), guard.get("high"), fmt_percent),
+                f"while labels are missing: worse if above {fmt_percent(limit)}{tripped}",
+            ),
+        )
+    if limit is None:
+        return ""
+    return _row_span(
+        name or DASH,
+        _cell(
+            fmt_percent(guard.get("value")),
+            fmt_interval(guard.get("low"), guard.get("high"), fmt_percent),
+            f"limit {fmt_percent(limit)}{tripped}",
+        ),
+    )
 
 
 def _verdict_test(route: RouteReport, shadow: ShadowReport) -> str:
     """The figures the verdict is decided on: always-valid, the request as the unit."""
-    regression = route.get("kind") == "regression"
+    kind = _kind(route)
     test = _map(shadow.get("quality"))
-
-    def figure(value: Any) -> str:
-        return fmt_number(value, signed=True) if regression else fmt_points(value)
-
-    def bare(value: Any) -> str:
-        return fmt_number(value, signed=True) if regression else _points_bare(value)
-
-    unit = "" if regression else "pp"
+    measure, meaning = _measure(kind)
     method = "exact test" if test.get("method") == "exact" else "test on requests"
-    what = "MAE advantage (production - shadow)" if regression else "Accuracy advantage"
     rows = [
         _row_span(
-            what,
+            measure,
             _cell(
-                figure(test.get("advantage")),
-                fmt_interval(test.get("low"), test.get("high"), bare, unit),
-                f"{fmt_count(test.get('requests'))} labelled requests, {method}",
+                _advantage(kind, test.get("advantage")),
+                _advantage_interval(kind, test.get("low"), test.get("high")),
+                f"{meaning}; {fmt_count(test.get('requests'))} labelled requests, {method}",
             ),
+            better_up=True,
         ),
         _row_span(
             "Always-valid p",
             _cell(_p_text(test.get("p_value")), note=f"alpha {_str(test.get('alpha'))[:6]}"),
         ),
     ]
-    margin = _num(test.get("margin"))
-    if margin is not None:
-        rows.append(_row_span("Equivalence margin", _cell(f"+-{bare(margin)} {unit}".strip())))
+    if _num(test.get("margin")) is not None:
+        rows.append(_row_span("Equivalence margin", _cell(_margin(kind, test.get("margin")))))
     own = _map(shadow.get("diagnostics"))
     if _num(own.get("paired_requests")) is not None:
         rows.append(
@@ -635,9 +819,10 @@ def _verdict_test(route: RouteReport, shadow: ShadowReport) -> str:
                 "Labelled requests with a pair",
                 _cell(
                     fmt_count(own.get("paired_requests")),
-                    note=f"{fmt_count(own.get('lost_pairs'))} without one (shadow failed,"
-                    " timed out or was dropped: never compared);"
-                    f" {fmt_count(own.get('unscorable_instances'))} instances unscorable",
+                    note=f"{fmt_count(own.get('lost_pairs'))} labelled requests without one"
+                    " (shadow failed, timed out or was dropped: never compared);"
+                    f" {fmt_count(own.get('unscorable_instances'))} labelled instances"
+                    " unscorable",
                 ),
             )
         )
@@ -648,66 +833,57 @@ def _verdict_test(route: RouteReport, shadow: ShadowReport) -> str:
                 "Labels to decide",
                 _cell(
                     f"about {fmt_count(needed)} labelled requests",
-                    note=f"for an advantage of {bare(effect)} {unit} (median)".replace("  ", " "),
+                    note=f"for an advantage of {_advantage(kind, effect)} (median)",
                 ),
             )
         )
-    for guard in _list(shadow.get("guardrails")):
-        g = _map(guard)
-        limit = _num(g.get("limit"))
-        if limit is None:
-            continue
-        rows.append(
-            _row_span(
-                _GUARDRAIL_NAMES.get(_str(g.get("name")), _str(g.get("name"))),
-                _cell(
-                    fmt_percent(g.get("value")),
-                    fmt_interval(g.get("low"), g.get("high"), fmt_percent),
-                    f"limit {fmt_percent(limit)}" + (", tripped" if g.get("tripped") else ""),
-                ),
-            )
-        )
+    rows.extend(_guardrail(_map(g)) for g in _list(shadow.get("guardrails")))
     return _group("The verdict's tests (always-valid, held once decided)", rows)
 
 
-def _labelled_figures(route: RouteReport, shadow: ShadowReport) -> str:
-    """Accuracy rows for classification routes, error rows for regression routes."""
-    if route.get("kind") == "regression":
-        prod_err, shadow_err = _map(route.get("production_error")), _map(shadow.get("error"))
-        reg = _map(shadow.get("regression"))
+def _error_figures(route: RouteReport, shadow: ShadowReport) -> str:
+    """A regression route's figures on labelled instances: MAE, RMSE and the paired advantage."""
+    prod_err, shadow_err = _map(route.get("production_error")), _map(shadow.get("error"))
+    reg = _map(shadow.get("regression"))
 
-        def signed(value: Any) -> str:
-            return fmt_number(value, signed=True)
+    def signed(value: Any) -> str:
+        return fmt_number(value, signed=True)
 
-        n = _num(reg.get("n"))
-        return _group(
-            "Error on labelled instances",
-            [
-                _row(
-                    "MAE",
-                    _cell(fmt_number(prod_err.get("mae")), note=_labelled(prod_err)),
-                    _cell(fmt_number(shadow_err.get("mae")), note=_labelled(shadow_err)),
+    n = _num(reg.get("n"))
+    return _group(
+        "Error on labelled instances",
+        [
+            _row(
+                "MAE",
+                _cell(fmt_number(prod_err.get("mae")), note=_labelled(prod_err)),
+                _cell(fmt_number(shadow_err.get("mae")), note=_labelled(shadow_err)),
+            ),
+            _row(
+                "RMSE",
+                _cell(fmt_number(prod_err.get("rmse"))),
+                _cell(fmt_number(shadow_err.get("rmse"))),
+            ),
+            _row_span(
+                "MAE advantage, per instance",
+                _cell(
+                    signed(reg.get("advantage")),
+                    fmt_interval(reg.get("low"), reg.get("high"), signed),
+                    "production's absolute error minus the shadow's"
+                    + ("" if n is None else f", on {fmt_count(n)} labelled instances of both"),
                 ),
-                _row(
-                    "RMSE",
-                    _cell(fmt_number(prod_err.get("rmse"))),
-                    _cell(fmt_number(shadow_err.get("rmse"))),
-                ),
-                _row_span(
-                    "Paired mean error difference",
-                    _cell(
-                        signed(reg.get("mean_difference")),
-                        fmt_interval(reg.get("low"), reg.get("high"), signed),
-                        "" if n is None else f"n = {fmt_count(n)} pairs",
-                    ),
-                ),
-                _row_span("Sequential p", _cell(_p_text(reg.get("sequential_p")))),
-                _row_span(
-                    "Confidence sequence",
-                    _cell(fmt_interval(reg.get("cs_low"), reg.get("cs_high"), signed)),
-                ),
-            ],
-        )
+                better_up=True,
+            ),
+            _row_span("Sequential p", _cell(_p_text(reg.get("sequential_p")))),
+            _row_span(
+                "Confidence sequence",
+                _cell(fmt_interval(reg.get("cs_low"), reg.get("cs_high"), signed)),
+            ),
+        ],
+    )
+
+
+def _accuracy_figures(route: RouteReport, shadow: ShadowReport) -> str:
+    """A classification or probabilities route's accuracy on labelled instances."""
     prod_acc, shadow_acc = _map(route.get("production_accuracy")), _map(shadow.get("accuracy"))
     paired = _map(shadow.get("paired"))
     discordant = ""
@@ -729,12 +905,13 @@ def _labelled_figures(route: RouteReport, shadow: ShadowReport) -> str:
                 _accuracy_cell(shadow_acc),
             ),
             _row_span(
-                "Paired accuracy difference",
+                "Accuracy advantage, per instance",
                 _cell(
                     fmt_points(paired.get("difference")),
                     fmt_interval(paired.get("low"), paired.get("high"), _points_bare, "pp"),
                     discordant,
                 ),
+                better_up=True,
             ),
             _row_span("McNemar p", _cell(_p_text(paired.get("mcnemar_p")))),
             _row_span("Sequential p", _cell(_p_text(paired.get("sequential_p")))),
@@ -752,7 +929,7 @@ def _labelled(figures: ErrorFigures) -> str:
     return (
         ""
         if _num(figures.get("labelled")) is None
-        else f"{fmt_count(figures['labelled'])} labelled"
+        else f"{fmt_count(figures['labelled'])} labelled instances"
     )
 
 
@@ -761,7 +938,48 @@ def _accuracy_cell(acc: Accuracy) -> str:
     return _cell(
         fmt_percent(acc.get("value")),
         fmt_interval(acc.get("low"), acc.get("high"), fmt_percent),
-        "no labels yet" if labelled == 0 else _of(acc.get("correct"), labelled, "right"),
+        "no labels yet"
+        if labelled == 0
+        else _of(acc.get("correct"), labelled, "labelled instances right"),
+    )
+
+
+def _probability_group(figures: Any) -> str:
+    """Log loss and Brier score of both models, and their paired advantages (production's
+    minus the shadow's: + = shadow better) with always-valid intervals."""
+
+    def signed(value: Any) -> str:
+        return fmt_number(value, signed=True)
+
+    def advantage(label: str, noun: str, diff: Any) -> str:
+        d = _map(diff)
+        return _row_span(
+            f"{label} advantage",
+            _cell(
+                signed(d.get("advantage")),
+                fmt_interval(d.get("low"), d.get("high"), signed),
+                f"production's {noun} minus the shadow's;"
+                f" {fmt_count(d.get('requests'))} labelled requests, always-valid",
+            ),
+            better_up=True,
+        )
+
+    return _group(
+        "Probabilities on labelled instances",
+        [
+            _row(
+                "Log loss",
+                _cell(fmt_number(figures.get("production_log_loss"))),
+                _cell(fmt_number(figures.get("shadow_log_loss"))),
+            ),
+            _row(
+                "Brier score",
+                _cell(fmt_number(figures.get("production_brier"))),
+                _cell(fmt_number(figures.get("shadow_brier"))),
+            ),
+            advantage("Log loss", "log loss", figures.get("log_loss")),
+            advantage("Brier score", "Brier score", figures.get("brier")),
+        ],
     )
 
 
@@ -769,6 +987,7 @@ def _accuracy_cell(acc: Accuracy) -> str:
 
 _W, _H = 600, 250
 _LEFT, _RIGHT, _TOP, _BOTTOM = 60, 16, 30, 46
+_CHAR = 6.2  # the width of a character of an 11 px tick label, about: for spacing labels
 
 
 def _f(x: float) -> str:
@@ -796,6 +1015,59 @@ def _tick_label(value: float, signed: bool) -> str:
     return f"+{text}" if signed and value > 0 else text
 
 
+# Steps of the time axis, in seconds: the first that gives few enough ticks is used.
+_TIME_STEPS = (
+    1, 2, 5, 10, 15, 30,
+    60, 120, 300, 600, 900, 1800,
+    3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600,
+    86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400, 91 * 86400, 182 * 86400, 364 * 86400,
+)  # fmt: skip
+
+
+def time_ticks(t0: float, t1: float) -> tuple[list[tuple[float, str]], str]:
+    """Ticks for a time axis from t0 to t1 (UTC seconds), and the axis title. Ticks are round
+    times (multiples of a step from 1 s to a year: at most six, as many as fit) labelled as the
+    step needs: HH:MM:SS for seconds, HH:MM for minutes and hours (with the day when the axis
+    spans days), the day for days and weeks; every label distinct. The date, or the year, that
+    no label shows goes in the title.
+
+    >>> time_ticks(1795796400.0, 1795796500.0)
+    ([(1795796400.0, '16:20:00'), ..., (1795796490.0, '16:21:30')], 'time (UTC), 27 Nov 2026')
+    """
+    if not (math.isfinite(t0) and math.isfinite(t1)) or t1 < t0:
+        return [], "time (UTC)"
+    one_day = _utc(t0, "%Y-%m-%d") == _utc(t1, "%Y-%m-%d")
+    one_year = _utc(t0, "%Y") == _utc(t1, "%Y")
+    plot_w = _W - _LEFT - _RIGHT
+    for step in _TIME_STEPS:
+        first = math.ceil(t0 / step - 1e-9) * step
+        count = math.floor((t1 - first) / step + 1e-9) + 1 if first <= t1 else 0
+        if count > 6:
+            continue
+        times = [float(first + k * step) for k in range(count)] or [t0]
+        if step < 60:
+            pattern = "%H:%M:%S"
+        elif step < 86400:
+            pattern = "%H:%M" if one_day else "%d %b %H:%M"
+        else:
+            pattern = "%d %b" if one_year else "%Y-%m-%d"
+        labels = [_utc(t, pattern) for t in times]
+        width = max(len(label) for label in labels) * _CHAR + 24
+        if len(times) <= plot_w // width and len(set(labels)) == len(labels):
+            break
+    else:  # a span beyond the longest step, or times with no date: only the ends
+        times = [t0, t1] if t1 > t0 else [t0]
+        pattern = "%Y-%m-%d"
+        labels = [_utc(t, pattern) for t in times]
+    if one_day and "%d" not in pattern:
+        title = f"time (UTC), {_utc(t0, '%d %b %Y')}"
+    elif one_year and "%Y" not in pattern:
+        title = f"time (UTC), {_utc(t0, '%Y')}"
+    else:
+        title = "time (UTC)"
+    return list(zip(times, labels, strict=True)), title
+
+
 def _svg_open(kind: str, name: str, ident: str, title: str, desc: str) -> str:
     return (
         f'<svg class="chart chart-{kind}" data-shadow="{_e(name)}" viewBox="0 0 {_W} {_H}" '
@@ -816,29 +1088,35 @@ def _notice(text: str) -> str:
 def _y_axis(ticks: Sequence[float], y: Callable[[float], float], signed: bool, title: str) -> str:
     out = [
         f'<line class="grid" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{_f(y(t))}" y2="{_f(y(t))}" />'
-        f'<text x="{_LEFT - 6}" y="{_f(y(t) + 4)}" text-anchor="end">'
+        f'<text class="tick-y" x="{_LEFT - 6}" y="{_f(y(t) + 4)}" text-anchor="end">'
         f"{_e(_tick_label(t, signed))}</text>"
         for t in ticks
     ]
     out.append(f'<line class="axis" x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{_H - _BOTTOM}" />')
     middle = (_TOP + _H - _BOTTOM) / 2
     out.append(
-        f'<text x="14" y="{_f(middle)}" text-anchor="middle" '
+        f'<text class="axis-title" x="14" y="{_f(middle)}" text-anchor="middle" '
         f'transform="rotate(-90 14 {_f(middle)})">{_e(title)}</text>'
     )
     return "".join(out)
 
 
-def _accuracy_chart(
-    history: Sequence[HistoryPoint], name: str, ident: str, *, regression: bool = False
-) -> str:
-    """The paired difference over time: a line, its interval as a shaded band, a dashed zero."""
-    noun = "error" if regression else "accuracy"
-    title = (
-        f"Error advantage over time for {name or DASH}"
-        if regression
-        else f"{noun.capitalize()} difference over time for {name or DASH}"
+def _x_title(text: str) -> str:
+    return (
+        f'<text class="axis-title" x="{_LEFT + (_W - _LEFT - _RIGHT) / 2:.0f}" y="{_H - 6}" '
+        f'text-anchor="middle">{_e(text)}</text>'
     )
+
+
+def _history_chart(history: Sequence[HistoryPoint], name: str, ident: str, kind: str) -> str:
+    """The verdict's advantage over time (+ = shadow better): a line, its always-valid interval
+    as a shaded band, a dashed zero. Classification and probabilities routes give accuracy
+    points (chart-accuracy), regression routes the MAE advantage in the target's units
+    (chart-mae)."""
+    regression = kind == "regression"
+    chart = "mae" if regression else "accuracy"
+    measure, _ = _measure(kind)
+    title = f"{measure} over time for {name or DASH} ({_BETTER_UP})"
     points: list[tuple[float, float, float | None, float | None, HistoryPoint]] = []
     for item in history:
         entry = _map(item)
@@ -847,27 +1125,27 @@ def _accuracy_chart(
             points.append((t, d, _num(entry.get("low")), _num(entry.get("high")), entry))
     points.sort(key=lambda p: p[0])
     if len(points) < 2:
-        desc = "Not enough history yet to draw the difference over time."
+        desc = "Not enough history yet to draw the advantage over time."
         return (
-            _svg_open("accuracy", name, ident, title, desc)
+            _svg_open(chart, name, ident, title, desc)
             + _notice("not enough history yet")
             + "</svg>"
         )
 
-    # Classification differences are fractions, shown in percentage points.
+    # Accuracy advantages are fractions, shown in percentage points.
     scale = 1.0 if regression else 100.0
-    unit = "" if regression else " pp"
     values = [0.0]
     for _, d, low, high, _entry in points:
         values += [v * scale for v in (d, low, high) if v is not None]
     ticks = _nice_ticks(min(values), max(values))
     y_lo, y_hi = ticks[0], ticks[-1]
     t0, t1 = points[0][0], points[-1][0]
-    t_span = (t1 - t0) or 1.0
+    t_span = t1 - t0
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
     def x(t: float) -> float:
-        return _LEFT + (t - t0) / t_span * plot_w
+        # A history at one instant is drawn in the middle.
+        return _LEFT + ((t - t0) / t_span if t_span else 0.5) * plot_w
 
     def y(v: float) -> float:
         return _TOP + (y_hi - v * scale) / ((y_hi - y_lo) or 1.0) * plot_h
@@ -877,12 +1155,18 @@ def _accuracy_chart(
 
     last = points[-1]
     desc = (
-        f"{len(points)} points from {_utc(t0)} to {_utc(t1)}; latest difference "
-        f"{_diff_text(last[1], regression)}, interval "
-        f"{_interval_text(last[2], last[3], regression)}."
+        f"{len(points)} points from {_utc(t0)} to {_utc(t1)}; latest advantage "
+        f"{_advantage(kind, last[1])}, always-valid interval "
+        f"{_advantage_interval(kind, last[2], last[3])}."
     )
-    out = [_svg_open("accuracy", name, ident, title, desc)]
-    out.append(_y_axis(ticks, y_tick, signed=True, title=f"{noun} difference{unit and ' (pp)'}"))
+    axis = "MAE advantage" if regression else "accuracy advantage (pp)"
+    out = [_svg_open(chart, name, ident, title, desc)]
+    out.append(_y_axis(ticks, y_tick, signed=True, title=axis))
+    out.append(
+        f'<text class="sign" x="{_LEFT + 6}" y="{_TOP - 10}">▲ shadow better</text>'
+        if y_hi > 0
+        else ""
+    )
     band = [p for p in points if p[2] is not None and p[3] is not None]
     if len(band) >= 2:
         edge = [f"{_f(x(p[0]))},{_f(y(p[3]))}" for p in band if p[3] is not None]
@@ -895,54 +1179,60 @@ def _accuracy_chart(
     out.append(f'<polyline class="line" points="{line}" />')
     for t, d, low, high, entry in points:
         tip = (
-            f"{_utc(t)}: {_diff_text(d, regression)} {_interval_text(low, high, regression)}, "
-            f"{fmt_count(entry.get('labelled'))} labelled"
+            f"{_utc(t, '%Y-%m-%d %H:%M:%S UTC')}: {_advantage(kind, d)} "
+            f"{_advantage_interval(kind, low, high)}, "
+            f"{fmt_count(entry.get('labelled'))} labelled requests"
         )
         out.append(
             f'<circle class="point" cx="{_f(x(t))}" cy="{_f(y(d))}" r="2.5">'
             f"<title>{_e(tip)}</title></circle>"
         )
-    # Time axis: five evenly spaced ticks, dates shown once the history spans more than a day.
-    pattern = "%H:%M" if t1 - t0 <= 86400 else "%m-%d %H:%M"
     out.append(
         f'<line class="axis" x1="{_LEFT}" x2="{_W - _RIGHT}" '
         f'y1="{_H - _BOTTOM}" y2="{_H - _BOTTOM}" />'
     )
-    for k in range(5):
-        t = t0 + (t1 - t0) * k / 4
-        anchor = "start" if k == 0 else "end" if k == 4 else "middle"
+    ticks_t, axis_title = time_ticks(t0, t1)
+    for t, label in ticks_t:
+        px = x(t)
+        # A label at an edge of the plot is anchored inwards, so that it stays in the chart.
+        half = len(label) * _CHAR / 2
+        anchor = "start" if px - half < 2 else "end" if px + half > _W - 2 else "middle"
         out.append(
-            f'<line class="axis" x1="{_f(x(t))}" x2="{_f(x(t))}" '
+            f'<line class="axis" x1="{_f(px)}" x2="{_f(px)}" '
             f'y1="{_H - _BOTTOM}" y2="{_H - _BOTTOM + 4}" />'
-            f'<text x="{_f(x(t))}" y="{_H - _BOTTOM + 16}" text-anchor="{anchor}">'
-            f"{_e(_utc(t, pattern))}</text>"
+            f'<text class="tick-x" x="{_f(px)}" y="{_H - _BOTTOM + 16}" '
+            f'text-anchor="{anchor}">{_e(label)}</text>'
         )
-    out.append(
-        f'<text x="{_LEFT + plot_w / 2:.0f}" y="{_H - 8}" text-anchor="middle">time (UTC)</text>'
-    )
+    out.append(_x_title(axis_title))
     out.append("</svg>")
     return "".join(out)
 
 
-def _diff_text(value: float | None, regression: bool) -> str:
-    return fmt_number(value, signed=True) if regression else fmt_points(value)
+def _ms(seconds: float) -> str:
+    """A bucket bound for an axis: milliseconds below a second, seconds above."""
+    if seconds >= 1:
+        return f"{seconds:.4g} s"
+    return f"{seconds * 1000:.4g}"
 
 
-def _interval_text(low: float | None, high: float | None, regression: bool) -> str:
-    if regression:
-        return fmt_interval(low, high, lambda v: fmt_number(v, signed=True))
-    return fmt_interval(low, high, _points_bare, "pp")
+def _with_unit(seconds: float | None) -> str:
+    """A bucket bound in words: "20 ms", "1.5 s", "+Inf"."""
+    if seconds is None:
+        return "?"
+    if math.isinf(seconds):
+        return "+Inf"
+    return _ms(seconds) + ("" if seconds >= 1 else " ms")
 
 
-def _bucket_labels(bounds: Sequence[Any], groups: int) -> list[str]:
-    labels = []
-    for k in range(groups):
-        if k < len(bounds):
-            b = _num(bounds[k])
-            labels.append("?" if b is None else f"{b * 1000:.4g}")
-        else:
-            labels.append("+Inf")
-    return labels
+def _bucket_span(low: float | None, high: float | None) -> str:
+    """A bucket's range in words: "5-10 ms", "1.5-2 s", "over 30 s"."""
+    if low is None or high is None:
+        return "?"
+    if math.isinf(high):
+        return f"over {_with_unit(low)}"
+    if high >= 1:
+        return f"{low:.4g}-{high:.4g} s"
+    return f"{low * 1000:.4g}-{high * 1000:.4g} ms"
 
 
 def _shares(counts: Sequence[Any], groups: int) -> tuple[list[float], list[float]] | None:
@@ -955,50 +1245,13 @@ def _shares(counts: Sequence[Any], groups: int) -> tuple[list[float], list[float
     return values, [v / total for v in values]
 
 
-def _probability_group(figures: Any) -> str:
-    """Log loss and Brier score of both models, and their paired differences (production's
-    minus the shadow's: up is the shadow doing better) with always-valid intervals."""
-
-    def signed(value: Any) -> str:
-        return fmt_number(value, signed=True)
-
-    def difference(label: str, diff: Any) -> str:
-        d = _map(diff)
-        return _row_span(
-            label,
-            _cell(
-                signed(d.get("advantage")),
-                fmt_interval(d.get("low"), d.get("high"), signed),
-                f"{fmt_count(d.get('requests'))} labelled requests, always-valid",
-            ),
-        )
-
-    return _group(
-        "Probabilities on labelled instances",
-        [
-            _row(
-                "Log loss",
-                _cell(fmt_number(figures.get("production_log_loss"))),
-                _cell(fmt_number(figures.get("shadow_log_loss"))),
-            ),
-            _row(
-                "Brier score",
-                _cell(fmt_number(figures.get("production_brier"))),
-                _cell(fmt_number(figures.get("shadow_brier"))),
-            ),
-            difference("Log loss advantage (production - shadow)", figures.get("log_loss")),
-            difference("Brier advantage (production - shadow)", figures.get("brier")),
-        ],
-    )
-
-
 def _reliability_figure(route: RouteReport, shadow: ShadowReport, name: str, ident: str) -> str:
     figures = _map(shadow.get("probabilities"))
-    if not figures:
-        return ""
     return (
         "<figure>"
-        "<figcaption>Reliability: how often each model is right at each confidence</figcaption>"
+        "<figcaption>Reliability: how often each model is right at each confidence"
+        '<span class="n">share of labelled instances right per confidence bin; a calibrated'
+        " model follows the diagonal</span></figcaption>"
         + _reliability_chart(
             _list(route.get("production_calibration")),
             _list(figures.get("calibration")),
@@ -1065,15 +1318,28 @@ def _reliability_chart(
                 f'<circle class="dot dot-{who}" cx="{_f(x(c))}" cy="{_f(y(s))}" r="3" '
                 f'fill="{colour}"><title>{_e(tip)}</title></circle>'
             )
-    for tick in (0.0, 0.5, 1.0):
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         out.append(
-            f'<text x="{_f(x(tick))}" y="{_H - _BOTTOM + 16}" text-anchor="middle">'
-            f"{tick:.1f}</text>"
+            f'<text class="tick-x" x="{_f(x(tick))}" y="{_H - _BOTTOM + 16}" '
+            f'text-anchor="middle">{tick:g}</text>'
         )
-    out.append(
-        f'<text x="{_f(_LEFT + plot_w / 2)}" y="{_H - 8}" text-anchor="middle">'
-        "confidence (largest probability)</text></svg>"
-    )
+    out.append(_x_title("confidence (largest probability)"))
+    out.append(_legend())
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _legend() -> str:
+    """Production's and the shadow's colours, above the plot so that it never hides a mark."""
+    out = []
+    for s, (who, colour) in enumerate(
+        (("production", _PRODUCTION_COLOUR), ("shadow", _SHADOW_COLOUR))
+    ):
+        lx = _W - _RIGHT - 190 + s * 100
+        out.append(
+            f'<rect x="{lx}" y="8" width="12" height="12" fill="{colour}" />'
+            f'<text x="{lx + 17}" y="18">{who}</text>'
+        )
     return "".join(out)
 
 
@@ -1084,10 +1350,12 @@ def _latency_chart(
     name: str,
     ident: str,
 ) -> str:
-    """Grouped bars: each histogram bucket's share of production's and the shadow's requests.
+    """Grouped bars: each histogram bucket's share of production's and the shadow's requests,
+    over the buckets from the first any request fell in to the last (26 buckets drawn whole
+    would be mostly empty, their labels crowded).
 
     Buckets are the histogram's own (roughly log-spaced) bounds, drawn evenly spaced: a log-ish
-    axis labelled by each bucket's upper bound in milliseconds.
+    axis, ticked at the bucket edges in milliseconds, as many labelled as fit.
     """
     title = f"Latency distribution of production and {name or DASH}"
     groups = len(bounds) + 1
@@ -1102,8 +1370,21 @@ def _latency_chart(
             + _notice("no latency observations yet")
             + "</svg>"
         )
-    labels = _bucket_labels(bounds, groups)
-    top = max(share for _, _, s in series if s is not None for share in s[1]) * 100
+    filled = [k for _, _, s in series if s is not None for k, c in enumerate(s[0]) if c > 0]
+    first, last = min(filled), max(filled)
+    shown = range(first, last + 1)
+
+    def edge(k: int) -> float | None:
+        """The upper bound of bucket k in seconds (math.inf past the last bound), or None."""
+        if k < 0:
+            return 0.0
+        return _num(bounds[k]) if k < len(bounds) else math.inf
+
+    def edge_text(k: int) -> str:
+        b = edge(k)
+        return "?" if b is None else "+Inf" if math.isinf(b) else _ms(b)
+
+    top = max(s[1][k] for _, _, s in series if s is not None for k in shown) * 100
     ticks = _nice_ticks(0.0, top, 4)
     y_hi = ticks[-1] or 1.0
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
@@ -1112,48 +1393,47 @@ def _latency_chart(
         return _TOP + (y_hi - percent) / y_hi * plot_h
 
     desc = (
-        "Share of requests per latency bucket, production vs shadow, "
-        f"for {groups} buckets with upper bounds {', '.join(labels)} ms."
+        "Share of requests per latency bucket, production vs shadow, for the "
+        f"{len(shown)} buckets from {_with_unit(edge(first - 1))} to {_with_unit(edge(last))}."
     )
     out = [_svg_open("latency", name, ident, title, desc)]
     out.append(_y_axis(ticks, y, signed=False, title="share of requests (%)"))
-    slot = plot_w / groups
+    slot = plot_w / len(shown)
     bar = slot * 0.38
     for s, (who, colour, data) in enumerate(series):
         if data is None:
             continue
         counts, shares = data
-        for k, share in enumerate(shares):
-            left = _LEFT + k * slot + slot * 0.12 + s * bar
-            upper = "+Inf" if labels[k] == "+Inf" else f"≤ {labels[k]} ms"
-            tip = f"{who}, bucket {upper}: {fmt_percent(share)} ({fmt_count(counts[k])})"
+        for n, k in enumerate(shown):
+            left = _LEFT + n * slot + slot * 0.12 + s * bar
+            span = _bucket_span(edge(k - 1), edge(k))
+            tip = f"{who}, {span}: {fmt_percent(shares[k])} ({fmt_count(counts[k])})"
             out.append(
-                f'<rect class="bar bar-{who}" x="{_f(left)}" y="{_f(y(share * 100))}" '
+                f'<rect class="bar bar-{who}" x="{_f(left)}" y="{_f(y(shares[k] * 100))}" '
                 f'width="{_f(bar)}" '
-                f'height="{_f(plot_h - (y(share * 100) - _TOP))}" fill="{colour}">'
+                f'height="{_f(plot_h - (y(shares[k] * 100) - _TOP))}" fill="{colour}">'
                 f"<title>{_e(tip)}</title></rect>"
             )
     out.append(
         f'<line class="axis" x1="{_LEFT}" x2="{_W - _RIGHT}" '
         f'y1="{_H - _BOTTOM}" y2="{_H - _BOTTOM}" />'
     )
-    for k, label in enumerate(labels):
-        centre = _LEFT + (k + 0.5) * slot
+    # Ticks at every bucket edge; labels on every stride-th, so that they never overlap.
+    edges = [(n, edge_text(first - 1 + n)) for n in range(len(shown) + 1)]
+    widest = max(len(text) for _, text in edges) * _CHAR + 8
+    stride = max(1, math.ceil(widest / slot))
+    for n, text in edges:
+        px = _LEFT + n * slot
         out.append(
-            f'<text x="{_f(centre)}" y="{_H - _BOTTOM + 16}" text-anchor="middle">'
-            f"{_e(label)}</text>"
+            f'<line class="axis" x1="{_f(px)}" x2="{_f(px)}" '
+            f'y1="{_H - _BOTTOM}" y2="{_H - _BOTTOM + 4}" />'
         )
-    out.append(
-        f'<text x="{_LEFT + plot_w / 2:.0f}" y="{_H - 8}" text-anchor="middle">'
-        "bucket upper bound (ms)</text>"
-    )
-    # Legend, above the plot so it never hides a bar.
-    legend_x = _W - _RIGHT - 190
-    for s, (who, colour, _data) in enumerate(series):
-        lx = legend_x + s * 100
-        out.append(
-            f'<rect x="{lx}" y="8" width="12" height="12" fill="{colour}" />'
-            f'<text x="{lx + 17}" y="18">{who}</text>'
-        )
+        if n % stride == 0:
+            out.append(
+                f'<text class="tick-x" x="{_f(px)}" y="{_H - _BOTTOM + 16}" '
+                f'text-anchor="middle">{_e(text)}</text>'
+            )
+    out.append(_x_title("latency (ms), histogram bucket edges"))
+    out.append(_legend())
     out.append("</svg>")
     return "".join(out)

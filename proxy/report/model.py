@@ -100,12 +100,13 @@ class PairedClassification(PairedOutcomes):
 
 
 class PairedRegression(TypedDict):
-    """Fixed-sample figures on instances (for reading, never for a decision): the paired mean
-    difference of absolute errors, shadow minus production (negative is the shadow doing
-    better), with its t interval, and the instance-level mSPRT in raw units."""
+    """Fixed-sample figures on instances (for reading, never for a decision): the shadow's
+    advantage in absolute error, production's minus the shadow's per instance (up is the shadow
+    doing better, as everywhere in the report), with its t interval, and the instance-level
+    mSPRT's sequence on the same scale, in the target's units."""
 
     n: int
-    mean_difference: float | None
+    advantage: float | None
     low: float | None
     high: float | None
     sequential_p: float
@@ -164,6 +165,7 @@ class RouteDiagnostics(TypedDict):
 
     recorded_requests: int
     labelled_requests: int
+    labelled_instances: int
     coverage: float | None
     label_delay_p50: float | None
     label_delay_p95: float | None
@@ -255,8 +257,10 @@ class ShadowReport(TypedDict):
 
 
 class RouteReport(TypedDict):
-    """One route: its production model's figures and its shadows. Latency counts are per
-    histogram bucket, one more than the bounds (the last is +Inf)."""
+    """One route: its production model's figures and its shadows (every configured one, those
+    with no traffic yet included). Latency counts are per histogram bucket, one more than the
+    bounds (the last is +Inf). `problems` are what stops the route from being measured at all
+    (answers that cannot be read, predictions never recorded), in words: shown in red."""
 
     route: str
     kind: str
@@ -268,6 +272,7 @@ class RouteReport(TypedDict):
     production_latency_counts: list[int]
     production_calibration: list[CalibrationBin]  # empty on a route that is not probabilities
     diagnostics: RouteDiagnostics
+    problems: list[str]
     shadows: list[ShadowReport]
 
 
