@@ -432,7 +432,7 @@ def _shadow_diagnostics(
         labels_needed(
             variance, effect, alpha=quality_figures["alpha"], effect_size=settings.effect_size
         )
-        if effect is not None
+        if effect is not None and sums.requests >= 2  # no variance to go on before
         else None
     )
     paired = quality_figures["requests"]
