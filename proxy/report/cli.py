@@ -1,7 +1,7 @@
 """`shadow-proxy report`: fetch the report from a proxy (--url), or compute it from Prometheus's
 query API (--prometheus, summed over every replica: the fleet-wide verdict), and print it as a
 table for the terminal. Owns the fetching (its errors become one ReportSourceError line naming
-the URL) and the table; not the figures (build.py) nor the command line (proxy/__main__.py)."""
+the URL) and the table; not the figures (build.py) nor the command line (command.py)."""
 
 from __future__ import annotations
 
