@@ -216,8 +216,9 @@ class Metrics:
         )
         self.shadow_info = self._gauge(
             n.SHADOW_INFO,
-            "One series per configured shadow of a route, traffic or not: 1 for the running"
-            " config, 0 for shadows a reload removed.",
+            "One series per configured shadow of a route, traffic or not, with its role"
+            " (candidate, or baseline: an A/A comparison, the others' noise floor): 1 for the"
+            " running config, 0 for shadows a reload removed.",
             "livemax",
         )
 
@@ -428,7 +429,8 @@ class Metrics:
         self.store_file_bytes = self._gauge(
             n.STORE_FILE_BYTES,
             "The embedded store's files on disk, in bytes, as of the last sweep: database and"
-            " wal (its write-ahead log, kept under 64 MiB by truncating checkpoints).",
+            " wal (its write-ahead log, kept under 64 MiB by truncating checkpoints); capture"
+            " (the capture's database, with capture: in the config).",
             "livemax",
         )
         self.recording_queue_depth = self._gauge(
@@ -442,6 +444,19 @@ class Metrics:
             "Time a prediction-store operation took, by operation (failures included).",
             STORE_BUCKETS,
         )
+        capture = self._counter(
+            n.CAPTURE,
+            "Compared exchanges the capture (capture: in the config) saw, by result: kept"
+            " (written), sampled_out (an agreement outside capture.agreements), rate_limited"
+            " (a disagreement over capture.max_per_second), queue_full, failed (not written).",
+        )
+        self.capture = {r: lazy(capture, r) for r in CAPTURE_RESULTS}
+        removed = self._counter(
+            n.CAPTURE_REMOVED,
+            "Captured exchanges removed, by reason: aged (older than capture.max_age),"
+            " over_disk (the oldest, beyond capture.max_disk).",
+        )
+        self.capture_removed = {r: lazy(removed, r) for r in ("aged", "over_disk")}
         self.handoff = self._counter(
             n.HANDOFF,
             "Exchanges the front processes handed to the analysis process, by result: sent,"
@@ -770,6 +785,7 @@ class LabelMetrics:
     rejected: dict[LabelRejection, Inc]
 
 
+CAPTURE_RESULTS = ("kept", "sampled_out", "rate_limited", "queue_full", "failed")
 _HEADLINE_RESULTS = frozenset({ComparisonResult.AGREE, ComparisonResult.DISAGREE})
 COMPARED_SUMS = frozenset(
     {

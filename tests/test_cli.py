@@ -209,7 +209,7 @@ def test_check_config_points_a_misplaced_key_to_its_section(tmp_path: Path) -> N
         f"  {bad}:1: alpha: unknown key 'alpha' (did you mean verdict.alpha?); allowed: listen,"
         " request_id_header, max_body, shadow_max_body, shadow_max_response,"
         " shadow_strip_headers, shutdown_timeout, shadow_drain_timeout, access_log, log_level,"
-        " routes, store, labels, verdict, admin, metrics",
+        " routes, store, labels, verdict, admin, metrics, capture",
         f"  {bad}:5: routes[0].timeout: unknown key 'timeout' (did you mean"
         " routes[0].production.timeout or routes[0].shadows[].timeout?); allowed: name, match,"
         " methods, protocol, output, prediction_path, production, shadows, compare, record",

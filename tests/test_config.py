@@ -554,7 +554,7 @@ def test_unknown_keys_at_every_level() -> None:
         "c.yaml:1: lsten: unknown key 'lsten' (did you mean 'listen'?); allowed: listen, "
         "request_id_header, max_body, shadow_max_body, shadow_max_response, shadow_strip_headers, "
         "shutdown_timeout, shadow_drain_timeout, access_log, log_level, routes, store, labels, "
-        "verdict, admin, metrics",
+        "verdict, admin, metrics, capture",
         "c.yaml:3: routes[0].protocol: required key missing",
         "c.yaml:4: routes[0].protocl: unknown key 'protocl' (did you mean 'protocol'?); "
         "allowed: name, match, methods, protocol, output, prediction_path, production, "
@@ -564,7 +564,7 @@ def test_unknown_keys_at_every_level() -> None:
         "max_connections",
         "c.yaml:6: routes[0].shadows[0].sampel: unknown key 'sampel' (did you mean 'sample'?); "
         "allowed: name, url, sample, timeout, connect_timeout, max_in_flight, max_queue, "
-        "eject_after, eject_for",
+        "eject_after, eject_for, role",
         "c.yaml:7: routes[0].compare.knd: unknown key 'knd' (did you mean 'kind'?); "
         "allowed: kind, tolerance, relative_tolerance, distance, classes, max_instances",
         "c.yaml:7: routes[0].compare.zzz: unknown key 'zzz'; "
@@ -595,16 +595,16 @@ def test_a_key_under_the_wrong_section_is_pointed_to_its_own() -> None:
         "c.yaml:1: alpha: unknown key 'alpha' (did you mean verdict.alpha?); allowed: listen, "
         "request_id_header, max_body, shadow_max_body, shadow_max_response, "
         "shadow_strip_headers, shutdown_timeout, shadow_drain_timeout, access_log, log_level, "
-        "routes, store, labels, verdict, admin, metrics",
+        "routes, store, labels, verdict, admin, metrics, capture",
         "c.yaml:5: routes[0].timeout: unknown key 'timeout' (did you mean "
         f"routes[0].production.timeout or routes[0].shadows[].timeout?); {ROUTE_ALLOWED}",
         "c.yaml:6: routes[0].production.sample: unknown key 'sample' (did you mean "
         f"routes[0].shadows[].sample?); {PRODUCTION_ALLOWED}",
         "c.yaml:6: routes[0].production.max_body: unknown key 'max_body' (did you mean "
-        f"max_body (at the top level) or labels.max_body?); {PRODUCTION_ALLOWED}",
+        f"max_body (at the top level), labels.max_body or capture.max_body?); {PRODUCTION_ALLOWED}",
         "c.yaml:7: routes[0].shadows[0].record: unknown key 'record' (did you mean "
         "routes[0].record?); allowed: name, url, sample, timeout, connect_timeout, "
-        "max_in_flight, max_queue, eject_after, eject_for",
+        "max_in_flight, max_queue, eject_after, eject_for, role",
         "c.yaml:8: routes[0].compare.name: unknown key 'name' (did you mean routes[0].name, "
         "routes[0].production.name or routes[0].shadows[].name?); allowed: kind, tolerance, "
         "relative_tolerance, distance, classes, max_instances",
@@ -1210,6 +1210,7 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
                         "max_queue": 1000,
                         "eject_after": 20,
                         "eject_for": "1s",
+                        "role": "candidate",
                     }
                 ],
                 "compare": {
@@ -1255,6 +1256,18 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
         "labels": {"token": None, "max_body": "1MiB", "max_batch": 1000},
         "admin": {"token": None, "listen": None},
         "metrics": {"listen": None},
+        "capture": {
+            "enabled": False,
+            "path": "shadow-proxy-capture.db",
+            "max_per_second": 10.0,
+            "agreements": "1%",
+            "max_disk": "1GiB",
+            "max_age": "7d",
+            "max_body": "64KiB",
+            "queue": 1000,
+            "redact": {"headers": [], "fields": [], "patterns": []},
+            "token": None,
+        },
     }
 
 
@@ -1419,6 +1432,8 @@ def test_the_docstring_lists_every_key_the_loader_accepts() -> None:
         "verdict",
         "admin",
         "metrics",
+        "capture",
+        "capture.redact",
         "routes[].production",
         "routes[].compare",
     }
@@ -1451,6 +1466,7 @@ def test_the_docstring_defaults_are_the_real_ones() -> None:
         "the match string",
         "any method",
         "the main listener",
+        "true (with capture:)",
     }
     documented = {
         key: default

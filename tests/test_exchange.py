@@ -19,6 +19,7 @@ ANSWERED = Exchange(
     response_headers=[(b"content-type", b"application/json"), (b"x-a", b"b: c")],
     response_body=b'{"predictions": [1]}',
     created=1_700_000_000.25,
+    elapsed=0.0125,
 )
 UNANSWERED = Exchange("wine", "GET", "", "r\udcff", [], b"", created=3.5)
 
@@ -35,12 +36,13 @@ def test_an_exchange_without_an_answer_reads_back_without_one() -> None:
 
 def test_the_frame_layout_is_fixed() -> None:
     frame = encode(UNANSWERED)
-    # length, version 1, no flags, status 0, created, then the eight field lengths.
+    # length, version 2, no flags, status 0, created, elapsed, then the eight field lengths.
     assert frame[:4] == struct.pack("!I", len(frame) - 4)
-    assert frame[4:8] == b"\x01\x00\x00\x00"
+    assert frame[4:8] == b"\x02\x00\x00\x00"
     assert struct.unpack("!d", frame[8:16]) == (3.5,)
-    assert struct.unpack("!8I", frame[16:48]) == (4, 3, 0, 2, 0, 0, 0, 0)
-    assert frame[48:] == b"wineGETr\xff"
+    assert struct.unpack("!d", frame[16:24]) == (0.0,)
+    assert struct.unpack("!8I", frame[24:56]) == (4, 3, 0, 2, 0, 0, 0, 0)
+    assert frame[56:] == b"wineGETr\xff"
 
 
 def test_a_joined_header_block_is_reused_as_given() -> None:
@@ -71,8 +73,8 @@ def test_a_frame_over_the_limit_is_refused() -> None:
     [
         (struct.pack("!I", 3) + b"abc", r"^frame length 3 is out of bounds$"),
         (
-            encode(UNANSWERED)[:4] + b"\x02" + encode(UNANSWERED)[5:],
-            r"^frame version 2, expected 1$",
+            encode(UNANSWERED)[:4] + b"\x01" + encode(UNANSWERED)[5:],
+            r"^frame version 1, expected 2$",
         ),
     ],
 )
@@ -85,5 +87,5 @@ def test_lengths_that_do_not_add_up_are_an_error() -> None:
     frame = bytearray(encode(UNANSWERED))
     frame[:4] = struct.pack("!I", len(frame) - 4 + 1)
     frame += b"x"
-    with pytest.raises(FrameError, match=r"^frame of 58 bytes holds 57$"):
+    with pytest.raises(FrameError, match=r"^frame of 66 bytes holds 65$"):
         FrameReader(1 << 20).feed(bytes(frame))

@@ -199,7 +199,9 @@ routes:
     ]
     for name in ("idle", "later"):
         assert p.value("shadowproxy_verdict", route="/predict", shadow=name) == -0.5
-        assert p.value("shadowproxy_shadow_info", route="/predict", shadow=name) == 1
+        assert (
+            p.value("shadowproxy_shadow_info", route="/predict", shadow=name, role="candidate") == 1
+        )
 
 
 async def test_client_requests_are_counted_by_route_and_status(

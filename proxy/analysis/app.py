@@ -21,6 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.analysis import routes as wiring
 from proxy.analysis.admin import AdminAPI
+from proxy.analysis.capture import Capture, capture_off
 from proxy.analysis.exchanges import ExchangeHandler
 from proxy.analysis.intake import Intake
 from proxy.analysis.labels import LabelEndpoint
@@ -76,11 +77,16 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         metrics.store_max_bytes.set(config.store.max_disk or 0 if sqlite else 0)
         recordings = wiring.recordings(config, scorers)
         recorder = Recorder(store, config.store, recordings, metrics, problems)
-    routes = wiring.build_routes(config, metrics, recorder, problems)
+    capture: Capture | None = None
+    if config.capture.enabled:
+        capture = Capture(config.capture, metrics)
+        capture.update(config)
+    routes = wiring.build_routes(config, metrics, recorder, problems, capture)
     wiring.publish(metrics, config)
     exposition = _exposition(registry)
-    reporter = Reporter(exposition, metrics, config, problems)
-    labels = LabelEndpoint(store, config.labels, scorers, metrics.bind_labels())
+    reporter = Reporter(exposition, metrics, config, problems, capture)
+    joined = capture.label if capture is not None else None
+    labels = LabelEndpoint(store, config.labels, scorers, metrics.bind_labels(), joined)
     exchanges = ExchangeHandler({r.name: r for r in routes}, unknown=metrics.intake_errors)
     state = ProxyState(
         config,
@@ -91,6 +97,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
         exchanges,
         labels,
         recorder=recorder,
+        capture=capture,
         overrides=OverrideTable.for_process(),
     )
     state.overrides.apply(state.shadow_dispatchers())
@@ -109,6 +116,12 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     app.router.add_post("/labels", labels.handle)
     app.router.add_get("/report", reporter.handle_json)
     app.router.add_get("/report.html", reporter.handle_html)
+    if capture is not None:
+        app.router.add_get("/disagreements", capture.handle_disagreements)
+        app.router.add_get("/exchanges/{request_id}", capture.handle_exchange)
+    else:
+        app.router.add_get("/disagreements", capture_off)
+        app.router.add_get("/exchanges/{request_id}", capture_off)
     admin = AdminAPI(state, partial(reload_config, state))
     if config.admin.listen is None:
         admin.add_routes(app.router)
@@ -275,6 +288,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     if state.recorder is not None:
         await state.recorder.start()
+    if state.capture is not None:
+        await state.capture.start()
     await wiring.start(state.routes)
     await state.reporter.start()
     state.ready = True
@@ -287,6 +302,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     # After the shadows: their last answers still add predictions to recorded requests.
     if state.recorder is not None:
         await state.recorder.stop(grace)
+    if state.capture is not None:
+        await state.capture.stop()
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -44,6 +44,7 @@ def tee_of(exchange: Exchange) -> Tee:
         exchange.request_id,
         production,
         created=exchange.created,
+        elapsed=exchange.elapsed,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,8 +97,10 @@ class LabelEndpoint:
         config: LabelsConfig,
         scorers: dict[str, RouteScorer],
         metrics: LabelMetrics,
+        joined: Callable[[str, Any], None] | None = None,
     ) -> None:
         self._store = store
+        self._joined = joined  # told of every label joined (the capture keeps it beside)
         self._config = config
         self._auth = BearerToken(config.token)
         self._scorers = scorers
@@ -216,3 +218,5 @@ class LabelEndpoint:
                 scorer = self._scorers.get(result.record.route)
                 if scorer is not None:
                     scorer.join(result.record, now, item.scored)
+                if self._joined is not None:
+                    self._joined(item.request_id, item.label)

@@ -137,7 +137,9 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
         recorder = state.recorder if new.records else None
         if recorder is not None:
             recorder.update_routes(wiring.recordings(new, scorers))
-        routes = wiring.build_routes(new, metrics, recorder, state.reporter.problems)
+        routes = wiring.build_routes(new, metrics, recorder, state.reporter.problems, state.capture)
+        if state.capture is not None:
+            state.capture.update(new)
         await _keep_overrides(state, routes)
         await wiring.start(routes)
         old_routes = state.routes

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy.analysis.capture import Capture
 from proxy.analysis.problems import Problems
 from proxy.config import Config, config_hash
 from proxy.core.outcomes import Verdict
@@ -27,7 +28,7 @@ from proxy.report.build import (
 )
 from proxy.report.cli import prometheus_samples
 from proxy.report.html import render_html
-from proxy.report.model import HistoryPoint, Report
+from proxy.report.model import DrillDown, HistoryPoint, Report
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ def fingerprints(config: Config) -> dict[tuple[str, str], str]:
     return found
 
 
+def _pairs(config: Config) -> dict[tuple[str, str], str]:
+    """(route, shadow) -> the route's compare kind: the drill-down's pairs."""
+    return {
+        (route.name, shadow.name): route.comparator.kind.value
+        for route in config.routes
+        for shadow in route.shadows
+    }
+
+
 class Reporter:
     """Builds the report from this proxy's metrics (summed over --workers processes).
 
@@ -64,13 +74,16 @@ class Reporter:
         metrics: Metrics,
         config: Config,
         problems: Problems | None = None,
+        capture: Capture | None = None,
     ) -> None:
         self.problems = problems if problems is not None else Problems()
+        self._capture = capture  # the drill-down's disagreeing requests, when it is on
         self._exposition = exposition
         self._metrics = metrics
         self._settings = config.verdict
         self._config_hash = config_hash(config)
         self._fingerprints = fingerprints(config)
+        self._pairs = _pairs(config)
         self._holds: dict[tuple[str, str, str], Hold] = {}
         self._fleet_holds: dict[tuple[str, str, str], Hold] = {}
         self._fleet_failing = False
@@ -85,6 +98,7 @@ class Reporter:
         self._settings = config.verdict
         self._config_hash = config_hash(config)
         self._fingerprints = fingerprints(config)
+        self._pairs = _pairs(config)
 
     def _hold(self, route: str, shadow: str, check: str) -> Hold:
         return self._held(self._holds, route, shadow, check)
@@ -142,8 +156,10 @@ class Reporter:
         m.fleet_verdict_updated.set(now)
         return report
 
-    def report(self, now: float | None = None) -> Report:
-        """The report as of now; also sets the verdict gauges to it."""
+    def report(self, now: float | None = None, *, drilldown: bool = False) -> Report:
+        """The report as of now; also sets the verdict gauges to it. With `drilldown`, each
+        shadow's disagreeing requests from the capture (for /report and the page; not for the
+        gauges at every scrape)."""
         now = time.time() if now is None else now
         report = build_report(
             samples_of(self._exposition.collect()),
@@ -153,6 +169,7 @@ class Reporter:
             history={key: list(points) for key, points in self._history.items()},
             hold=self._hold,
             problems=self.problems.details(),
+            drilldowns=self._drilldowns() if drilldown else None,
         )
         m = self._metrics
         for route in report["routes"]:
@@ -216,9 +233,23 @@ class Reporter:
                 # A report that cannot be built must not stop the history for good.
                 log.exception("report sampling failed")
 
+    def _drilldowns(self) -> dict[tuple[str, str], DrillDown]:
+        capture = self._capture
+        if capture is None:
+            return {}
+        found = {}
+        for (route, shadow), kind in self._pairs.items():
+            try:
+                found[(route, shadow)] = capture.drilldown(route, shadow, kind)
+            except Exception:
+                log.exception("the drill-down of %s on %s failed", shadow, route)
+        return found
+
     async def handle_json(self, request: web.Request) -> web.Response:
-        body = orjson.dumps(self.report(), option=orjson.OPT_SERIALIZE_NUMPY)
+        report = self.report(drilldown=True)
+        body = orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY)
         return web.Response(body=body, content_type="application/json")
 
     async def handle_html(self, request: web.Request) -> web.Response:
-        return web.Response(text=render_html(self.report()), content_type="text/html")
+        text = render_html(self.report(drilldown=True))
+        return web.Response(text=text, content_type="text/html")

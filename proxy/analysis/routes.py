@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from proxy.analysis.capture import Capture
 from proxy.analysis.exchanges import RouteRuntime
 from proxy.analysis.problems import Problems
 from proxy.analysis.recording import Recorder, RouteRecording
@@ -49,10 +50,14 @@ def recordings(config: Config, scored: dict[str, RouteScorer]) -> dict[str, Rout
 
 
 def build_routes(
-    config: Config, metrics: Metrics, recorder: Recorder | None, problems: Problems | None = None
+    config: Config,
+    metrics: Metrics,
+    recorder: Recorder | None,
+    problems: Problems | None = None,
+    capture: Capture | None = None,
 ) -> tuple[RouteRuntime, ...]:
     """Every route of `config`, its shadow dispatchers built but not started; answers they
-    cannot measure are reported to `problems`."""
+    cannot measure are reported to `problems`, and every compared one offered to `capture`."""
     runtimes = []
     for route in config.routes:
         records = recorder is not None and route.record > 0
@@ -94,6 +99,9 @@ def build_routes(
                 route=route.name,
                 production=prod.name,
                 problems=problems,
+                capture=capture,
+                role=shadow.role,
+                match=route.match,
             )
             dispatchers.append(dispatcher)
             shadow_metrics.append(sm)
@@ -125,7 +133,7 @@ def publish(metrics: Metrics, config: Config, value: float = 1.0) -> None:
         kind = route.comparator.kind.value
         metrics.route_info.labels(route.name, kind, route.production.name).set(value)
         for shadow in route.shadows:
-            metrics.shadow_info.labels(route.name, shadow.name).set(value)
+            metrics.shadow_info.labels(route.name, shadow.name, shadow.role).set(value)
     metrics.set_config_info(
         config_hash(config),
         config.source,

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.analysis.capture import Capture
 from proxy.analysis.problems import Problems
-from proxy.core.comparison import Comparator, classify
+from proxy.core.comparison import Classified, Comparator, classify
 from proxy.core.exchange import Headers
 from proxy.core.extraction import ExtractionError, Extractor, decoded
 from proxy.core.outcomes import ComparisonResult, Outcome, RequestSum, SkipReason
@@ -52,6 +53,7 @@ class Tee:
     request_id: str
     production: UpstreamResponse | None  # its headers as (name, value) bytes too
     created: float = 0.0  # unix seconds when production answered (for label delays)
+    elapsed: float = 0.0  # seconds production took (the capture keeps it)
     recorded: bool = False  # queued for the prediction store: shadows add their predictions
     _predictions: Any = field(default=_NOT_PARSED)
     _classes_counted: bool = False
@@ -119,9 +121,15 @@ class ShadowDispatcher:
         route: str = "",
         production: str = "production",
         problems: Problems | None = None,
+        capture: Capture | None = None,
+        role: str = "candidate",
+        match: str = "",
     ) -> None:
         self.name = name
         self.route = route  # for logs and problems
+        self.role = role
+        self._capture = capture  # offered every compared exchange (it keeps some)
+        self._match = match  # the route's prefix: the captured path is match + suffix
         self._production = production
         self._problems = problems  # answers it cannot measure are reported there
         self._on_predictions = on_predictions
@@ -311,11 +319,15 @@ class ShadowDispatcher:
             )
             self._m.results[ComparisonResult.SHADOW_FAILED].inc()
             self._failed()
+            if self._capture is not None:
+                failed = Classified(ComparisonResult.SHADOW_FAILED, detail=str(exc))
+                self._offer(tee, None, None, failed)
             return
         self._answered()
-        m.duration.observe(loop.time() - started)
+        elapsed = loop.time() - started
+        m.duration.observe(elapsed)
         m.outcomes[Outcome.of_status(answer.status)].inc()
-        self._compare(tee, answer)
+        self._compare(tee, answer, elapsed)
 
     def _count_production(self, tee: Tee) -> None:
         """Count production's classes whatever the shadow answers, so that a failing shadow
@@ -331,7 +343,39 @@ class ShadowDispatcher:
         with contextlib.suppress(ExtractionError):
             tee.production_predictions(self._extractor, self._production_classes)
 
-    def _compare(self, tee: Tee, shadow: UpstreamResponse) -> None:
+    def _offer(
+        self,
+        tee: Tee,
+        answer: UpstreamResponse | None,
+        elapsed: float | None,
+        found: Classified,
+    ) -> None:
+        """Offer the compared exchange to the capture, which keeps some."""
+        assert self._capture is not None
+        production = tee.production
+        predictions = None
+        if production is not None and 200 <= production.status < 300:
+            with contextlib.suppress(ExtractionError):
+                predictions = tee.production_predictions(self._extractor)
+        self._capture.offer(
+            route=self.route,
+            path=self._match + tee.suffix,
+            shadow=self.name,
+            role=self.role,
+            comparator=self._comparator,
+            method=tee.method,
+            headers=tee.headers,
+            body=tee.body,
+            request_id=tee.request_id,
+            production=production,
+            production_ms=tee.elapsed * 1000 if production is not None else None,
+            answer=answer,
+            shadow_ms=None if elapsed is None else elapsed * 1000,
+            found=found,
+            production_predictions=predictions,
+        )
+
+    def _compare(self, tee: Tee, shadow: UpstreamResponse, elapsed: float = 0.0) -> None:
         """Count what the pure decision (`classify`) found; the shadow's predictions, once
         parsed, count by class and join its recorded request."""
         production = tee.production
@@ -350,6 +394,8 @@ class ShadowDispatcher:
             if tee.recorded and self._on_predictions is not None:
                 self._on_predictions(tee, self.name, got)
         self._m.results[found.result].inc()
+        if self._capture is not None:
+            self._offer(tee, shadow, elapsed, found)
         comparison = found.comparison
         if comparison is None:
             if found.detail and self._problems is not None:

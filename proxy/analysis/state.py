@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy.analysis.capture import Capture
 from proxy.analysis.exchanges import ExchangeHandler, RouteRuntime
 from proxy.analysis.labels import LabelEndpoint
 from proxy.analysis.overrides import Key, OverrideTable
@@ -37,6 +38,7 @@ class ProxyState:
     exchanges: ExchangeHandler  # takes the fronts' exchanges to the running routes
     labels: LabelEndpoint
     recorder: Recorder | None = None
+    capture: Capture | None = None  # capture: in the config (its settings need a restart)
     ready: bool = False
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retiring: set[asyncio.Task[None]] = field(default_factory=set)  # generations closing

@@ -81,6 +81,10 @@ routes[].shadows[].eject_after       20                           failures in a 
                                                                   answer) before it is ejected
 routes[].shadows[].eject_for         1s                           first ejection; a failed probe
                                                                   doubles it, up to 30s
+routes[].shadows[].role              candidate                    candidate | baseline: an A/A
+                                                                  comparison (production again, or
+                                                                  a replica) whose disagreement is
+                                                                  the others' noise floor
 routes[].compare.kind                classification               classification | regression |
                                                                   probabilities
 routes[].compare.tolerance           0.0                          absolute tolerance, >= 0, in the
@@ -176,6 +180,34 @@ metrics.listen                       the main listener            host:port of a
                                                                   for /metrics and /healthz, e.g.
                                                                   0.0.0.0:9464; a change needs a
                                                                   restart
+capture.enabled                      true (with capture:)         keep exchanges for the drill-down,
+                                                                  export and replay; off without a
+                                                                  capture section
+capture.path                         shadow-proxy-capture.db      the capture's SQLite file
+capture.max_per_second               10.0                         disagreements and status
+                                                                  mismatches kept per shadow and
+                                                                  second (the rest counted)
+capture.agreements                   1%                           share of agreements kept
+capture.max_disk                     1GiB                         the capture's pages in use; the
+                                                                  oldest beyond are removed
+capture.max_age                      7d                           older exchanges are removed
+capture.max_body                     64KiB                        bytes kept of each body (after
+                                                                  redaction); the rest is cut
+capture.queue                        1000                         exchanges waiting to be written;
+                                                                  full -> dropped and counted
+capture.redact.headers               []                           header names whose values are
+                                                                  never written (Authorization,
+                                                                  Cookie, Set-Cookie and
+                                                                  Proxy-Authorization always)
+capture.redact.fields                []                           JSON paths in bodies: a.b,
+                                                                  inputs[*].data, *.x, **.password
+capture.redact.patterns              []                           regular expressions replaced in
+                                                                  the bodies' and headers' text
+capture.token                        none                         bearer token of GET /disagreements
+                                                                  and /exchanges/... (without one,
+                                                                  labels.token is asked for)
+capture.token_file                   none                         instead of token: a file holding
+                                                                  it
 ===================================  ===========================  ==================================
 
 ``${VAR}`` in any string value is replaced by the environment variable VAR (an error if unset),
@@ -209,6 +241,7 @@ from proxy.config.limits import (
 from proxy.config.load import load_config, parse_config
 from proxy.config.model import (
     AdminConfig,
+    CaptureConfig,
     Config,
     ConfigError,
     LabelsConfig,
@@ -229,6 +262,7 @@ __all__ = [
     "REDACTED",
     "RESERVED_PATHS",
     "AdminConfig",
+    "CaptureConfig",
     "Config",
     "ConfigError",
     "LabelsConfig",

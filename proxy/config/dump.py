@@ -33,8 +33,10 @@ REDACTED: Final = "<redacted>"
 
 RESERVED_PATHS: Final = (
     "/metrics", "/healthz", "/readyz", "/labels", "/report", "/report.html", "/admin",
+    "/disagreements", "/exchanges",
 )  # fmt: skip
-"""The proxy's own endpoints (and everything under /admin/); they take precedence over routes."""
+"""The proxy's own endpoints (and everything under /admin/ and /exchanges/); they take
+precedence over routes."""
 
 
 def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
@@ -73,6 +75,7 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                         "max_queue": shadow.max_queue,
                         "eject_after": shadow.eject_after,
                         "eject_for": _format_duration(shadow.eject_for),
+                        "role": shadow.role,
                     }
                     for shadow in route.shadows
                 ],
@@ -142,9 +145,30 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                 "listen": listen_text(config.admin.listen),
             },
             "metrics": {"listen": listen_text(config.metrics.listen)},
+            "capture": _capture_dict(config, redact),
         }
     )
     return result
+
+
+def _capture_dict(config: Config, redact: bool) -> dict[str, Any]:
+    capture = config.capture
+    return {
+        "enabled": capture.enabled,
+        "path": capture.path,
+        "max_per_second": capture.max_per_second,
+        "agreements": _format_fraction(capture.agreements),
+        "max_disk": _format_size(capture.max_disk),
+        "max_age": _format_duration(capture.max_age),
+        "max_body": _format_size(capture.max_body),
+        "queue": capture.queue,
+        "redact": {
+            "headers": list(capture.redact_headers),
+            "fields": list(capture.redact_fields),
+            "patterns": list(capture.redact_patterns),
+        },
+        **_secret_dict(capture.token, capture.token_file, redact),
+    }
 
 
 def redact_url(url: str) -> str:
@@ -203,6 +227,17 @@ def config_warnings(config: Config) -> list[str]:
                 f"{config.source}: routes[].match: {route.match} (route {route.name!r}) is the "
                 "proxy's own endpoint; requests to it never reach the route"
             )
+    if (
+        config.capture.enabled
+        and config.capture.token is None
+        and config.labels.token is None
+        and not loopback
+    ):
+        warnings.append(
+            f"{config.source}: capture.token: GET /disagreements and /exchanges/ show captured"
+            f" requests and answers on {_listen_text(config.listen_host, config.listen_port)}"
+            " without a token (set capture.token, or labels.token, which they accept too)"
+        )
     if config.admin.listen is not None and not config.admin.enabled:
         warnings.append(
             f"{config.source}: admin.listen: the admin API is off without admin.token or "

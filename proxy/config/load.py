@@ -9,6 +9,7 @@ sqlite).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Final
 
 import yaml
 
+from proxy.capture.redaction import parse_path
 from proxy.config.limits import MAX_CONFIG_BYTES, _BoundedLoader, too_big
 from proxy.config.model import (
     AdminConfig,
+    CaptureConfig,
     Config,
     ConfigError,
     LabelsConfig,
@@ -96,6 +99,7 @@ _TOP_KEYS: Final = (
     "verdict",
     "admin",
     "metrics",
+    "capture",
 )
 _ROUTE_KEYS: Final = (
     "name",
@@ -120,6 +124,7 @@ _SHADOW_KEYS: Final = (
     "max_queue",
     "eject_after",
     "eject_for",
+    "role",
 )
 _COMPARE_KEYS: Final = (
     "kind",
@@ -135,6 +140,12 @@ _VERDICT_KEYS: Final = tuple(VerdictConfig.__dataclass_fields__)
 _VERDICT_REPLACED: Final = ("max_latency_ratio",)  # refused with a message saying what replaced it
 _ADMIN_KEYS: Final = tuple(AdminConfig.__dataclass_fields__)
 _METRICS_KEYS: Final = tuple(MetricsConfig.__dataclass_fields__)
+_CAPTURE_KEYS: Final = (
+    "enabled", "path", "max_per_second", "agreements", "max_disk", "max_age", "max_body",
+    "queue", "redact", "token", "token_file",
+)  # fmt: skip
+_REDACT_KEYS: Final = ("headers", "fields", "patterns")
+_ROLES: Final = ("candidate", "baseline")
 _SCHEMA: Final[Mapping[str, Sequence[str]]] = {
     "": _TOP_KEYS,
     "routes[]": _ROUTE_KEYS,
@@ -146,6 +157,8 @@ _SCHEMA: Final[Mapping[str, Sequence[str]]] = {
     "verdict": _VERDICT_KEYS,
     "admin": _ADMIN_KEYS,
     "metrics": _METRICS_KEYS,
+    "capture": _CAPTURE_KEYS,
+    "capture.redact": _REDACT_KEYS,
 }
 """Every section by its path (a list's items as []), with the keys its loader below takes: an
 unknown key found in another section is pointed there (`alpha` at the top: verdict.alpha)."""
@@ -193,6 +206,7 @@ def _shadow(c: _Checker, loc: _Loc) -> Shadow | None:
         max_queue=c.optional(items, "max_queue", _queue, 1000),
         eject_after=c.optional(items, "eject_after", _count, 20),
         eject_for=c.optional(items, "eject_for", _timeout, 1.0),
+        role=c.optional(items, "role", _role, "candidate"),
     )
     return shadow if c.mark() == start else None
 
@@ -478,6 +492,78 @@ def _admin(c: _Checker, loc: _Loc | None) -> AdminConfig:
     return AdminConfig(token=token, token_file=token_file, listen=listen)
 
 
+def _role(value: object) -> str:
+    if isinstance(value, str) and value.lower() in _ROLES:
+        return value.lower()
+    raise ValueError(
+        "expected candidate, or baseline (an A/A comparison: production again, or a replica of"
+        " it, whose disagreement is the noise floor of the route's other shadows)"
+    )
+
+
+def _json_path(value: object) -> str:
+    text = _text(value)
+    parse_path(text)  # ValueError says what is wrong
+    return text
+
+
+def _pattern(value: object) -> str:
+    text = _text(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return text
+
+
+def _capture(c: _Checker, loc: _Loc | None) -> CaptureConfig:
+    default = CaptureConfig()
+    items = _section(c, loc, _CAPTURE_KEYS)
+    if items is None:
+        return default
+    token, token_file = _secret(c, items)
+    headers: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    redact_loc = items.get("redact")
+    if redact_loc is not None and redact_loc.value is not None:
+        redact = c.mapping(redact_loc, _REDACT_KEYS) or {}
+        for key, check in (("headers", _header), ("fields", _json_path), ("patterns", _pattern)):
+            found = redact.get(key)
+            if found is None or found.value is None:
+                continue
+            values = c.list_of(found, check, "")
+            if key == "headers":
+                headers = values
+            elif key == "fields":
+                fields = values
+            else:
+                patterns = values
+    return CaptureConfig(
+        enabled=c.optional(items, "enabled", _boolean, True),
+        path=c.optional(items, "path", _text, default.path),
+        max_per_second=c.optional(items, "max_per_second", _rate, default.max_per_second),
+        agreements=c.optional(items, "agreements", parse_fraction, default.agreements),
+        max_disk=c.optional(items, "max_disk", _disk_cap, default.max_disk),
+        max_age=c.optional(items, "max_age", _timeout, default.max_age),
+        max_body=c.optional(items, "max_body", _body_cap, default.max_body),
+        queue=c.optional(items, "queue", _queue, default.queue),
+        redact_headers=headers,
+        redact_fields=fields,
+        redact_patterns=patterns,
+        token=token,
+        token_file=token_file,
+    )
+
+
+def _rate(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError("expected a number of exchanges per second, greater than 0")
+    if value > 1_000_000:
+        raise ValueError("at most 1000000 per second")
+    return float(value)
+
+
 def _metrics(c: _Checker, loc: _Loc | None) -> MetricsConfig:
     items = _section(c, loc, _METRICS_KEYS)
     if items is None:
@@ -557,6 +643,7 @@ def _config(c: _Checker, root: _Loc) -> Config | None:
         verdict=_verdict(c, items.get("verdict")),
         admin=_admin(c, items.get("admin")),
         metrics=_metrics(c, items.get("metrics")),
+        capture=_capture(c, items.get("capture")),
     )
     _check_listeners(c, items, config)
     return None if c.errors else config

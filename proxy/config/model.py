@@ -45,6 +45,9 @@ class Shadow:
     max_queue: int
     eject_after: int = 20  # consecutive failures (no usable answer) before it is ejected
     eject_for: float = 1.0  # the first ejection's length; each failed probe doubles it
+    # candidate, or baseline: an A/A comparison (production again, or a replica of it), whose
+    # disagreement is the noise floor the others are read against
+    role: str = "candidate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,35 @@ class StoreConfig:
     flush_interval: float = 0.05
     queue: int = 10_000
     sweep_interval: float = 60.0
+
+
+ALWAYS_REDACTED = ("authorization", "cookie", "proxy-authorization", "set-cookie")
+"""Header names whose values are never written to the capture, whatever the config says."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """The capture of exchanges for the drill-down (GET /disagreements, /exchanges/{id}, the
+    report's disagreeing requests) and for export and offline replay: off unless `enabled`.
+    Every disagreement and status mismatch is kept up to `max_per_second` per shadow, and a
+    share (`agreements`) of the agreements; bounded by `max_disk` and `max_age`, oldest out
+    first. Redacted before anything is written: `redact_headers` (and ALWAYS_REDACTED),
+    `redact_fields` (JSON paths, like inputs[*].data or customer.email) and `redact_patterns`
+    (regular expressions, on the bodies' text)."""
+
+    enabled: bool = False
+    path: str = "shadow-proxy-capture.db"
+    max_per_second: float = 10.0  # disagreements and status mismatches kept, per shadow
+    agreements: float = 0.01  # the share of agreeing exchanges kept
+    max_disk: int = 1024**3
+    max_age: float = 7 * 86400.0
+    max_body: int = 64 * 1024  # each body's bytes kept; the rest is cut, and flagged
+    queue: int = 1000
+    redact_headers: tuple[str, ...] = ()
+    redact_fields: tuple[str, ...] = ()
+    redact_patterns: tuple[str, ...] = ()
+    token: str | None = None  # for GET /disagreements and /exchanges/...; else labels.token
+    token_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +189,7 @@ class Config:
     verdict: VerdictConfig = VerdictConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
+    capture: CaptureConfig = CaptureConfig()
 
     @property
     def records(self) -> bool:

@@ -23,11 +23,12 @@ __all__ = ["Exchange", "FrameError", "FrameReader", "Headers", "encode", "join_h
 Headers = Sequence[tuple[bytes, bytes]]
 """Header fields as (name, value) bytes, in the order they were sent."""
 
-VERSION = 1
+VERSION = 2  # 2: production's elapsed time
 _PRODUCTION_ANSWERED = 1  # flag: production answered (status, headers and body are its answer)
 
-# length (of what follows it), version, flags, status, created, then the eight field lengths.
-_HEAD = struct.Struct("!IBBHd8I")
+# length (of what follows it), version, flags, status, created, elapsed, then the eight field
+# lengths.
+_HEAD = struct.Struct("!IBBHdd8I")
 _FIELDS = 8
 _LENGTH = struct.Struct("!I")
 
@@ -55,6 +56,7 @@ class Exchange:
     response_headers: Headers = ()
     response_body: bytes = b""
     created: float = 0.0  # unix seconds when production answered
+    elapsed: float = 0.0  # seconds production took, as the front measured it
 
     @property
     def answered(self) -> bool:
@@ -98,6 +100,7 @@ def encode(exchange: Exchange, request_headers: bytes | None = None) -> bytes:
         flags,
         exchange.status,
         exchange.created,
+        exchange.elapsed,
         *lengths,
     )
     return head + b"".join(parts)
@@ -105,7 +108,7 @@ def encode(exchange: Exchange, request_headers: bytes | None = None) -> bytes:
 
 def _decode(data: bytes, start: int, end: int) -> Exchange:
     """The frame at data[start:end]. Unrolled: this runs once per exchange."""
-    _, version, flags, status, created, l0, l1, l2, l3, l4, l5, l6, l7 = _HEAD.unpack_from(
+    _, version, flags, status, created, elapsed, l0, l1, l2, l3, l4, l5, l6, l7 = _HEAD.unpack_from(
         data, start
     )
     if version != VERSION:
@@ -132,6 +135,7 @@ def _decode(data: bytes, start: int, end: int) -> Exchange:
         _split_headers(data[g:h]) if answered else (),
         data[h:end] if answered else b"",
         created,
+        elapsed,
     )
 
 

@@ -70,8 +70,11 @@ _XFF = b"X-Forwarded-For"
 _XFP = b"X-Forwarded-Proto"
 _XFH = b"X-Forwarded-Host"
 
-CONTROL_PATHS = frozenset({"/labels", "/report", "/report.html", "/metrics", "/admin"})
-"""Paths of the main port served by the analysis process's control plane (and /admin/...)."""
+CONTROL_PATHS = frozenset(
+    {"/labels", "/report", "/report.html", "/metrics", "/admin", "/disagreements"}
+)
+"""Paths of the main port served by the analysis process's control plane (and /admin/... and
+/exchanges/...)."""
 _JSON = (b"Content-Type", b"application/json")
 
 
@@ -188,7 +191,7 @@ class HotPath:
         raw_path = (target if query_at < 0 else target[:query_at]).decode("latin-1")
         method = request.method
         # The proxy's own paths come first, as they did when one aiohttp app served them all.
-        if raw_path in CONTROL_PATHS or raw_path.startswith("/admin/"):
+        if raw_path in CONTROL_PATHS or raw_path.startswith(("/admin/", "/exchanges/")):
             self._to_control(request, respond)
             return
         if raw_path in ("/healthz", "/readyz") and method in ("GET", "HEAD"):
@@ -302,7 +305,8 @@ class HotPath:
                 return _error(504, message, request_id, id_header, request_id_bytes)
             message = f"production target {production.name} is unreachable"
             return _error(502, message, request_id, id_header, request_id_bytes)
-        production.duration.observe(self._loop.time() - started)
+        elapsed = self._loop.time() - started
+        production.duration.observe(elapsed)
         production.outcomes[Outcome.of_status(answer.status)].inc()
         out = _answer_headers(answer.headers, generation.id_header_lower, method == "HEAD")
         out.append((id_header, request_id_bytes))
@@ -317,6 +321,7 @@ class HotPath:
                 answer.status,
                 answer.headers,
                 answer.body,
+                elapsed,
             )
         reason = answer.reason.encode("latin-1") if answer.reason else b""
         return Response(answer.status, out, answer.body, reason)
@@ -350,6 +355,7 @@ class HotPath:
         status: int = 0,
         response_headers: Sequence[tuple[bytes, bytes]] = (),
         response_body: bytes = b"",
+        elapsed: float = 0.0,
     ) -> None:
         """Queue a copy for the analysis process; never waits, never raises."""
         if self._handoff is None:
@@ -368,6 +374,7 @@ class HotPath:
             response_headers=response_headers,
             response_body=response_body,
             created=time.time() if status else 0.0,
+            elapsed=elapsed,
         )
         self._handoff(encode(exchange, join_headers(headers)))
 

@@ -45,6 +45,7 @@ from proxy.report.model import (
     CalibrationBin,
     ClassLabelling,
     Disagreement,
+    DrillDown,
     ErrorFigures,
     Guardrail,
     HistoryPoint,
@@ -708,6 +709,7 @@ def _shadow_report(
     )
     return {
         "shadow": shadow,
+        "role": "candidate",
         "verdict": verdict,
         "reason": reason,
         "requests": int(requests),
@@ -729,6 +731,8 @@ def _shadow_report(
         "paired": paired,
         "regression": regression,
         "history": [],
+        "noise_floor": None,
+        "drilldown": {"exchanges": [], "flips": [], "largest_differences": []},
     }
 
 
@@ -741,11 +745,13 @@ def build_report(
     history: Mapping[tuple[str, str], Sequence[HistoryPoint]] | None = None,
     hold: Holds | None = None,
     problems: Mapping[str, Sequence[str]] | None = None,
+    drilldowns: Mapping[tuple[str, str], DrillDown] | None = None,
 ) -> Report:
     """The whole report (its shape is the JSON of GET /report). `hold` keeps decisions between
     reports (a running minimum of p, decisions held); without it each report stands alone.
     `problems` are, per route, the latest reasons its answers could not be read, in words
-    (proxy.analysis.problems keeps them), added to what the counts say."""
+    (proxy.analysis.problems keeps them), added to what the counts say. `drilldowns` are, per
+    (route, shadow), what the capture holds of its disagreements (proxy.analysis.capture)."""
     routes: list[RouteReport] = []
     for info in sorted(samples.label_sets(names.ROUTE_INFO.name), key=lambda i: i["route"]):
         route, kind, production_name = info["route"], info["kind"], info["production"]
@@ -764,6 +770,11 @@ def build_report(
                 if labels.get("route") == route
             }
         )
+        roles = {
+            labels["shadow"]: labels.get("role", "candidate")
+            for labels in samples.label_sets(names.SHADOW_INFO.name)
+            if labels.get("route") == route
+        }
         diagnostics = _route_diagnostics(samples, route, production_name)
         shadow_reports = []
         for shadow in shadows:
@@ -781,7 +792,12 @@ def build_report(
                 hold or _fresh,
             )
             report["history"] = list((history or {}).get((route, shadow), ()))
+            report["role"] = roles.get(shadow, "candidate")
+            found = (drilldowns or {}).get((route, shadow))
+            if found is not None:
+                report["drilldown"] = found
             shadow_reports.append(report)
+        _noise_floors(shadow_reports, 1 - settings.alpha)
         routes.append(
             {
                 "route": route,
@@ -808,6 +824,36 @@ def build_report(
         "alpha": settings.alpha,
         "routes": routes,
     }
+
+
+def _noise_floors(shadows: Sequence[ShadowReport], confidence: float) -> None:
+    """Each candidate's disagreement set against the route's baseline (an A/A comparison: its
+    disagreement is what production's own nondeterminism gives), and said in its reason."""
+    baseline = next((s for s in shadows if s["role"] == "baseline"), None)
+    if baseline is None:
+        return
+    floor = baseline["disagreement"]
+    for shadow in shadows:
+        if shadow is baseline:
+            continue
+        mine = shadow["disagreement"]
+        within: bool | None = None
+        if mine["low"] is not None and floor["high"] is not None:
+            within = mine["low"] <= floor["high"]
+        shadow["noise_floor"] = {
+            "baseline": baseline["shadow"],
+            "disagreement": floor["value"],
+            "low": floor["low"],
+            "high": floor["high"],
+            "within": within,
+        }
+        if within is not None and mine["value"] is not None and floor["value"] is not None:
+            where = "within" if within else "above"
+            shadow["reason"] += (
+                f"; its disagreement ({mine['value']:.1%}) is {where} the noise floor"
+                f" (baseline {baseline['shadow']}: {floor['value']:.1%},"
+                f" {confidence:.0%} interval up to {floor['high']:.1%})"
+            )
 
 
 def history_point(shadow: ShadowReport, now: float) -> HistoryPoint:

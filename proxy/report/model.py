@@ -13,12 +13,18 @@ from proxy.core.outcomes import Verdict
 __all__ = [
     "Accuracy",
     "CalibrationBin",
+    "CapturedExchange",
+    "CapturedInstance",
+    "ClassFlip",
     "ClassLabelling",
     "Disagreement",
+    "DrillDown",
     "ErrorFigures",
     "Guardrail",
     "HistoryPoint",
+    "LargestDifference",
     "LatencyFigures",
+    "NoiseFloor",
     "PairedClassification",
     "PairedOutcomes",
     "PairedRegression",
@@ -233,10 +239,80 @@ class HistoryPoint(TypedDict):
     high: float | None
 
 
+class CapturedInstance(TypedDict):
+    """One instance of a captured exchange: both models' predictions side by side (as the
+    answers held them), whether they differ, and the label once known (null before)."""
+
+    index: int
+    production: object
+    shadow: object
+    differs: bool
+    label: object
+
+
+class CapturedExchange(TypedDict):
+    """A captured exchange the shadow disagreed on (or answered with another status), for the
+    drill-down: GET /exchanges/{request_id} has the whole record. `instances` is capped at the
+    first 50; `truncated` says whether more were left out."""
+
+    request_id: str
+    captured_at: float
+    result: str
+    production_status: int | None
+    shadow_status: int | None
+    instances: list[CapturedInstance]
+    truncated: bool
+    labelled: bool
+
+
+class ClassFlip(TypedDict):
+    """Instances on which production predicted `production` and the shadow `shadow` (classes,
+    or argmax on probabilities routes), counted over every compared request since start."""
+
+    production: str
+    shadow: str
+    instances: int
+
+
+class LargestDifference(TypedDict):
+    """A regression instance among the captured ones with the largest |shadow - production|."""
+
+    request_id: str
+    index: int
+    production: float
+    shadow: float
+    difference: float  # shadow - production
+    label: float | None
+
+
+class NoiseFloor(TypedDict):
+    """The baseline shadow's (an A/A comparison: role baseline) disagreement, next to this
+    shadow's: `within` is true when this shadow's disagreement is not above the baseline's
+    (its interval's low end does not pass the baseline's high end)."""
+
+    baseline: str
+    disagreement: float | None
+    low: float | None
+    high: float | None
+    within: bool | None
+
+
+class DrillDown(TypedDict):
+    """Where this shadow disagrees, from the capture (capture: in the config; empty without):
+    its latest disagreeing exchanges, which classes flip to which, and on regression routes
+    the largest differences."""
+
+    exchanges: list[CapturedExchange]
+    flips: list[ClassFlip]
+    largest_differences: list[LargestDifference]
+
+
 class ShadowReport(TypedDict):
-    """One shadow of a route: its verdict, the reason in words, and every figure."""
+    """One shadow of a route: its verdict, the reason in words, and every figure. `role` is
+    "candidate", or "baseline" for an A/A comparison (the noise floor of the others)."""
 
     shadow: str
+    role: str
     verdict: Verdict
     reason: str
     requests: int
@@ -254,6 +330,8 @@ class ShadowReport(TypedDict):
     paired: PairedClassification
     regression: PairedRegression | None  # null on a route that is not a regression
     history: list[HistoryPoint]
+    noise_floor: NoiseFloor | None  # null without a baseline shadow on the route
+    drilldown: DrillDown
 
 
 class RouteReport(TypedDict):

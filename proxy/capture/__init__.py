@@ -1,0 +1,1 @@
+"""The capture of exchanges: redaction, the capture database, export and offline replay."""

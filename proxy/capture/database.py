@@ -1,0 +1,233 @@
+"""The capture database: captured exchanges in a local SQLite file in WAL mode (a restart keeps
+them), bounded by age and by the pages in use, the oldest removed first; the labels posted for
+them; and the queries of the drill-down and the export. Owns the file and its schema; no
+metrics, no redaction (rows arrive redacted), no event loop.
+
+Writes are short multi-row transactions, called from the analysis process's loop as the
+prediction store's are: the capture is rate-capped, so a batch is a few rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from proxy.capture.schema import COLUMNS, ExportRow
+
+WAL_LIMIT: Final = 16 * 1024 * 1024  # a checkpoint truncates the write-ahead log past this
+_SWEEP_CHUNK: Final = 500
+_DISAGREEING: Final = ("disagree", "status_mismatch")
+_STORED: Final = tuple(name for name, _, _ in COLUMNS if name not in ("label", "labelled_at"))
+"""The exchange's own columns; the label is joined from the labels table."""
+
+_SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS exchanges (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    {", ".join(_STORED)},
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS exchanges_pair ON exchanges (route, shadow, seq);
+CREATE INDEX IF NOT EXISTS exchanges_request ON exchanges (request_id);
+CREATE INDEX IF NOT EXISTS exchanges_captured ON exchanges (captured_at);
+CREATE TABLE IF NOT EXISTS labels (
+    request_id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    labelled_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+_SELECT: Final = (
+    f"SELECT e.seq, {', '.join('e.' + c for c in _STORED)}, l.label, l.labelled_at"
+    " FROM exchanges e LEFT JOIN labels l ON l.request_id = e.request_id"
+)
+_INSERT: Final = (
+    f"INSERT INTO exchanges ({', '.join(_STORED)}, bytes)"
+    f" VALUES ({', '.join('?' * (len(_STORED) + 1))})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """Exchanges a sweep removed, by reason."""
+
+    aged: int = 0  # older than max_age
+    over_disk: int = 0  # the oldest, beyond max_disk
+
+
+class CaptureDatabase:
+    """The capture's SQLite file.
+
+    >>> db = CaptureDatabase("capture.db", max_disk=1 << 30, max_age=7 * 86400)
+    >>> db.write([row])          # ExportRow-shaped dicts, label and labelled_at left out
+    >>> db.disagreements("iris", "iris-rf", limit=20)
+    """
+
+    def __init__(self, path: str | Path, *, max_disk: int, max_age: float) -> None:
+        self.path = Path(path)
+        self.max_disk = max_disk
+        self.max_age = max_age
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        self._conn.execute("PRAGMA busy_timeout=1000")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add exchanges (the columns of ExportRow but the label's, and their size in bytes as
+        `bytes`), in one transaction."""
+        if not rows:
+            return
+        values = [(*(row[c] for c in _STORED), row["bytes"]) for row in rows]
+        with self._transaction():
+            self._conn.executemany(_INSERT, values)
+
+    def label(self, labels: Sequence[tuple[str, str, float]]) -> int:
+        """Keep (request_id, label as JSON text, when) for the requests that were captured;
+        returns how many were."""
+        if not labels:
+            return 0
+        kept = 0
+        with self._transaction():
+            for request_id, label, at in labels:
+                cursor = self._conn.execute(
+                    "INSERT OR REPLACE INTO labels (request_id, label, labelled_at)"
+                    " SELECT ?, ?, ? WHERE EXISTS"
+                    " (SELECT 1 FROM exchanges WHERE request_id = ?)",
+                    (request_id, label, at, request_id),
+                )
+                kept += cursor.rowcount
+        return kept
+
+    def sweep(self, now: float) -> Removed:
+        """Remove what is older than max_age, then the oldest until the pages in use fit
+        max_disk, a chunk per transaction; labels left without an exchange go too; the
+        write-ahead log is checkpointed (and truncated)."""
+        aged = self._delete_while("captured_at < ?", (now - self.max_age,))
+        over_disk = 0
+        while self.bytes_in_use() > self.max_disk:
+            removed = self._delete_oldest()
+            if not removed:
+                break
+            over_disk += removed
+        with self._transaction():
+            self._conn.execute(
+                "DELETE FROM labels WHERE request_id NOT IN (SELECT request_id FROM exchanges)"
+            )
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return Removed(aged, over_disk)
+
+    def bytes_in_use(self) -> int:
+        """Pages in use (the file's pages less the free ones) times the page size."""
+        page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM exchanges").fetchone()[0])
+
+    def disagreements(
+        self,
+        route: str | None = None,
+        shadow: str | None = None,
+        *,
+        limit: int = 20,
+        before: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Disagreeing exchanges (disagree, status_mismatch), newest first, with their `seq`;
+        `before` pages on: only those older than that seq."""
+        where = [f"e.result IN ({', '.join('?' * len(_DISAGREEING))})"]
+        params: list[Any] = list(_DISAGREEING)
+        for column, value in (("route", route), ("shadow", shadow)):
+            if value is not None:
+                where.append(f"e.{column} = ?")
+                params.append(value)
+        if before is not None:
+            where.append("e.seq < ?")
+            params.append(before)
+        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY e.seq DESC LIMIT ?"
+        return self._rows(sql, (*params, limit))
+
+    def exchange(self, request_id: str) -> list[dict[str, Any]]:
+        """Every captured row of one request (one per shadow), oldest first."""
+        return self._rows(f"{_SELECT} WHERE e.request_id = ? ORDER BY e.seq", (request_id,))
+
+    def largest_differences(self, route: str, shadow: str, limit: int) -> list[dict[str, Any]]:
+        """A regression pair's captured exchanges with the largest max_difference."""
+        sql = (
+            f"{_SELECT} WHERE e.route = ? AND e.shadow = ? AND e.max_difference IS NOT NULL"
+            " ORDER BY e.max_difference DESC LIMIT ?"
+        )
+        return self._rows(sql, (route, shadow, limit))
+
+    def export(
+        self, *, since: float | None = None, route: str | None = None, shadow: str | None = None
+    ) -> Iterator[ExportRow]:
+        """Every captured exchange (oldest first) as export rows, the label joined."""
+        where, params = ["1"], []
+        for condition, value in (
+            ("e.captured_at >= ?", since),
+            ("e.route = ?", route),
+            ("e.shadow = ?", shadow),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        cursor = self._conn.execute(f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY e.seq", params)
+        names = [d[0] for d in cursor.description][1:]
+        for found in cursor:
+            row = dict(zip(names, found[1:], strict=True))
+            row["request_truncated"] = bool(row["request_truncated"])
+            yield row  # type: ignore[misc]  # the columns of ExportRow, by construction
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        cursor = self._conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        rows = []
+        for found in cursor:
+            row = dict(zip(names, found, strict=True))
+            row["request_truncated"] = bool(row["request_truncated"])
+            rows.append(row)
+        return rows
+
+    def _delete_while(self, condition: str, params: tuple[Any, ...]) -> int:
+        removed = 0
+        while True:
+            with self._transaction():
+                cursor = self._conn.execute(
+                    f"DELETE FROM exchanges WHERE seq IN (SELECT seq FROM exchanges WHERE"
+                    f" {condition} ORDER BY seq LIMIT {_SWEEP_CHUNK})",
+                    params,
+                )
+            removed += cursor.rowcount
+            if cursor.rowcount < _SWEEP_CHUNK:
+                return removed
+
+    def _delete_oldest(self) -> int:
+        with self._transaction():
+            cursor = self._conn.execute(
+                "DELETE FROM exchanges WHERE seq IN"
+                f" (SELECT seq FROM exchanges ORDER BY seq LIMIT {_SWEEP_CHUNK // 5})"
+            )
+        return cursor.rowcount
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -1,0 +1,289 @@
+"""The capture (issue 15): which exchanges are kept, redaction proven on the bytes written, the
+bounds held under many disagreeing requests, a restart keeping what was captured, and the
+read-only drill-down endpoints GET /disagreements and GET /exchanges/{request_id}."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.capture.database import CaptureDatabase
+from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, RunningProxy
+
+ROUTE = "/v1/models/m:predict"
+
+
+def _v1(predictions: list[Any]) -> Answer:
+    return Answer(body=orjson.dumps({"predictions": predictions}))
+
+
+def _echo(request: Received) -> Answer:
+    """Production: the instances back, as classes."""
+    return _v1(request.json()["instances"])
+
+
+def _odd_flipped(request: Received) -> Answer:
+    """A shadow that disagrees on the odd instances."""
+    return _v1([v + 1 if v % 2 else v for v in request.json()["instances"]])
+
+
+def _config(prod: str, shadow: str, tmp_path: Path, capture: str) -> str:
+    return f"""
+store: {{backend: sqlite, path: "{tmp_path / "predictions.db"}"}}
+capture:
+  path: "{tmp_path / "capture.db"}"
+{capture}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    record: 100%
+    production: {{name: prod, url: "{prod}{ROUTE}"}}
+    shadows:
+      - {{name: cand, url: "{shadow}{ROUTE}"}}
+"""
+
+
+async def _get(p: RunningProxy, path: str, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with p.session.get(p.url + path, headers=headers) as resp:
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def _send(p: RunningProxy, values: list[int], request_id: str) -> None:
+    status, _, _ = await p.post(ROUTE, {"instances": values}, headers={"X-Request-ID": request_id})
+    assert status == 200
+
+
+async def test_disagreements_are_kept_agreements_sampled_and_labels_joined(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    p = await proxy(_config(prod.url, shadow.url, tmp_path, "  agreements: 0%"))
+    for i in range(10):
+        await _send(p, [2 * i, 2 * i + 1] if i % 2 else [2 * i], f"r{i}")
+    await p.settled()
+    assert p.state.capture is not None
+    await p.state.capture.flush()
+
+    status, page = await _get(p, "/disagreements?route=" + ROUTE + "&shadow=cand")
+    assert status == 200
+    # Requests r1, r3, ... hold an odd instance: those disagree; newest first.
+    assert [e["request_id"] for e in page["exchanges"]] == ["r9", "r7", "r5", "r3", "r1"]
+    first = page["exchanges"][0]
+    assert first["production_predictions"] == [18, 19]
+    assert first["shadow_predictions"] == [18, 20]
+    assert first["differing"] == [1]
+    assert (first["instances"], first["disagreed"], first["result"]) == (2, 1, "disagree")
+    assert first["label"] is None
+    assert page["next"] is None
+    assert p.value("shadowproxy_capture_total", result="kept") == 5
+    assert p.value("shadowproxy_capture_total", result="sampled_out") == 5
+
+    # Paged: two at a time.
+    status, one = await _get(p, "/disagreements?limit=2")
+    status, two = await _get(p, f"/disagreements?limit=2&after={one['next']}")
+    assert [e["request_id"] for e in one["exchanges"] + two["exchanges"]] == [
+        "r9", "r7", "r5", "r3",
+    ]  # fmt: skip
+
+    # A label joined later is shown beside the captured exchange.
+    async with p.session.post(p.url + "/labels", json={"request_id": "r3", "label": [6, 8]}) as r:
+        assert r.status == 200
+    await p.state.capture.flush()
+    status, whole = await _get(p, "/exchanges/r3")
+    assert status == 200
+    [row] = whole["exchanges"]
+    assert row["label"] == [6, 8]
+    assert row["request_body"] == '{"instances":[6,7]}'
+    assert row["production_body"] == '{"predictions":[6,7]}'
+    assert row["shadow_body"] == '{"predictions":[6,8]}'
+    assert row["production_status"] == row["shadow_status"] == 200
+    assert row["production_ms"] > 0
+    assert row["shadow_ms"] > 0
+    assert row["path"] == ROUTE
+    assert row["request_headers"]["x-request-id"] == "r3"
+
+    status, missing = await _get(p, "/exchanges/never")
+    assert (status, missing) == (404, {"error": "no exchange captured for request_id 'never'"})
+    status, bad = await _get(p, "/disagreements?limit=0")
+    assert (status, bad) == (400, {"error": "limit must be from 1 to 200 (got 0)"})
+    status, bad = await _get(p, "/disagreements?after=x")
+    assert (status, bad) == (400, {"error": "limit and after must be whole numbers"})
+
+
+SECRETS = ("s3cret-bearer", "cookie-s3cret", "api-k3y", "123-45-6789", "hunter2", "tok-99")
+
+
+async def test_redacted_secrets_never_reach_the_disk_nor_the_api(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Headers (Authorization and Cookie always, X-Api-Key by config), a JSON field of the
+    request and of both answers, and a pattern in free text: the database's files read raw,
+    and every endpoint's answer, hold none of them."""
+
+    def leaky(token_field: str) -> Any:
+        def answer(request: Received) -> Answer:
+            doc = {"predictions": [1], "debug": {token_field: "tok-99"}}
+            return Answer(body=orjson.dumps(doc))
+
+        return answer
+
+    prod, shadow = await fake_model(leaky("token")), await fake_model(leaky("token"))
+    p = await proxy(
+        _config(
+            prod.url,
+            shadow.url,
+            tmp_path,
+            "  agreements: 100%\n"
+            "  redact:\n"
+            "    headers: [X-Api-Key]\n"
+            "    fields: [customer.password, '**.token']\n"
+            "    patterns: ['\\d{3}-\\d{2}-\\d{4}']\n",
+        )
+    )
+    body = {
+        "instances": [1],
+        "customer": {"password": "hunter2", "note": "ssn 123-45-6789"},
+    }
+    status, _, _ = await p.post(
+        ROUTE,
+        body,
+        headers={
+            "X-Request-ID": "secret-1",
+            "Authorization": "Bearer s3cret-bearer",
+            "Cookie": "session=cookie-s3cret",
+            "X-Api-Key": "api-k3y",
+        },
+    )
+    assert status == 200
+    await p.settled()
+    assert p.state.capture is not None
+    await p.state.capture.flush()
+    status, whole = await _get(p, "/exchanges/secret-1")
+    assert status == 200
+    [row] = whole["exchanges"]
+    assert row["request_headers"]["authorization"] == "<redacted>"
+    assert row["request_headers"]["cookie"] == "<redacted>"
+    assert row["request_headers"]["x-api-key"] == "<redacted>"
+    assert orjson.loads(row["request_body"]) == {
+        "instances": [1],
+        "customer": {"password": "<redacted>", "note": "ssn <redacted>"},
+    }
+    assert orjson.loads(row["production_body"])["debug"] == {"token": "<redacted>"}
+    assert orjson.loads(row["shadow_body"])["debug"] == {"token": "<redacted>"}
+    answers = [orjson.dumps(whole)]
+    for path in ("/disagreements", "/report", "/report.html"):
+        async with p.session.get(p.url + path) as resp:
+            answers.append(await resp.read())
+    await p.stop()  # the database closed: every byte is in its files
+    files = await asyncio.to_thread(lambda: sorted(tmp_path.glob("capture.db*")))
+    raw = b"".join([await asyncio.to_thread(f.read_bytes) for f in files])
+    assert b"secret-1" in raw  # the capture is there ...
+    for secret in SECRETS:  # ... without a secret
+        assert secret.encode() not in raw, secret
+        assert all(secret.encode() not in answer for answer in answers), secret
+
+
+async def test_the_bounds_hold_under_many_disagreeing_requests(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Every request disagrees: at most max_per_second a second are kept (the rest counted),
+    and a sweep keeps the database under max_disk, the oldest removed first, counted."""
+    big = "x" * 20_000
+
+    def wide(request: Received) -> Answer:
+        return Answer(body=orjson.dumps({"predictions": [1], "pad": big}))
+
+    prod, shadow = await fake_model(wide), await fake_model(_odd_flipped)
+    p = await proxy(
+        _config(
+            prod.url,
+            shadow.url,
+            tmp_path,
+            "  max_per_second: 1000000\n  max_disk: 1MiB\n  max_body: 20KiB",
+        )
+    )
+    requests = 200
+    await asyncio.gather(*(_send(p, [1], f"r{i}") for i in range(requests)))
+    await p.settled()
+    capture = p.state.capture
+    assert capture is not None
+    await capture.flush()
+    kept = p.value("shadowproxy_capture_total", result="kept")
+    assert kept + p.value("shadowproxy_capture_total", result="queue_full") == requests
+    capture.sweep()
+    db = CaptureDatabase(tmp_path / "capture.db", max_disk=1 << 20, max_age=86400)
+    try:
+        assert db.bytes_in_use() <= 1 << 20
+        left = db.count()
+    finally:
+        db.close()
+    assert p.value("shadowproxy_capture_removed_total", reason="over_disk") == kept - left
+    assert left < kept
+    # The oldest went first: what is left is the newest of what was kept.
+    status, page = await _get(p, "/disagreements?limit=200")
+    seqs = [e["seq"] for e in page["exchanges"]]
+    assert len(seqs) == left
+    assert seqs == sorted(seqs, reverse=True)
+    # max_age: a sweep a week on removes the rest.
+    capture.sweep(now=10**10)
+    assert p.value("shadowproxy_capture_removed_total", reason="aged") == left
+
+
+async def test_the_rate_cap_counts_what_it_does_not_keep(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    p = await proxy(_config(prod.url, shadow.url, tmp_path, "  max_per_second: 3"))
+    await asyncio.gather(*(_send(p, [1], f"r{i}") for i in range(50)))
+    await p.settled()
+    assert p.state.capture is not None
+    await p.state.capture.flush()
+    kept = p.value("shadowproxy_capture_total", result="kept")
+    limited = p.value("shadowproxy_capture_total", result="rate_limited")
+    assert kept + limited == 50
+    assert 3 <= kept < 50  # a burst of 3, then 3 a second for as long as the burst took
+
+
+async def test_a_restart_keeps_the_capture(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    config = _config(prod.url, shadow.url, tmp_path, "")
+    p = await proxy(config)
+    await _send(p, [3], "before")
+    await p.settled()
+    await p.stop()
+    again = await proxy(config)
+    status, whole = await _get(again, "/exchanges/before")
+    assert status == 200
+    assert whole["exchanges"][0]["shadow_predictions"] == [4]
+
+
+async def test_the_endpoints_take_the_capture_token_or_the_labels_one(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    p = await proxy(
+        _config(prod.url, shadow.url, tmp_path, "  token: cap-t0k") + "labels: {token: lab-t0k}\n"
+    )
+    assert (await _get(p, "/disagreements"))[0] == 401
+    assert (await _get(p, "/disagreements", "lab-t0k"))[0] == 403
+    assert (await _get(p, "/exchanges/x", "wrong"))[0] == 403
+    assert (await _get(p, "/disagreements", "cap-t0k"))[0] == 200
+
+
+async def test_with_the_capture_off_the_endpoints_say_how_to_turn_it_on(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    prod = await fake_model(_echo)
+    p = await proxy(
+        f"routes: [{{match: {ROUTE}, protocol: kserve-v1, production: "
+        f"{{name: prod, url: '{prod.url}{ROUTE}'}}}}]"
+    )
+    message = "the capture is off: add a capture: section to the config (see the README)"
+    assert await _get(p, "/disagreements") == (404, {"error": message})
+    assert await _get(p, "/exchanges/r1") == (404, {"error": message})
