@@ -5,12 +5,15 @@ read-only drill-down endpoints GET /disagreements and GET /exchanges/{request_id
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 
 from proxy.capture.database import CaptureDatabase
+from proxy.capture.schema import COLUMNS
 from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, RunningProxy
 
 ROUTE = "/v1/models/m:predict"
@@ -287,3 +290,97 @@ async def test_with_the_capture_off_the_endpoints_say_how_to_turn_it_on(
     message = "the capture is off: add a capture: section to the config (see the README)"
     assert await _get(p, "/disagreements") == (404, {"error": message})
     assert await _get(p, "/exchanges/r1") == (404, {"error": message})
+
+
+async def _export(*args: str) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "capture", "export", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+async def test_the_export_reads_back_in_duckdb_with_the_right_counts(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """20 requests, 10 disagreeing, 8 labelled: exported while the proxy runs, as Parquet and
+    as JSON lines, and read back by DuckDB as a data scientist would."""
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    p = await proxy(_config(prod.url, shadow.url, tmp_path, "  agreements: 100%"))
+    for i in range(20):
+        await _send(p, [i], f"r{i}")
+    await p.settled()
+    for i in range(8):
+        async with p.session.post(p.url + "/labels", json={"request_id": f"r{i}", "label": i}):
+            pass
+    assert p.state.capture is not None
+    await p.state.capture.flush()
+    db = str(tmp_path / "capture.db")
+    parquet = tmp_path / "capture.parquet"
+
+    code, out, err = await _export("--db", db, "--out", str(parquet))
+    assert (code, out, err) == (0, b"", f"wrote 20 exchanges to {parquet} (parquet)\n".encode())
+    [found] = duckdb.sql(
+        "SELECT count(*), sum(disagreed), count(label), count(DISTINCT request_id),"
+        " sum(CASE WHEN result = 'disagree' THEN 1 ELSE 0 END)"
+        f" FROM read_parquet('{parquet}')"
+    ).fetchall()
+    assert found == (20, 10, 8, 20, 10)
+    # Predictions and labels are JSON text: DuckDB's json functions read them.
+    [row] = duckdb.sql(
+        "SELECT json_extract(shadow_predictions, '$[0]')::INT, label::INT, differing"
+        f" FROM read_parquet('{parquet}') WHERE request_id = 'r3'"
+    ).fetchall()
+    assert row == (4, 3, "[0]")
+    described = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{parquet}')").fetchall()
+    types = {name: kind for name, kind, *_ in described}
+    assert list(types) == [name for name, _, _ in COLUMNS]
+    assert (types["captured_at"], types["instances"], types["request_truncated"]) == (
+        "DOUBLE", "BIGINT", "BOOLEAN",
+    )  # fmt: skip
+
+    code, out, err = await _export("--db", db, "--shadow", "cand", "--since", "1h")
+    assert code == 0
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert len(lines) == 20
+    assert list(lines[0]) == [name for name, _, _ in COLUMNS]
+    assert [r["label"] for r in lines[:3]] == ["0", "1", "2"]
+    code, out, _ = await _export("--db", db, "--route", "elsewhere")
+    assert (code, out) == (0, b"")
+
+    code, out, err = await _export("--db", str(tmp_path / "none.db"))
+    assert (code, out) == (1, b"")
+    assert (
+        err
+        == f"shadow-proxy capture export: no capture database at {tmp_path / 'none.db'}\n".encode()
+    )
+
+
+async def test_a_baseline_shadow_is_the_noise_floor_of_the_others(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """production again as role: baseline (A/A: it never disagrees), and a candidate that
+    disagrees on half: the candidate's disagreement is above the noise floor, and said so."""
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    p = await proxy(
+        _config(prod.url, shadow.url, tmp_path, "")
+        + f"      - {{name: again, url: '{prod.url}{ROUTE}', role: baseline}}\n"
+    )
+    for i in range(40):
+        await _send(p, [i], f"r{i}")
+    await p.settled()
+    status, report = await _get(p, "/report")
+    shadows = {s["shadow"]: s for s in report["routes"][0]["shadows"]}
+    assert (shadows["again"]["role"], shadows["cand"]["role"]) == ("baseline", "candidate")
+    floor = shadows["cand"]["noise_floor"]
+    assert floor["baseline"] == "again"
+    assert floor["disagreement"] == 0.0
+    assert floor["within"] is False
+    assert (
+        "its disagreement (50.0%) is above the noise floor (baseline again: 0.0%"
+        in (shadows["cand"]["reason"])
+    )
+    assert shadows["again"]["noise_floor"] is None
+    assert p.value("shadowproxy_shadow_info", route=ROUTE, shadow="again", role="baseline") == 1
