@@ -6,7 +6,9 @@ at a fixed concurrency from a separate process; prints a table and the targets, 
 
 Scenarios. Yardsticks: direct (the production stand-in alone: the physical limit), nginx_mirror
 (nginx's `mirror` to the fast shadow), tee_baseline (a minimal aiohttp tee). The proxy:
-no_shadow, fast_shadow, three_shadows, fast_shadow_store (every request recorded). Isolation,
+no_shadow, fast_shadow, three_shadows, fast_shadow_store (every request recorded), all_disagree
+and all_disagree_capture (a shadow that disagrees on every request, without and with every
+exchange captured). Isolation,
 each judged against fast_shadow: slow_shadow (200 ms slower), blackhole_shadow (never answers),
 huge_shadow (answers 50 MB JSON bodies), analysis_killed (kill -9 of the proxy's analysis
 process mid-window; skipped while there is none), reload_yaml_bomb and reload_10mb_config (the
@@ -63,6 +65,7 @@ def backend_options(huge_bytes: int) -> dict[str, list[str]]:
     return {
         "prod": [],
         "fast": ["--disagree", "0.1"],
+        "contrary": ["--disagree", "1.0"],
         "slow": ["--disagree", "0.1", "--latency", "200ms"],
         "blackhole": ["--blackhole"],
         "huge": ["--disagree", "0.1", "--answer-bytes", str(huge_bytes)],
@@ -85,6 +88,7 @@ class Scenario:
     baseline: bool = False  # loadtest.tee_baseline instead of the proxy
     nginx: bool = False  # nginx's mirror instead of the proxy
     store: bool = False  # record every request in the embedded prediction store
+    capture: bool = False  # capture every exchange (the drill-down's, with no rate cap)
     event: Event | None = None
 
 
@@ -102,6 +106,8 @@ SCENARIOS = (
     Scenario("reload_10mb_config", ("fast",), event=Event.RELOAD_BIG_CONFIG),
     Scenario("three_shadows", ("fast", "fast", "fast")),
     Scenario("fast_shadow_store", ("fast",), store=True),
+    Scenario("all_disagree", ("contrary",)),
+    Scenario("all_disagree_capture", ("contrary",), capture=True),
 )
 
 ISOLATION = (
@@ -246,6 +252,13 @@ def proxy_config(
     if scenario.store:
         route["record"] = "100%"
         config["store"] = {"backend": "sqlite", "path": str(workdir / f"{scenario.name}.db")}
+    if scenario.capture:
+        # Every exchange disagrees, and every one is kept: the capture's worst case.
+        config["capture"] = {
+            "path": str(workdir / f"{scenario.name}-capture.db"),
+            "max_per_second": 1_000_000,
+            "queue": 100_000,
+        }
     return config
 
 
@@ -384,6 +397,8 @@ def scrape(url: str) -> dict[str, float]:
                 and s.labels["outcome"] != "ok"
             ):
                 add("production_errors", s.value)
+            elif s.name == "shadowproxy_capture_total":
+                add(f"capture_{s.labels['result']}", s.value)
             elif s.name == "shadowproxy_config_reloads_total":
                 add(f"config_reloads_{s.labels['result']}", s.value)
     return totals
@@ -595,6 +610,8 @@ class _Run:
             extra.update(
                 {k: int(metrics.get(k, 0)) for k in ("records_written", "records_dropped")}
             )
+        if scenario.capture:
+            extra.update({k: int(v) for k, v in metrics.items() if k.startswith("capture_")})
         if scenario.event is not None:
             extra["event"] = {"what": scenario.event.value, **measured.event, **after}
             reloads = {k: int(v) for k, v in metrics.items() if k.startswith("config_reloads_")}
@@ -756,6 +773,13 @@ def checks(results: Sequence[Result]) -> list[str]:
         out.append(
             f"{_mark(x >= 0.9)} store cost: fast_shadow_store {x:.2f} x fast_shadow throughput,"
             f" p99 {store.p99_ms / fast.p99_ms:.2f} x (target >= 0.90)"
+        )
+    plain, captured = by_name.get("all_disagree"), by_name.get("all_disagree_capture")
+    if plain and captured and captured.skipped is None and plain.requests_per_second:
+        x = captured.requests_per_second / plain.requests_per_second
+        out.append(
+            f"{_mark(x >= 0.9)} capture cost: all_disagree_capture {x:.2f} x all_disagree"
+            " throughput, every request disagreeing and captured (target >= 0.90)"
         )
     if fast:
         out.append(

@@ -228,6 +228,7 @@ async def test_the_bounds_hold_under_many_disagreeing_requests(
     assert left < kept
     # The oldest went first: what is left is the newest of what was kept.
     status, page = await _get(p, "/disagreements?limit=200")
+    assert status == 200
     seqs = [e["seq"] for e in page["exchanges"]]
     assert len(seqs) == left
     assert seqs == sorted(seqs, reverse=True)
@@ -372,6 +373,7 @@ async def test_a_baseline_shadow_is_the_noise_floor_of_the_others(
         await _send(p, [i], f"r{i}")
     await p.settled()
     status, report = await _get(p, "/report")
+    assert status == 200
     shadows = {s["shadow"]: s for s in report["routes"][0]["shadows"]}
     assert (shadows["again"]["role"], shadows["cand"]["role"]) == ("baseline", "candidate")
     floor = shadows["cand"]["noise_floor"]

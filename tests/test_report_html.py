@@ -783,3 +783,346 @@ def test_every_key_the_page_reads_by_name_is_a_key_of_the_model() -> None:
             read.add(key.value)
     assert len(read) > 40
     assert read <= known, read - known
+
+
+# --- where it disagrees: the drill-down ----------------------------------------------------------
+
+
+def _instance(index: int, production: Any, shadow: Any, label: Any = None) -> dict[str, Any]:
+    return {
+        "index": index,
+        "production": production,
+        "shadow": shadow,
+        "differs": production != shadow,
+        "label": label,
+    }
+
+
+def _exchange(
+    request_id: str, at: float, instances: list[dict[str, Any]], **fields: Any
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "captured_at": at,
+        "result": "disagree",
+        "production_status": 200,
+        "shadow_status": 200,
+        "instances": instances,
+        "truncated": False,
+        "labelled": any(i["label"] is not None for i in instances),
+        **fields,
+    }
+
+
+def _drill(
+    exchanges: list[dict[str, Any]] | None = None,
+    flips: list[tuple[str, str, int]] | None = None,
+    largest: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "exchanges": exchanges or [],
+        "flips": [{"production": p, "shadow": s, "instances": n} for p, s, n in flips or []],
+        "largest_differences": largest or [],
+    }
+
+
+def _disagreeing(name: str, disagreed: int = 201, **figures: Any) -> dict[str, Any]:
+    disagreement = {"compared": 1000, "disagreed": disagreed, "value": disagreed / 1000,
+                    "low": 0.19, "high": 0.213}  # fmt: skip
+    return _shadow(name, role="candidate", disagreement=disagreement, **figures)
+
+
+def _page(kind: str, *shadows: dict[str, Any]) -> str:
+    html = render_html({"routes": [{**NULL_ROUTE, "kind": kind, "shadows": list(shadows)}]})
+    assert Page(html).errors == []
+    return html
+
+
+def drilldown(html: str, shadow: str) -> str:
+    found = re.search(r'<section class="drilldown".*?</section>', card(html, shadow), re.S)
+    assert found is not None, f"no drill-down for {shadow}"
+    return found.group(0)
+
+
+def rows_of(table: str) -> list[list[str]]:
+    """A table's body rows, each the text of its cells."""
+    body = re.search(r"<tbody>(.*?)</tbody>", table, re.S)
+    assert body is not None
+    return [
+        [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body.group(1), re.S)
+    ]
+
+
+def table(html: str, cls: str) -> str:
+    found = re.findall(rf'<table class="{cls}".*?</table>', html, re.S)
+    assert len(found) == 1, found
+    return str(found[0])
+
+
+IRIS_EXCHANGES = [
+    _exchange("req-1", T0, [_instance(0, "setosa", "versicolor", "setosa")]),
+    _exchange(
+        "req-2",
+        T0 + 60,
+        [_instance(0, "setosa", "setosa"), _instance(1, "virginica", "versicolor")],
+    ),
+    _exchange("req-3", T0 + 30, [], result="status_mismatch", shadow_status=503),
+]
+IRIS_FLIPS = [("setosa", "versicolor", 31), ("versicolor", "virginica", 52),
+              ("virginica", "versicolor", 9), ("virginica", "setosa", 2)]  # fmt: skip
+
+
+def test_drilldown_shows_the_latest_disagreeing_requests_newest_first() -> None:
+    html = _page("classification", _disagreeing("s", drilldown=_drill(IRIS_EXCHANGES, IRIS_FLIPS)))
+    section = drilldown(html, "s")
+    assert '<h4 id="shadow-0-0-drill">Where it disagrees</h4>' in section
+    heads = re.findall(r'<p class="exchange-head".*?</p>', section, re.S)
+    assert [re.sub(r"(<[^>]+>)+", "|", h).strip("|") for h in heads] == [
+        "request |req-2|2026-11-27 16:21:00 UTC|disagree|1 of 2 instances differs",
+        "request |req-3|2026-11-27 16:20:30 UTC|status mismatch: production 200, shadow 503",
+        "request |req-1|2026-11-27 16:20:00 UTC|disagree|1 of 1 instance differs",
+    ]
+    assert '<a class="rid" href="/exchanges/req-2">req-2</a>' in section
+    assert '<time datetime="2026-11-27T16:21:00Z">2026-11-27 16:21:00 UTC</time>' in section
+    assert "No predictions to compare." in section  # the status mismatch has none
+    tables = re.findall(r'<table class="instances".*?</table>', section, re.S)
+    assert [rows_of(t) for t in tables] == [
+        [
+            ["0", "= same", "setosa", "setosa", "label pending"],
+            ["1", "≠ differs", "virginica", "versicolor", "label pending"],
+        ],
+        [["0", "≠ differs", "setosa", "versicolor", "setosa"]],
+    ]
+    # The differing instance is highlighted, and says so in words (not by colour alone).
+    assert re.findall(r'<tr class="differs"><th scope="row">(\d+)</th>', section) == ["1", "0"]
+    assert section.count('<span class="marker">≠ differs</span>') == 2
+    assert "+ more instances" not in section
+    assert "older ones not shown" not in section
+
+
+def test_flips_matrix_counts_instances_by_class_with_totals() -> None:
+    html = _page("classification", _disagreeing("s", drilldown=_drill(IRIS_EXCHANGES, IRIS_FLIPS)))
+    flips = table(drilldown(html, "s"), "flips")
+    headers = re.findall(r'<th scope="col">(.*?)</th>', flips)
+    assert [re.sub(r"<[^>]+>", "", h) for h in headers] == [
+        "production predicts ↓", "setosa", "versicolor", "virginica", "Total",
+    ]  # fmt: skip
+    assert '<th scope="colgroup" colspan="3">the shadow predicts →</th>' in flips
+    assert rows_of(flips) == [
+        ["setosa", DASH, "31", "0", "31"],
+        ["versicolor", "0", DASH, "52", "52"],
+        ["virginica", "2", "9", DASH, "11"],
+    ]
+    foot = re.search(r"<tfoot>(.*?)</tfoot>", flips, re.S)
+    assert foot is not None
+    assert re.findall(r"<t[hd][^>]*>([^<]*)</t[hd]>", foot.group(1)) == [
+        "Total", "2", "40", "52", "94",
+    ]  # fmt: skip
+    # Only the classes that appear: a class production never flips from has no row.
+    one = _page("classification", _disagreeing("s", drilldown=_drill(flips=[("0", "2", 4)])))
+    assert rows_of(table(one, "flips")) == [["0", "4", "4"]]
+    assert "No disagreeing request captured yet." in one
+
+
+def test_flips_matrix_folds_rare_classes_and_sorts_numbers_by_value() -> None:
+    flips = [(str(k), str(k + 1), 100 - k) for k in range(20)]
+    html = _page("classification", _disagreeing("s", drilldown=_drill(flips=flips)))
+    matrix = table(html, "flips")
+    rows = rows_of(matrix)
+    assert [r[0] for r in rows] == [*(str(k) for k in range(12)), "other classes"]
+    assert [r[-1] for r in rows][-1] == str(sum(100 - k for k in range(12, 20)))
+    headers = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r'<th scope="col">(.*?)</th>', matrix)]
+    assert headers[1:] == [*(str(k) for k in range(1, 13)), "other classes", "Total"]
+    assert matrix.count("<tr>") == 2 + 13 + 1  # the header's, the classes', the totals'
+    assert f'<td class="total">{sum(100 - k for k in range(20)):,}</td></tr></tfoot>' in matrix
+
+
+def test_no_flip_yet_is_a_sentence() -> None:
+    only_mismatch = [_exchange("r", T0, [], result="status_mismatch", shadow_status=500)]
+    html = _page("classification", _disagreeing("s", drilldown=_drill(only_mismatch)))
+    assert "No class has flipped yet." in drilldown(html, "s")
+    assert '<table class="flips"' not in html
+
+
+def test_probabilities_show_vectors_rounded_with_the_argmax_marked() -> None:
+    exchange = _exchange(
+        "p-1",
+        T0,
+        [
+            _instance(0, [0.1234, 0.8766], [0.61, 0.39], 1),
+            _instance(1, [0.2, 0.3, 0.5], [0.2, 0.3, 0.5]),
+            _instance(2, [0.01] * 11 + [0.89], [0.9] + [0.01] * 11),
+        ],
+    )
+    html = _page(
+        "probabilities",
+        _disagreeing("s", drilldown=_drill([exchange], [("1", "0", 7), ("11", "0", 1)])),
+    )
+    section = drilldown(html, "s")
+    marked = (
+        '<mark class="argmax" title="the largest: class {k}">{v}</mark>'
+        '<span class="visually-hidden"> (largest, class {k})</span>'
+    )
+    assert f'<span class="pred">[0.123, {marked.format(k=1, v="0.877")}]</span>' in section
+    assert f'<span class="pred">[{marked.format(k=0, v="0.610")}, 0.390]</span>' in section
+    # A long vector: its first 8, how many more, and the largest when it is past them.
+    assert (
+        '<span class="pred">[0.010, 0.010, 0.010, 0.010, 0.010, 0.010, 0.010, 0.010, … +4]'
+        f" largest: [11] {marked.format(k=11, v='0.890')}</span>"
+    ) in section
+    assert "(the argmax of each model's probabilities)" in section
+    assert [r[0] for r in rows_of(table(section, "flips"))] == ["1", "11"]
+    assert "<mark" not in rows_of(table(section, "instances"))[0][4]  # a label of 1: no vector
+
+
+def test_long_predictions_and_many_exchanges_are_cut() -> None:
+    long_text = "cat " * 100
+    exchanges = [
+        _exchange(f"r{k:02d}", T0 + k, [_instance(0, long_text, "dog")], truncated=k == 11)
+        for k in range(12)
+    ]
+    exchanges.append(
+        _exchange("deep", T0 - 1, [_instance(0, json.loads("[" * 500 + "]" * 500), 1)])
+    )
+    html = _page("classification", _disagreeing("s", drilldown=_drill(exchanges)))
+    section = drilldown(html, "s")
+    assert section.count('<div class="exchange">') == 10  # the latest ten
+    assert "r11" in section
+    assert "r01" not in section
+    assert '<p class="more">3 older ones not shown: GET /disagreements lists them.</p>' in section
+    assert section.count("+ more instances not shown") == 1  # r11 was truncated
+    cut = re.findall(r'<span class="pred"><span title="([^"]*)">([^<]*)</span></span>', section)
+    assert len(cut) == 10
+    title, shown = cut[0]
+    assert shown == ("cat " * 15)[:59] + "…"
+    assert title == long_text[:400]
+    # A deeply nested prediction renders, three levels down.
+    deep = _page("classification", _disagreeing("s", drilldown=_drill(exchanges[-1:])))
+    assert '<span class="pred">[[[[…]]]]</span>' in deep
+
+
+def test_hostile_request_ids_predictions_and_classes_are_escaped() -> None:
+    evil = "<script>alert(1)</script>"
+    exchange = _exchange(
+        f'{evil}/../admin?x="y"#z',
+        T0,
+        [_instance(0, evil, {"k": evil}, label=f"\ud800{evil}")],
+        result=f"odd_{evil}",
+    )
+    largest = [{"request_id": evil, "index": 0, "production": 1.0, "shadow": 2.0,
+                "difference": 1.0, "label": None}]  # fmt: skip
+    html = _page(
+        "classification",
+        _disagreeing("s", drilldown=_drill([exchange], [(evil, f'"{evil}', 3)])),
+    )
+    regression = _page("regression", _disagreeing("s", drilldown=_drill([exchange], [], largest)))
+    for page in (html, regression):
+        assert "<script" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        page.encode("utf-8")  # a lone surrogate reads as "?"
+    href = "/exchanges/%3Cscript%3Ealert%281%29%3C%2Fscript%3E%2F..%2Fadmin%3Fx%3D%22y%22%23z"
+    assert f'href="{href}"' in html
+    assert '<a class="rid" href="/exchanges/%3Cscript%3Ealert%281%29%3C%2Fscript%3E">' in (
+        regression
+    )
+    assert "?&lt;script&gt;" in html  # the label, its surrogate replaced
+    assert "odd &lt;script&gt;" in html  # an unknown result, as it is
+
+
+def test_regression_shows_the_largest_differences_and_no_matrix() -> None:
+    largest = [
+        {"request_id": "r1", "index": 2, "production": 101.5, "shadow": 140.25,
+         "difference": 38.75, "label": 120.0},
+        {"request_id": "r2", "index": 0, "production": 10.0, "shadow": 9.5,
+         "difference": -0.5, "label": None},
+        {"request_id": "r3", "index": 1, "production": 3.0, "shadow": -47.0,
+         "difference": -50.0, "label": 4.0},
+    ]  # fmt: skip
+    exchange = _exchange("r1", T0, [_instance(2, 101.5, 140.25, 120.0)])
+    html = _page("regression", _disagreeing("s", drilldown=_drill([exchange], [], largest)))
+    section = drilldown(html, "s")
+    assert '<table class="flips"' not in section
+    assert "Which classes flip" not in section
+    differences = table(section, "largest")
+    assert rows_of(differences) == [
+        ["r3", "1", "3", "-47", "-50", "4"],
+        ["r1", "2", "101.5", "140.25", "+38.75", "120"],
+        ["r2", "0", "10", "9.5", "-0.5", "label pending"],
+    ]
+    assert "the shadow's prediction minus production's" in differences
+    assert rows_of(table(section, "instances")) == [["2", "≠ differs", "101.5", "140.25", "120"]]
+    assert "<mark" not in section  # no argmax on a regression route
+    assert "accuracy" not in route_section(html, 0).lower()
+
+
+def test_noise_floor_line_both_ways() -> None:
+    def floor(within: bool | None) -> dict[str, Any]:
+        return {"baseline": "prod-replica", "disagreement": 0.008, "low": 0.005, "high": 0.012,
+                "within": within}  # fmt: skip
+
+    shadows = [
+        _disagreeing(name, noise_floor=floor(within))
+        for name, within in (("above", False), ("within", True), ("unknown", None))
+    ]
+    baseline = _shadow("prod-replica", role="baseline", noise_floor=None)
+    html = _page("classification", *shadows, baseline)
+    line = (
+        '<p class="noise-floor">Disagreement 20.1% [19.0, 21.3] vs the noise floor 0.8%'
+        " [0.5, 1.2] (baseline <code>prod-replica</code>): {}.</p>"
+    )
+    assert line.format('<strong class="noise-above">above the noise floor</strong>') in drilldown(
+        html, "above"
+    )
+    assert line.format('<strong class="noise-within">within the noise floor</strong>') in drilldown(
+        html, "within"
+    )
+    assert line.format("not enough compared instances to tell yet") in drilldown(html, "unknown")
+    # Capture off: the noise floor, then the muted line.
+    assert drilldown(html, "above").endswith(
+        '<p class="muted capture-off">Enable <code>capture:</code> in the config to see the'
+        " disagreeing requests.</p></section>"
+    )
+    # The baseline: a badge on its card, its row marked in the summary; no noise floor line.
+    own = card(html, "prod-replica")
+    assert (
+        '<span class="badge badge-baseline">baseline (A/A): the noise floor of this route'
+        "'"
+        "s"
+        " shadows</span>"
+    ) in own
+    assert "noise-floor" not in own
+    assert "badge-baseline" not in card(html, "above")
+    summary = table(html, "summary")
+    marked = re.findall(r'<tr class="baseline">.*?href="#shadow-0-(\d)"', summary)
+    assert marked == ["3"]
+    assert summary.count('<span class="badge badge-baseline">baseline (A/A)</span>') == 1
+
+
+def test_capture_off_is_one_muted_line_only_with_disagreements() -> None:
+    off = '<p class="muted capture-off">Enable <code>capture:</code> in the config to see the'
+    disagrees = _disagreeing("disagrees", drilldown=_drill())
+    agrees = _disagreeing("agrees", disagreed=0, drilldown=_drill())
+    old = _disagreeing("old")  # a report from before the drill-down: no key at all
+    html = _page("classification", disagrees, agrees, old)
+    assert off in card(html, "disagrees")
+    assert '<section class="drilldown"' not in card(html, "disagrees")
+    assert off not in card(html, "agrees")
+    assert "Where it disagrees" not in card(html, "agrees")
+    assert off in card(html, "old")
+    assert html.count(off) == 2
+
+
+def test_malformed_drilldown_never_raises() -> None:
+    junk: list[Any] = [
+        None, "x", 3, [None, "x"],
+        {"exchanges": "x", "flips": {"a": 1}, "largest_differences": None},
+        {"exchanges": [None, {"instances": [None, {"index": "x", "differs": "yes"}]}],
+         "flips": [{"production": None, "shadow": 1, "instances": "3"},
+                   {"production": "a", "shadow": "b", "instances": math.inf}],
+         "largest_differences": [{"difference": "x"}, None]},
+    ]  # fmt: skip
+    for kind in ("classification", "regression", "probabilities"):
+        for drill in junk:
+            shadow = _disagreeing("s", drilldown=drill, noise_floor={"within": "x"})
+            _page(kind, shadow)

@@ -1,7 +1,9 @@
 """The report page as a browser renders it: a regression, a classification and a probabilities
 route, each with a shadow that has had no traffic yet, measured through the proxy from scripted
 models and labels (real metric samples, through proxy.report.build), rendered by headless
-Chromium and checked by the structure of its DOM, then screenshotted."""
+Chromium and checked by the structure of its DOM, then screenshotted. The drill-down (where a
+shadow disagrees) is what the capture would hold for the same scripted traffic, written into
+the report here."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -29,7 +33,16 @@ from proxy.config import parse_config
 from proxy.processes.inline import start_inline
 from proxy.report.build import build_report, history_point, samples_of
 from proxy.report.html import fmt_number, render_html
-from proxy.report.model import HistoryPoint, Report, RouteReport
+from proxy.report.model import (
+    CapturedExchange,
+    CapturedInstance,
+    ClassFlip,
+    DrillDown,
+    HistoryPoint,
+    LargestDifference,
+    Report,
+    RouteReport,
+)
 from tests.conftest import Answer, FakeModel, Received, RunningProxy, Script, v1
 
 REGRESSION = "/v1/models/price:predict"
@@ -614,3 +627,293 @@ def test_pages_fit_the_window_and_screenshots_are_taken(pages: dict[str, Rendere
         width, height = struct.unpack(">II", png[16:24])  # IHDR
         assert (width, height) == WINDOW
         assert len(png) > 50_000
+
+
+# --- (c) where it disagrees: the drill-down ---------------------------------------------------
+
+CAPTURED = GENERATED - 40.0  # the latest exchange's capture, a second per request before
+DRILL_WINDOW = (1280, 3600)  # tall enough for a card and its drill-down in one screenshot
+EXCHANGES = 12  # the latest disagreeing requests given; the page shows 10
+
+# What layout decides for the drill-down, on top of PROBE: the boxes of its tables and exchanges,
+# and the background of the instances' rows.
+DRILL_PROBE = """<script>
+for (const el of document.querySelectorAll(".drilldown table, .drilldown .exchange")) {
+  const box = el.getBoundingClientRect();
+  el.setAttribute("data-box", [box.left, box.right, box.top, box.bottom].join(","));
+}
+for (const el of document.querySelectorAll(".instances tbody td")) {
+  el.setAttribute("data-bg", getComputedStyle(el).backgroundColor);
+}
+</script>"""
+
+
+def _traffic() -> Iterator[tuple[int, list[int]]]:
+    """measure()'s requests: their numbers and instances."""
+    for request in range(1, BATCHES * PER_BATCH + 1):
+        yield request, [3 * request + k for k in range(1 + request % 3)]
+
+
+def _exchange(route: str, request: int, instances: list[CapturedInstance]) -> CapturedExchange:
+    return CapturedExchange(
+        request_id=f"{route}-{request}",
+        captured_at=CAPTURED - (BATCHES * PER_BATCH - request),
+        result="disagree",
+        production_status=200,
+        shadow_status=200,
+        instances=instances,
+        truncated=False,
+        labelled=True,
+    )
+
+
+def iris_drilldown() -> DrillDown:
+    """iris-rf against iris-lr, from their scripts: they disagree on the instances ending in 5,
+    where production says x + 1 and the shadow x (the label). Every such pair is its own class
+    pair: more classes than the matrix shows, the rest summed."""
+
+    def predict(x: int, wrong_every: int) -> int:
+        return x + 1 if x % wrong_every == 0 else x
+
+    exchanges, flips = [], Counter[tuple[str, str]]()
+    for request, xs in _traffic():
+        instances = [
+            CapturedInstance(
+                index=k,
+                production=predict(x, 5),
+                shadow=predict(x, 10),
+                differs=predict(x, 5) != predict(x, 10),
+                label=x,
+            )
+            for k, x in enumerate(xs)
+        ]
+        for i in instances:
+            if i["differs"]:
+                flips[(str(i["production"]), str(i["shadow"]))] += 1
+        if any(i["differs"] for i in instances):
+            exchanges.append(_exchange(CLASSIFICATION, request, instances))
+    return DrillDown(
+        exchanges=exchanges[-EXCHANGES:][::-1],
+        flips=[ClassFlip(production=p, shadow=s, instances=n) for (p, s), n in flips.items()],
+        largest_differences=[],
+    )
+
+
+def price_drilldown() -> DrillDown:
+    """price-gbm against price-lr, from their scripts: production says x + 1, the shadow x + 0.25
+    (even x) or x + 0.75 (odd), and with no tolerance every instance differs; the requests whose
+    production answer cannot be read are never compared."""
+    exchanges, largest = [], []
+    for request, xs in _traffic():
+        if xs[0] % 10 == 3:
+            continue
+        shadow = [x + (0.25 if x % 2 == 0 else 0.75) for x in xs]
+        exchange = _exchange(
+            REGRESSION,
+            request,
+            [
+                CapturedInstance(
+                    index=k, production=x + 1.0, shadow=y, differs=True, label=float(x)
+                )
+                for k, (x, y) in enumerate(zip(xs, shadow, strict=True))
+            ],
+        )
+        exchanges.append(exchange)
+        largest.append(
+            [
+                LargestDifference(
+                    request_id=exchange["request_id"],
+                    index=k,
+                    production=x + 1.0,
+                    shadow=y,
+                    difference=y - (x + 1.0),
+                    label=float(x),
+                )
+                for k, (x, y) in enumerate(zip(xs, shadow, strict=True))
+            ]
+        )
+    latest = exchanges[-EXCHANGES:][::-1]
+    captured = [d for differences in largest[-EXCHANGES:][::-1] for d in differences]
+    captured.sort(key=lambda d: -abs(d["difference"]))  # stable: the newest first among equals
+    return DrillDown(exchanges=latest, flips=[], largest_differences=captured[:20])
+
+
+@pytest.fixture(scope="module")
+def drilldowns(report: Report, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
+    """The classification and the regression route alone, their busy shadow given the drill-down
+    above and their idle one made the baseline (A/A), as Chromium renders them, screenshotted
+    (kept as drilldown-<route>.png under REPORT_SCREENSHOTS, when set)."""
+    where = tmp_path_factory.mktemp("drilldown")
+    kept = os.environ.get("REPORT_SCREENSHOTS")
+    size = f"--window-size={DRILL_WINDOW[0]},{DRILL_WINDOW[1]}"
+    rendered = {}
+    for name, route, drill in (
+        ("classification", CLASSIFICATION, iris_drilldown()),
+        ("regression", REGRESSION, price_drilldown()),
+    ):
+        one: Report = orjson.loads(orjson.dumps({**report, "routes": [route_of(report, route)]}))
+        busy, idle = one["routes"][0]["shadows"]
+        busy["drilldown"] = drill
+        busy["role"], idle["role"] = "candidate", "baseline"
+        disagreement = busy["disagreement"]
+        busy["noise_floor"] = {
+            "baseline": idle["shadow"],
+            "disagreement": 0.004,
+            "low": 0.001,
+            "high": 0.011,
+            "within": disagreement["low"] is not None and disagreement["low"] <= 0.011,
+        }
+        html = render_html(one)
+        probed = where / f"{name}-probed.html"
+        probed.write_text(html.replace("</body>", f"{PROBE}{DRILL_PROBE}</body>"))
+        dom = _Tree(chromium(size, "--dump-dom", probed.as_uri())).root
+        page = where / f"{name}.html"
+        page.write_text(html)
+        shot = Path(kept) if kept else where
+        shot = shot / f"drilldown-{name}.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        chromium(f"--screenshot={shot}", size, page.as_uri())
+        rendered[name] = Rendered(one, dom, shot)
+    return rendered
+
+
+def cells(row: Node) -> list[str]:
+    return [c.text() for c in row.elements() if c.tag in ("th", "td")]
+
+
+def box(node: Node) -> tuple[float, ...]:
+    return tuple(float(v) for v in node.attrs["data-box"].split(","))
+
+
+def test_classification_drilldown_shows_the_latest_disagreeing_requests(
+    drilldowns: dict[str, Rendered],
+) -> None:
+    page = drilldowns["classification"]
+    drill = route_of(page.report, CLASSIFICATION)["shadows"][0]["drilldown"]
+    section = card(page, "iris-rf").one("section", "drilldown")
+    assert section.one("h4").text() == "Where it disagrees"
+    shown = section.all("div", "exchange")
+    assert len(shown) == 10
+    assert (
+        section.one("p", "more").text() == "2 older ones not shown: GET /disagreements lists them."
+    )
+    for node, exchange in zip(shown, drill["exchanges"], strict=False):
+        link = node.one("a", "rid")
+        assert link.text() == exchange["request_id"]
+        assert link.attrs["href"] == "/exchanges/" + quote(exchange["request_id"], safe="")
+        assert link.attrs["href"].startswith("/exchanges/%2Fv1%2Fmodels%2Firis%3Apredict-")
+        assert node.one("span", "result").text() == "disagree"
+        rows = node.one("table", "instances").one("tbody").all("tr")
+        assert [cells(r) for r in rows] == [
+            [
+                str(i["index"]),
+                "≠ differs" if i["differs"] else "= same",
+                str(i["production"]),
+                str(i["shadow"]),
+                str(i["label"]),
+            ]
+            for i in exchange["instances"]
+        ]
+        # The differing rows, and only they, are highlighted: by a background and in words.
+        for row, instance in zip(rows, exchange["instances"], strict=True):
+            assert ("differs" in row.attrs.get("class", "")) == instance["differs"]
+            backgrounds = {td.attrs["data-bg"] for td in row.all("td")}
+            assert backgrounds == (
+                {"rgb(255, 241, 229)"} if instance["differs"] else {"rgba(0, 0, 0, 0)"}
+            )
+    # The newest first: the last request with an instance ending in 5.
+    newest = max(r for r, xs in _traffic() if any(x % 10 == 5 for x in xs))
+    assert shown[0].one("a", "rid").text() == f"{CLASSIFICATION}-{newest}"
+
+
+def test_classification_drilldown_confusion_matrix_totals(
+    drilldowns: dict[str, Rendered],
+) -> None:
+    page = drilldowns["classification"]
+    flips = route_of(page.report, CLASSIFICATION)["shadows"][0]["drilldown"]["flips"]
+    total = sum(f["instances"] for f in flips)
+    assert total == sum(1 for _, xs in _traffic() for x in xs if x % 10 == 5)
+    matrix = card(page, "iris-rf").one("table", "flips")
+    header = [cells(r) for r in matrix.one("thead").all("tr")]
+    assert header[0] == ["", "the shadow predicts →", ""]
+    assert header[1][0] == "production predicts ↓"
+    assert header[1][-2:] == ["other classes", "Total"]
+    rows = [cells(r) for r in matrix.one("tbody").all("tr")]
+    assert len(rows) == 12 + 1
+    # Every class pair flips once: the twelve first classes by value are shown.
+    assert {f["instances"] for f in flips} == {1}
+    assert [r[0] for r in rows[:-1]] == sorted({f["production"] for f in flips}, key=int)[:12]
+    assert header[1][1:-2] == sorted({f["shadow"] for f in flips}, key=int)[:12]
+    assert rows[0][:3] == ["16", "1", "0"]  # production's 16 is the shadow's 15
+    assert rows[-1][0] == "other classes"
+    for row in rows:  # each row's total is its cells' sum
+        assert sum(int(c) for c in row[1:-1] if c.isdigit()) == int(row[-1])
+    [foot] = matrix.one("tfoot").all("tr")
+    totals = cells(foot)
+    assert totals[0] == "Total"
+    assert int(totals[-1].replace(",", "")) == total
+    assert sum(int(c) for c in totals[1:-1]) == total
+    assert sum(int(r[-1]) for r in rows) == total
+    # The baseline: a badge on its card, its row marked in the summary.
+    assert "baseline (A/A)" in card(page, "iris-xgb").one("span", "badge").text()
+    [marked] = page.dom.one("table", "summary").all("tr", "baseline")
+    assert "iris-xgb" in marked.text()
+    floor = card(page, "iris-rf").one("p", "noise-floor").text()
+    assert floor.startswith("Disagreement ")
+    assert "vs the noise floor 0.4% [0.1, 1.1] (baseline iris-xgb): above the noise floor." in floor
+
+
+def test_regression_drilldown_shows_the_largest_differences(
+    drilldowns: dict[str, Rendered],
+) -> None:
+    page = drilldowns["regression"]
+    drill = route_of(page.report, REGRESSION)["shadows"][0]["drilldown"]
+    section = card(page, "price-gbm").one("section", "drilldown")
+    assert section.all("table", "flips") == []
+    largest = section.one("table", "largest")
+    rows = [cells(r) for r in largest.one("tbody").all("tr")]
+    assert rows == [
+        [
+            d["request_id"],
+            str(d["index"]),
+            f"{d['production']:.6g}",
+            f"{d['shadow']:.6g}",
+            f"{d['difference']:+.6g}",
+            f"{d['label']:.6g}",
+        ]
+        for d in drill["largest_differences"]
+    ]
+    assert len(rows) == 20
+    # The shadow is 0.75 under production on even instances, 0.25 on odd ones: those first.
+    assert [r[4] for r in rows] == sorted((r[4] for r in rows), key=float)
+    assert {r[4] for r in rows} == {"-0.75", "-0.25"}
+    exchanges = section.all("div", "exchange")
+    assert len(exchanges) == 10
+    first = exchanges[0].one("table", "instances").one("tbody").all("tr")
+    assert all(r.attrs["class"] == "differs" for r in first)
+    assert exchanges[0].one("a", "rid").text() == drill["exchanges"][0]["request_id"]
+    assert "accuracy" not in section.markup()
+
+
+@pytest.mark.parametrize("name", ["classification", "regression"])
+def test_drilldown_fits_the_window_and_is_screenshotted(
+    drilldowns: dict[str, Rendered], name: str
+) -> None:
+    page = drilldowns[name]
+    assert page.dom.one("body").attrs["data-overflow"] == "false"
+    [article] = [a for a in page.dom.all("article", "card") if a.all("section", "drilldown")]
+    parts = article.all("table") + article.all("div", "exchange")
+    placed = [box(n) for n in parts if "data-box" in n.attrs]
+    assert len(placed) >= 11  # a table of differences or flips, and ten exchanges
+    assert all(left >= 0 and right <= DRILL_WINDOW[0] for left, right, _, _ in placed)
+    # Two exchanges a row at 1280 px, side by side and apart.
+    exchanges = [box(n) for n in article.all("div", "exchange")]
+    assert exchanges[0][2] == exchanges[1][2]
+    assert exchanges[0][1] < exchanges[1][0]
+    shot = page.screenshot
+    assert shot is not None
+    assert shot.name == f"drilldown-{name}.png"
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == DRILL_WINDOW
+    assert len(png) > 50_000

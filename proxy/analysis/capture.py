@@ -355,7 +355,7 @@ class Capture:
             )
         ]
         if db is None:
-            return {"exchanges": [], "flips": flips, "largest_differences": []}
+            return {"capture": True, "exchanges": [], "flips": flips, "largest_differences": []}
         exchanges = [
             _captured(row) for row in db.disagreements(route, shadow, limit=REPORT_EXCHANGES)
         ]
@@ -365,7 +365,12 @@ class Capture:
                 largest.extend(_largest(row))
             largest.sort(key=lambda d: -abs(d["difference"]))
             largest = largest[:REPORT_EXCHANGES]
-        return {"exchanges": exchanges, "flips": flips, "largest_differences": largest}
+        return {
+            "capture": True,
+            "exchanges": exchanges,
+            "flips": flips,
+            "largest_differences": largest,
+        }
 
     async def handle_disagreements(self, request: web.Request) -> web.Response:
         """GET /disagreements?route=&shadow=&limit=&after=: disagreeing exchanges, newest
@@ -510,6 +515,7 @@ def _captured(row: dict[str, Any]) -> CapturedExchange:
         "production_status": row["production_status"],
         "shadow_status": row["shadow_status"],
         "instances": instances,
+        "instance_count": count,
         "truncated": count > SHOWN_INSTANCES,
         "labelled": row["label"] is not None,
     }

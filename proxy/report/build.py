@@ -732,7 +732,7 @@ def _shadow_report(
         "regression": regression,
         "history": [],
         "noise_floor": None,
-        "drilldown": {"exchanges": [], "flips": [], "largest_differences": []},
+        "drilldown": {"capture": False, "exchanges": [], "flips": [], "largest_differences": []},
     }
 
 

@@ -21,6 +21,12 @@ Three rules hold in every part of the page (summary, tables, charts and their ax
 A shadow with no traffic yet is listed, without figures or charts; a route's problems are a red
 box under its name.
 
+Each card ends with where the shadow disagrees: its disagreement next to the noise floor (the
+baseline A/A shadow's, whose own card and summary row say what it is), which classes flip to
+which (or the largest differences, on regression routes) and its latest disagreeing requests
+with their instances side by side, from the capture. Request ids, predictions and class names
+come from clients and model servers: they are cut to a length, escaped, and never trusted.
+
 >>> page = render_html(json.loads(Path("report.json").read_text()))
 >>> Path("report.html").write_text(page)
 """
@@ -28,10 +34,11 @@ box under its name.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
 from proxy.core.outcomes import Verdict
 from proxy.report.model import (
@@ -254,6 +261,11 @@ def _margin(kind: str, value: Any) -> str:
     return f"±{fmt_number(abs(x))}" if kind == "regression" else f"±{abs(x) * 100:.1f} pp"
 
 
+def _is_baseline(shadow: ShadowReport) -> bool:
+    """An A/A comparison (role baseline): its disagreement is the noise floor of the others."""
+    return _str(shadow.get("role")) == "baseline"
+
+
 def _no_traffic(shadow: ShadowReport) -> bool:
     """A shadow no request has been sent to yet: configured, but new or sampled at 0%."""
     requests = _num(shadow.get("requests"))
@@ -350,6 +362,41 @@ figcaption .n { font-weight: 400; }
 .chart .notice { font-size: 14px; fill: var(--muted); }
 .chart .sign { font-weight: 600; fill: var(--better); }
 footer { color: var(--muted); font-size: 0.85rem; padding: 0 2rem 2rem; max-width: 60rem; }
+.badge { display: inline-block; padding: 0.1rem 0.5rem; border-radius: 4px; font-size: 0.8rem;
+  font-weight: 600; color: var(--fg); background: #eaeef2; border: 1px solid #8c959f;
+  white-space: nowrap; }
+.summary tr.baseline th, .summary tr.baseline td { background: var(--bg); }
+.drilldown { margin-top: 1.5rem; border-top: 1px solid var(--line); padding-top: 0.75rem; }
+.drilldown h4 { margin: 0 0 0.5rem; font-size: 1rem; }
+.drilldown h5 { margin: 1rem 0 0.35rem; font-size: 0.92rem; }
+.drilldown h5 .n { display: inline; font-weight: 400; }
+.noise-floor { margin: 0 0 0.75rem; }
+.noise-above { color: var(--worse); }
+.exchanges { display: grid; gap: 1rem; align-items: start;
+  grid-template-columns: repeat(auto-fill, minmax(min(100%, 34rem), 1fr)); }
+.exchange { border: 1px solid var(--line); border-radius: 6px; padding: 0.5rem 0.75rem;
+  min-width: 0; }
+.exchange-head { margin: 0 0 0.35rem; display: flex; flex-wrap: wrap; gap: 0.2rem 0.9rem;
+  align-items: baseline; }
+.rid, .pred { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  font-size: 0.88em; overflow-wrap: anywhere; }
+.result { font-weight: 600; }
+.instances th, .instances td, .largest th, .largest td { padding: 0.2rem 0.45rem;
+  font-size: 0.88rem; }
+.instances tr.differs th, .instances tr.differs td { background: #fff1e5; }
+.instances tr.differs .pred-shadow { font-weight: 700; }
+.marker { white-space: nowrap; font-weight: 700; }
+mark.argmax { background: #ffd8b5; color: inherit; font-weight: 700; text-decoration: underline;
+  padding: 0 0.1em; border-radius: 2px; }
+.pending { color: var(--muted); font-style: italic; }
+.more { color: var(--muted); font-size: 0.85rem; margin: 0.3rem 0 0; }
+.drill-tables { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
+.drill-tables > div { min-width: 0; max-width: 100%; overflow-x: auto; }
+.flips, .largest { width: auto; }
+.flips td { text-align: right; min-width: 3rem; }
+.flips .zero, .flips .same { color: var(--muted); }
+.flips .total, .flips tfoot th, .flips tfoot td { font-weight: 700; }
+.largest td.num { text-align: right; }
 .visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden;
   clip: rect(0 0 0 0); white-space: nowrap; }
 """
@@ -399,8 +446,8 @@ def render_html(report: Report) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _time_element(t: Any) -> str:
-    text = _utc(t)
+def _time_element(t: Any, pattern: str = "%Y-%m-%d %H:%M UTC") -> str:
+    text = _utc(t, pattern)
     if text == DASH:
         return DASH
     iso = _utc(t, "%Y-%m-%dT%H:%M:%SZ")
@@ -444,11 +491,14 @@ def _summary(routes: Sequence[RouteReport]) -> str:
                 advantage = _e(_advantage(kind, test.get("advantage")))
                 interval = _advantage_interval(kind, test.get("low"), test.get("high"))
                 p = _p_text(test.get("p_value"))
+            baseline = _is_baseline(shadow)
             rows.append(
-                "<tr>"
-                f"<td><code>{_e(_str(route.get('route')))}</code>{flag}</td>"
+                ('<tr class="baseline">' if baseline else "<tr>")
+                + f"<td><code>{_e(_str(route.get('route')))}</code>{flag}</td>"
                 f'<th scope="row"><a href="#shadow-{i}-{j}">'
-                f"{_e(_str(shadow.get('shadow')))}</a></th>"
+                f"{_e(_str(shadow.get('shadow')))}</a>"
+                + (' <span class="badge badge-baseline">baseline (A/A)</span>' if baseline else "")
+                + "</th>"
                 f'<td><span class="pill pill-{key}">{_e(label)}</span></td>'
                 f"<td>{_e(measure)}</td>"
                 f"<td>{advantage}</td>"
@@ -586,6 +636,12 @@ def _card(i: int, j: int, route: RouteReport, shadow: ShadowReport, level: str) 
         f'<span class="visually-hidden">verdict: </span>'
         f'<span aria-hidden="true">{symbol}</span> {_e(label)}</span>'
         + ('<span class="pill pill-idle">no traffic yet</span>' if idle else "")
+        + (
+            '<span class="badge badge-baseline">baseline (A/A): the noise floor of this'
+            " route's shadows</span>"
+            if _is_baseline(shadow)
+            else ""
+        )
         + "</div>"
         f'<p class="reason">{_e(reason) if reason else DASH}</p>'
     )
@@ -620,7 +676,9 @@ def _card(i: int, j: int, route: RouteReport, shadow: ShadowReport, level: str) 
         )
         + "</figure>"
         + (_reliability_figure(route, shadow, name, ident) if kind == "probabilities" else "")
-        + "</div></div></article>"
+        + "</div></div>"
+        + _drilldown(kind, shadow, ident)
+        + "</article>"
     )
 
 
@@ -980,6 +1038,444 @@ def _probability_group(figures: Any) -> str:
             advantage("Log loss", "log loss", figures.get("log_loss")),
             advantage("Brier score", "Brier score", figures.get("brier")),
         ],
+    )
+
+
+# --- where it disagrees: the drill-down from the capture -----------------------------------------
+
+_EXCHANGES_SHOWN = 10  # the latest disagreeing requests shown per shadow
+_DIFFERENCES_SHOWN = 20  # rows of the largest differences (regression)
+_MATRIX_CLASSES = 12  # classes per axis of the flips matrix; the others are summed as one
+_TEXT_CHARS = 60  # a prediction's or a class's text is cut here (the title holds more)
+_TITLE_CHARS = 400  # what a cut text's title holds
+_ID_CHARS = 40  # a request id's shown characters
+_VECTOR_ITEMS = 8  # a vector's elements shown
+_DEPTH = 3  # nesting shown in a prediction; deeper reads as […]
+
+
+def _drilldown(kind: str, shadow: ShadowReport, ident: str) -> str:
+    """Where it disagrees: the noise floor line, which classes flip to which (or, on regression
+    routes, the largest differences) and the latest disagreeing requests, from the capture. With
+    the capture off (nothing captured) and disagreements counted, a muted line on how to turn it
+    on; with nothing to show, nothing."""
+    drill = _map(shadow.get("drilldown"))
+    exchanges = [_map(x) for x in _list(drill.get("exchanges"))]
+    flips = _list(drill.get("flips"))
+    largest = _list(drill.get("largest_differences"))
+    noise = _noise_floor(shadow)
+    disagreed = _num(_map(shadow.get("disagreement")).get("disagreed"))
+    parts = [noise] if noise else []
+    if exchanges or flips or largest:
+        parts.append('<div class="drill-tables">')
+        if kind == "regression":
+            parts.append(_largest_differences(largest, ident))
+        else:
+            parts.append(_flips_matrix(flips, kind, ident))
+        parts.append("</div>")
+        parts.append(_exchanges(exchanges, kind, ident))
+    elif disagreed is not None and disagreed > 0 and drill.get("capture") is not True:
+        off = (
+            '<p class="muted capture-off">Enable <code>capture:</code> in the config to see'
+            " the disagreeing requests.</p>"
+        )
+        if not parts:  # one muted line, no section
+            return off
+        parts.append(off)
+    if not parts:
+        return ""
+    return (
+        f'<section class="drilldown" aria-labelledby="{ident}-drill">'
+        f'<h4 id="{ident}-drill">Where it disagrees</h4>{"".join(parts)}</section>'
+    )
+
+
+def _bare_percent(value: Any) -> str:
+    x = _num(value)
+    return DASH if x is None else f"{x * 100:.1f}"
+
+
+def _noise_floor(shadow: ShadowReport) -> str:
+    """This shadow's disagreement next to the baseline's (the noise floor), and which side of it
+    it is: "above the noise floor" is a real difference from production, "within" is noise."""
+    floor = shadow.get("noise_floor")
+    if not isinstance(floor, Mapping):
+        return ""
+    dis = _map(shadow.get("disagreement"))
+    within = floor.get("within")
+    if within is True:
+        verdict = '<strong class="noise-within">within the noise floor</strong>'
+    elif within is False:
+        verdict = '<strong class="noise-above">above the noise floor</strong>'
+    else:
+        verdict = "not enough compared instances to tell yet"
+    baseline = _str(floor.get("baseline"))
+    return (
+        '<p class="noise-floor">'
+        f"Disagreement {_e(fmt_percent(dis.get('value')))} "
+        f"{_e(fmt_interval(dis.get('low'), dis.get('high'), _bare_percent))} vs the noise floor "
+        f"{_e(fmt_percent(floor.get('disagreement')))} "
+        f"{_e(fmt_interval(floor.get('low'), floor.get('high'), _bare_percent))} "
+        f"(baseline <code>{_e(baseline or DASH)}</code>): {verdict}.</p>"
+    )
+
+
+def _clean(text: str) -> str:
+    """Text that encodes as UTF-8: a lone surrogate (JSON allows "\\ud800") reads as "?", so that
+    a client's or a model's string cannot make the page fail to encode."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _cut(text: str, limit: int = _TEXT_CHARS) -> str:
+    """Escaped text cut to `limit` characters; a cut one says so (…) and keeps more in a title."""
+    text = _clean(text)
+    if len(text) <= limit:
+        return _e(text)
+    return f'<span title="{_e(text[:_TITLE_CHARS])}">{_e(text[: limit - 1])}…</span>'
+
+
+def _scalar(value: Any, *, in_vector: bool = False) -> str:
+    """One JSON value that is not a container, as short text: floats to 6 significant digits,
+    or 3 decimals in a vector; integers as they are unless huge."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and abs(value) < 10**15:
+        return str(value)
+    if isinstance(value, int | float):
+        x = _num(value)
+        if x is None:
+            if isinstance(value, float) and math.isinf(value):
+                return "∞" if value > 0 else "-∞"
+            return "NaN"
+        return f"{x:.3f}" if in_vector and abs(x) < 1e6 else f"{x:.6g}"
+    text = _str(value)[:_TITLE_CHARS]
+    return f'"{text}"' if in_vector else text
+
+
+def _compact(value: Any, limit: int = _TITLE_CHARS) -> str:
+    """A prediction as plain text, numbers in vectors to 3 decimals, built only as far as
+    `limit` characters and `_DEPTH` levels (a model's answer may be huge, or deeply nested)."""
+    out: list[str] = []
+    size = 0
+
+    def put(text: str) -> None:
+        nonlocal size
+        out.append(text)
+        size += len(text)
+
+    def walk(item: Any, depth: int) -> None:
+        if isinstance(item, Mapping):
+            # Lazily: a long answer is read only as far as it is shown.
+            entries: Iterator[tuple[str | None, Any]] = ((_str(k), v) for k, v in item.items())
+            ends = "{}"
+        elif isinstance(item, list | tuple):
+            entries, ends = ((None, v) for v in item), "[]"
+        else:
+            put(_scalar(item, in_vector=depth > 0))
+            return
+        if depth >= _DEPTH:
+            put(f"{ends[0]}…{ends[1]}")
+            return
+        put(ends[0])
+        for k, (key, entry) in enumerate(entries):
+            if size > limit:
+                put("…")
+                break
+            put(", " if k else "")
+            put("" if key is None else f"{key[:_TEXT_CHARS]}: ")
+            walk(entry, depth + 1)
+        put(ends[1])
+
+    walk(value, 0)
+    return "".join(out)
+
+
+def _vector(value: Any) -> list[float] | None:
+    """A flat list of finite numbers (a probability vector, or scores), or None."""
+    if not isinstance(value, list) or not value or len(value) > 100_000:
+        return None
+    numbers = [_num(v) for v in value]
+    if any(n is None for n in numbers):
+        return None
+    return [n for n in numbers if n is not None]
+
+
+def _prediction(value: Any, kind: str) -> str:
+    """A prediction's cell: numbers and strings as they are (cut when long), a vector rounded
+    to 3 decimals with its largest element (the argmax, the class it predicts) marked, in bold
+    and underlined as well as coloured, and named for screen readers."""
+    vector = _vector(value) if kind != "regression" else None
+    if vector is None:
+        return f'<span class="pred">{_cut(_compact(value))}</span>'
+    top = max(range(len(vector)), key=lambda k: vector[k])
+
+    def item(k: int) -> str:
+        text = _scalar(value[k], in_vector=True)
+        if k != top:
+            return text
+        return (
+            f'<mark class="argmax" title="the largest: class {k}">{text}</mark>'
+            f'<span class="visually-hidden"> (largest, class {k})</span>'
+        )
+
+    shown = [item(k) for k in range(min(len(vector), _VECTOR_ITEMS))]
+    if len(vector) > _VECTOR_ITEMS:
+        shown.append(f"… +{len(vector) - _VECTOR_ITEMS:,}")
+    text = f"[{', '.join(shown)}]"
+    if top >= _VECTOR_ITEMS:
+        text += f" largest: [{top}] {item(top)}"
+    return f'<span class="pred">{text}</span>'
+
+
+def _exchange_link(request_id: str) -> str:
+    """The request id, cut when long, linking to its whole record on the control plane."""
+    href = "/exchanges/" + quote(_clean(request_id), safe="")
+    return f'<a class="rid" href="{_e(href)}">{_cut(request_id, _ID_CHARS)}</a>'
+
+
+def _result(exchange: Any) -> str:
+    result = _str(exchange.get("result"))
+    if result == "status_mismatch":
+        return (
+            f"status mismatch: production {_e(_str(exchange.get('production_status')) or DASH)},"
+            f" shadow {_e(_str(exchange.get('shadow_status')) or DASH)}"
+        )
+    if result == "disagree":
+        return "disagree"
+    return _cut(result.replace("_", " ") or DASH, 40)
+
+
+def _exchanges(exchanges: Sequence[Any], kind: str, ident: str) -> str:
+    """The latest disagreeing requests, newest first: each one's id (a link to its whole
+    record), time and result, and its instances side by side."""
+    title = (
+        f'<h5 id="{ident}-exchanges">Latest disagreeing requests'
+        ' <span class="n">newest first; the whole record at GET /exchanges/{request id},'
+        " with the capture's token</span></h5>"
+    )
+    if not exchanges:
+        return title + '<p class="muted">No disagreeing request captured yet.</p>'
+
+    def when(exchange: Any) -> float:
+        t = _num(exchange.get("captured_at"))
+        return -math.inf if t is None else t
+
+    ordered = sorted(exchanges, key=when, reverse=True)
+    shown = ordered[:_EXCHANGES_SHOWN]
+    items = "".join(_exchange(x, kind, f"{ident}-x{n}") for n, x in enumerate(shown))
+    more = (
+        f'<p class="more">{len(ordered) - len(shown):,} older ones not shown:'
+        " GET /disagreements lists them.</p>"
+        if len(ordered) > len(shown)
+        else ""
+    )
+    return f'{title}<div class="exchanges">{items}</div>{more}'
+
+
+def _exchange(exchange: Any, kind: str, ident: str) -> str:
+    request_id = _str(exchange.get("request_id"))
+    labelled = exchange.get("labelled") is True
+    instances = [_map(i) for i in _list(exchange.get("instances"))]
+    differing = sum(1 for i in instances if i.get("differs") is True)
+    head = (
+        f'<p class="exchange-head" id="{ident}">'
+        f"<span>request {_exchange_link(request_id) if request_id else DASH}</span>"
+        f"<span>{_time_element(exchange.get('captured_at'), '%Y-%m-%d %H:%M:%S UTC')}</span>"
+        f'<span class="result">{_result(exchange)}</span>'
+        + (
+            f'<span class="n">{differing} of {len(instances)}'
+            f" instance{'' if len(instances) == 1 else 's'}"
+            f" differ{'s' if differing == 1 else ''}</span>"
+            if instances
+            else ""
+        )
+        + "</p>"
+    )
+    if not instances:
+        return f'<div class="exchange">{head}<p class="muted">No predictions to compare.</p></div>'
+    rows = "".join(_instance_row(i, kind, labelled) for i in instances)
+    count = _num(exchange.get("instance_count"))
+    hidden = f"{fmt_count(count - len(instances))} more instances" if count else "more instances"
+    more = (
+        f'<p class="more">+ {hidden} not shown: the whole request is at its link.</p>'
+        if exchange.get("truncated") is True
+        else ""
+    )
+    return (
+        f'<div class="exchange">{head}<table class="instances" aria-labelledby="{ident}">'
+        '<thead><tr><th scope="col">Instance</th><th scope="col">Differs</th>'
+        '<th scope="col">Production</th><th scope="col">Shadow</th>'
+        '<th scope="col">Label</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>{more}</div>"
+    )
+
+
+def _instance_row(instance: Any, kind: str, labelled: bool) -> str:
+    differs = instance.get("differs") is True
+    label = instance.get("label")
+    if label is not None:
+        label_cell = _prediction(label, kind)
+    else:
+        label_cell = f'<span class="pending">{"no label" if labelled else "label pending"}</span>'
+    marker = '<span class="marker">≠ differs</span>' if differs else '<span class="n">= same</span>'
+    index = _num(instance.get("index"))
+    return (
+        ('<tr class="differs">' if differs else "<tr>")
+        + f'<th scope="row">{DASH if index is None else f"{index:.0f}"}</th>'
+        f"<td>{marker}</td>"
+        f'<td class="pred-production">{_prediction(instance.get("production"), kind)}</td>'
+        f'<td class="pred-shadow">{_prediction(instance.get("shadow"), kind)}</td>'
+        f"<td>{label_cell}</td></tr>"
+    )
+
+
+def _class_order(name: str) -> tuple[int, float, str]:
+    """Classes in their natural order: numbers by value, before names."""
+    try:
+        number = float(name)
+    except ValueError:
+        return 1, 0.0, name
+    return (0, number, name) if math.isfinite(number) else (1, 0.0, name)
+
+
+def _flips_matrix(flips: Sequence[Any], kind: str, ident: str) -> str:
+    """Which classes flip to which: disagreeing instances by production's class (rows) and the
+    shadow's (columns), only the classes that appear (the most frequent _MATRIX_CLASSES, the
+    rest summed as "other"), with totals. Each count is written; the shade only repeats it."""
+    counts: dict[tuple[str, str], int] = {}
+    for flip in flips:
+        entry = _map(flip)
+        n = _num(entry.get("instances"))
+        if n is None or n <= 0:
+            continue
+        key = (_str(entry.get("production")), _str(entry.get("shadow")))
+        counts[key] = counts.get(key, 0) + round(n)
+    argmax = " (the argmax of each model's probabilities)" if kind == "probabilities" else ""
+    title = (
+        f'<h5 id="{ident}-flips">Which classes flip to which'
+        f' <span class="n">disagreeing instances since start{argmax}</span></h5>'
+    )
+    if not counts:
+        return f'<div>{title}<p class="muted">No class has flipped yet.</p></div>'
+
+    def axis(side: int) -> tuple[list[str], bool]:
+        totals: dict[str, int] = {}
+        for key, n in counts.items():
+            totals[key[side]] = totals.get(key[side], 0) + n
+        ranked = sorted(totals, key=lambda c: (-totals[c], _class_order(c)))
+        kept = sorted(ranked[:_MATRIX_CLASSES], key=_class_order)
+        return kept, len(ranked) > _MATRIX_CLASSES
+
+    # None is the other classes, summed: the rows' and the columns' beyond the most frequent.
+    rows, rows_other = axis(0)
+    columns, columns_other = axis(1)
+
+    def folded(name: str, kept: list[str]) -> str | None:
+        return name if name in kept else None
+
+    cells: dict[tuple[str | None, str | None], int] = {}
+    for (production, shadow), n in counts.items():
+        at = (folded(production, rows), folded(shadow, columns))
+        cells[at] = cells.get(at, 0) + n
+    row_names: list[str | None] = [*rows, *([None] if rows_other else [])]
+    column_names: list[str | None] = [*columns, *([None] if columns_other else [])]
+    peak = max(cells.values())
+
+    def name_of(c: str | None) -> str:
+        return "<em>other classes</em>" if c is None else f"<code>{_cut(c, 24)}</code>"
+
+    def cell(production: str | None, shadow: str | None) -> str:
+        n = cells.get((production, shadow), 0)
+        if n:
+            shade = 0.12 + 0.55 * n / peak
+            return f'<td style="background-color: rgba(232, 135, 30, {shade:.2f})">{n:,}</td>'
+        if production == shadow is not None:
+            return f'<td class="same" title="the same class: not a disagreement">{DASH}</td>'
+        return '<td class="zero">0</td>'
+
+    body = "".join(
+        f'<tr><th scope="row">{name_of(r)}</th>'
+        + "".join(cell(r, c) for c in column_names)
+        + f'<td class="total">{sum(cells.get((r, c), 0) for c in column_names):,}</td></tr>'
+        for r in row_names
+    )
+    foot = (
+        '<tfoot><tr><th scope="row">Total</th>'
+        + "".join(
+            f"<td>{sum(cells.get((r, c), 0) for r in row_names):,}</td>" for c in column_names
+        )
+        + f'<td class="total">{sum(cells.values()):,}</td></tr></tfoot>'
+    )
+    head = (
+        "<thead><tr><td></td>"
+        f'<th scope="colgroup" colspan="{len(column_names)}">the shadow predicts →</th>'
+        "<td></td></tr>"
+        '<tr><th scope="col">production predicts ↓</th>'
+        + "".join(f'<th scope="col">{name_of(c)}</th>' for c in column_names)
+        + '<th scope="col">Total</th></tr></thead>'
+    )
+    return (
+        f"<div>{title}"
+        f'<table class="flips" aria-labelledby="{ident}-flips">{head}<tbody>{body}</tbody>'
+        f"{foot}</table></div>"
+    )
+
+
+def _target(value: Any, *, signed: bool = False) -> str:
+    """A regression prediction, label or difference as the exchanges show it: 6 significant
+    digits (fmt_number's 4 would read 140.25 as 140.2 next to the exchange's 140.25)."""
+    x = _num(value)
+    if x is None:
+        return DASH
+    if signed:
+        return "0" if x == 0 else f"{x:+.6g}"
+    return f"{x:.6g}"
+
+
+def _largest_differences(largest: Sequence[Any], ident: str) -> str:
+    """A regression shadow's captured instances farthest from production's predictions: the
+    difference is the shadow's prediction minus production's, signed."""
+    title = (
+        f'<h5 id="{ident}-largest">Largest differences'
+        ' <span class="n">captured instances farthest from production</span></h5>'
+    )
+    entries = [_map(x) for x in largest]
+    if not entries:
+        return f'<div>{title}<p class="muted">No difference captured yet.</p></div>'
+
+    def size(entry: Any) -> float:
+        d = _num(entry.get("difference"))
+        return -1.0 if d is None else abs(d)
+
+    rows = []
+    for entry in sorted(entries, key=size, reverse=True)[:_DIFFERENCES_SHOWN]:
+        request_id = _str(entry.get("request_id"))
+        label = entry.get("label")
+        index = _num(entry.get("index"))
+        rows.append(
+            "<tr>"
+            f"<td>{_exchange_link(request_id) if request_id else DASH}</td>"
+            f'<td class="num">{DASH if index is None else f"{index:.0f}"}</td>'
+            f'<td class="num">{_e(_target(entry.get("production")))}</td>'
+            f'<td class="num">{_e(_target(entry.get("shadow")))}</td>'
+            f'<td class="num">{_e(_target(entry.get("difference"), signed=True))}</td>'
+            + (
+                f'<td class="num">{_e(_target(label))}</td>'
+                if label is not None
+                else '<td><span class="pending">label pending</span></td>'
+            )
+            + "</tr>"
+        )
+    return (
+        f"<div>{title}"
+        f'<table class="largest" aria-labelledby="{ident}-largest"><thead><tr>'
+        '<th scope="col">Request</th><th scope="col">Instance</th>'
+        '<th scope="col">Production</th><th scope="col">Shadow</th>'
+        '<th scope="col">Difference <span class="n">the shadow\'s prediction minus'
+        " production's</span></th>"
+        '<th scope="col">Label</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 

@@ -261,6 +261,7 @@ class CapturedExchange(TypedDict):
     production_status: int | None
     shadow_status: int | None
     instances: list[CapturedInstance]
+    instance_count: int  # the request's instances in all
     truncated: bool
     labelled: bool
 
@@ -302,6 +303,7 @@ class DrillDown(TypedDict):
     its latest disagreeing exchanges, which classes flip to which, and on regression routes
     the largest differences."""
 
+    capture: bool  # the capture is on (it may have nothing yet)
     exchanges: list[CapturedExchange]
     flips: list[ClassFlip]
     largest_differences: list[LargestDifference]
