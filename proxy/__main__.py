@@ -14,6 +14,8 @@ import uvloop
 import yaml
 
 from proxy import __version__
+from proxy.capture.export import add_capture_parser, run_capture
+from proxy.capture.replay import add_replay_parser, run_replay
 from proxy.config import (
     Config,
     ConfigError,
@@ -138,11 +140,17 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     check.add_argument("config", help="YAML config file")
     report = add_report_parser(commands)
+    capture = add_capture_parser(commands)
+    add_replay_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "report":
         return run_report(args, report)
+    if args.command == "capture":
+        return run_capture(args, capture)
+    if args.command == "replay":
+        return run_replay(args)
     if args.role is not None:
         if args.runtime_dir is None:
             parser.error("--role needs --runtime-dir")

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proxy import __version__
 from proxy import metric_names as n
-from proxy.core.comparison import OTHER_CLASS, ClassLabels, CompareKind
+from proxy.core.comparison import OTHER_CLASS, ClassLabels, CompareKind, Comparison
+from proxy.core.joining import Paired, Score
 from proxy.core.outcomes import (
     Cause,
     ComparisonResult,
@@ -777,6 +778,16 @@ class ShadowMetrics:
     sample: Gauge
     ejected: Gauge
 
+    def count_comparison(self, comparison: Comparison) -> None:
+        """Count one compared answer: its instances, those that differ, the per-request sums
+        of the disagreement guardrail, and the probability distances."""
+        self.compared.inc(comparison.instances)
+        if comparison.disagreements:
+            self.disagreed.inc(comparison.disagreements)
+        add_request_sums(self.compared_sums, comparison.instances, comparison.disagreements)
+        for distance in comparison.distances:
+            self.distance.observe(distance)
+
 
 @dataclass(frozen=True, slots=True)
 class LabelMetrics:
@@ -855,6 +866,23 @@ class ModelMetrics:
     calibration_instances: list[Inc]
     calibration_correct: list[Inc]
 
+    def count(self, s: Score) -> None:
+        """Count one model's score of a labelled request."""
+        self.labelled.inc(s.instances)
+        self.correct.inc(s.correct)
+        self.unscorable.inc(s.unscorable)
+        for error in s.absolute_errors:
+            self.absolute_error.observe(error)
+        self.squared_error.inc(s.squared_error)
+        self.log_loss.inc(s.log_loss)
+        if s.confidences:
+            self.brier.inc(s.brier)
+            for confidence, right in s.confidences:
+                tenth = min(9, int(confidence * 10))
+                self.calibration_instances[tenth].inc()
+                if right:
+                    self.calibration_correct[tenth].inc()
+
 
 @dataclass(frozen=True, slots=True)
 class PairMetrics:
@@ -866,6 +894,31 @@ class PairMetrics:
     request_sums: dict[RequestSum, Inc]
     log_loss_sums: dict[RequestSum, Inc]
     brier_sums: dict[RequestSum, Inc]
+
+    def count(self, paired: Paired) -> None:
+        """Count one labelled request scored for both production and the shadow."""
+        for outcome in self.outcomes:
+            self.outcomes[outcome].inc(getattr(paired, outcome))
+        instances, advantage = paired.request()
+        if instances:
+            add_request_sums(self.request_sums, instances, advantage)
+        if paired.scored_probabilities:
+            scored = paired.scored_probabilities
+            add_request_sums(self.log_loss_sums, scored, paired.log_loss_advantage)
+            add_request_sums(self.brier_sums, scored, paired.brier_advantage)
+        if paired.n:
+            self.n.inc(paired.n)
+            self.difference_squares.inc(paired.d_squared_sum)
+            # Counters only go up: the sum of d is kept as its positive and negative parts.
+            self.shadow_worse.inc(paired.d_positive_sum)
+            self.shadow_better.inc(paired.d_positive_sum - paired.d_sum)
+
+
+def add_request_sums(sums: dict[RequestSum, Inc], instances: float, advantage: float) -> None:
+    """Add one request's instances and advantage to the sums of the verdict's tests."""
+    for name, value in RequestSum.of(instances, advantage).items():
+        if value:
+            sums[name].inc(value)
 
 
 @dataclass(frozen=True, slots=True)

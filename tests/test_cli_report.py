@@ -21,7 +21,7 @@ from pytest_aiohttp import AiohttpServer
 
 from proxy.core.outcomes import Verdict
 from proxy.report.model import Report, RouteReport, ShadowReport
-from tests.conftest import free_port
+from tests.conftest import free_port, read_terminal
 from tests.test_report import assert_shape
 
 ROUTE = "/v1/models/m:predict"
@@ -62,6 +62,7 @@ def shadow_of(
     advantage = (0.5 if regression else 0.1) if seen else None
     shadow: dict[str, Any] = {
         "shadow": name,
+        "role": "candidate",
         "verdict": verdict,
         "reason": (
             "0 labelled requests scored for both models; a verdict needs 100"
@@ -143,6 +144,8 @@ def shadow_of(
         },
         "regression": None,
         "history": [],
+        "noise_floor": None,
+        "drilldown": {"capture": False, "exchanges": [], "flips": [], "largest_differences": []},
     }
     if regression:
         shadow["regression"] = {
@@ -403,16 +406,7 @@ def run_on_a_terminal(*args: str, no_color: bool = False) -> tuple[int, str]:
         [sys.executable, "-m", "proxy", *args], stdout=secondary, stderr=subprocess.PIPE, env=env
     ) as proc:
         os.close(secondary)
-        out = b""
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:  # EIO: every writer of the terminal has closed it
-                break
-            if not chunk:
-                break
-            out += chunk
-        os.close(primary)
+        out = read_terminal(primary)
         assert proc.stderr is not None
         assert proc.stderr.read() == b""
         code = proc.wait(timeout=30)

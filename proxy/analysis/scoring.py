@@ -9,8 +9,6 @@ from typing import Any
 
 from proxy.core.comparison import CompareKind, ShapeMismatch
 from proxy.core.joining import InvalidLabel, Score, label_values, pair, score
-from proxy.core.outcomes import RequestSum
-from proxy.metric_batching import Inc
 from proxy.metrics import ClassCounter, ModelMetrics, PairMetrics, RecordingMetrics
 from proxy.store.base import Record
 
@@ -43,7 +41,7 @@ class RouteScorer:
         """Count a labelled record: production, and every shadow present. `scored` is what
         `labels_for` already computed for this record's label, so it is not scored twice."""
         labels, production_score = scored or self.labels_for(record, record.label)
-        _count(self.production, production_score)
+        self.production.count(production_score)
         if self.production_classes is not None:
             self.production_classes.count(record.predictions)
         self.recording.delay.observe(max(0.0, now - record.created))
@@ -60,47 +58,10 @@ class RouteScorer:
             return
         predictions = record.shadows[shadow]
         try:
-            _count(metrics, score(self.kind, predictions, labels))
+            metrics.count(score(self.kind, predictions, labels))
             paired = pair(self.kind, record.predictions, predictions, labels)
         except (InvalidLabel, ShapeMismatch):
             # The shadow answered with another number of instances than production did.
             metrics.unscorable.inc(len(labels))
             return
-        p = self.pairs[shadow]
-        for outcome in p.outcomes:
-            p.outcomes[outcome].inc(getattr(paired, outcome))
-        instances, advantage = paired.request()
-        if instances:
-            _add(p.request_sums, instances, advantage)
-        if paired.scored_probabilities:
-            _add(p.log_loss_sums, paired.scored_probabilities, paired.log_loss_advantage)
-            _add(p.brier_sums, paired.scored_probabilities, paired.brier_advantage)
-        if paired.n:
-            p.n.inc(paired.n)
-            p.difference_squares.inc(paired.d_squared_sum)
-            # Counters only go up: the sum of d is kept as its positive and negative parts.
-            p.shadow_worse.inc(paired.d_positive_sum)
-            p.shadow_better.inc(paired.d_positive_sum - paired.d_sum)
-
-
-def _add(sums: dict[RequestSum, Inc], instances: float, advantage: float) -> None:
-    for name, value in RequestSum.of(instances, advantage).items():
-        if value:
-            sums[name].inc(value)
-
-
-def _count(metrics: ModelMetrics, s: Score) -> None:
-    metrics.labelled.inc(s.instances)
-    metrics.correct.inc(s.correct)
-    metrics.unscorable.inc(s.unscorable)
-    for error in s.absolute_errors:
-        metrics.absolute_error.observe(error)
-    metrics.squared_error.inc(s.squared_error)
-    metrics.log_loss.inc(s.log_loss)
-    if s.confidences:
-        metrics.brier.inc(s.brier)
-        for confidence, right in s.confidences:
-            tenth = min(9, int(confidence * 10))
-            metrics.calibration_instances[tenth].inc()
-            if right:
-                metrics.calibration_correct[tenth].inc()
+        self.pairs[shadow].count(paired)

@@ -18,7 +18,7 @@ from proxy.analysis.problems import Problems
 from proxy.core.comparison import Classified, Comparator, classify
 from proxy.core.exchange import Headers
 from proxy.core.extraction import ExtractionError, Extractor, decoded
-from proxy.core.outcomes import ComparisonResult, Outcome, RequestSum, SkipReason
+from proxy.core.outcomes import ComparisonResult, Outcome, SkipReason
 from proxy.core.sampling import Sampler
 from proxy.front.client import Upstream, UpstreamError, UpstreamResponse
 from proxy.logs import Throttled
@@ -402,15 +402,7 @@ class ShadowDispatcher:
                 side = self._production if found.result in _PRODUCTIONS else self.name
                 self._problems.saw(self.route, side, found.result, found.detail)
             return
-        self._m.compared.inc(comparison.instances)
-        if comparison.disagreements:
-            self._m.disagreed.inc(comparison.disagreements)
-        sums = self._m.compared_sums
-        for name, value in RequestSum.of(comparison.instances, comparison.disagreements).items():
-            if value:
-                sums[name].inc(value)
-        for distance in comparison.distances:
-            self._m.distance.observe(distance)
+        self._m.count_comparison(comparison)
 
 
 class ShadowSet:
