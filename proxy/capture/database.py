@@ -9,6 +9,7 @@ prediction store's are: the capture is rate-capped, so a batch is a few rows.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ _SELECT: Final = (
     f"SELECT e.seq, {', '.join('e.' + c for c in _STORED)}, l.label, l.labelled_at"
     " FROM exchanges e LEFT JOIN labels l ON l.request_id = e.request_id"
 )
+_COLUMNS_OF: Final = operator.itemgetter(*_STORED, "bytes")
 _INSERT: Final = (
     f"INSERT INTO exchanges ({', '.join(_STORED)}, bytes)"
     f" VALUES ({', '.join('?' * (len(_STORED) + 1))})"
@@ -84,7 +86,7 @@ class CaptureDatabase:
         `bytes`), in one transaction."""
         if not rows:
             return
-        values = [(*(row[c] for c in _STORED), row["bytes"]) for row in rows]
+        values = [_COLUMNS_OF(row) for row in rows]
         with self._transaction():
             self._conn.executemany(_INSERT, values)
 
