@@ -125,7 +125,7 @@ async def test_redacted_secrets_never_reach_the_disk_nor_the_api(
 ) -> None:
     """Headers (Authorization and Cookie always, X-Api-Key by config), a JSON field of the
     request and of both answers, and a pattern in free text: the database's files read raw,
-    and every endpoint's answer, hold none of them."""
+    every endpoint's answer and both exports hold none of them."""
 
     def leaky(token_field: str) -> Any:
         def answer(request: Received) -> Answer:
@@ -181,6 +181,16 @@ async def test_redacted_secrets_never_reach_the_disk_nor_the_api(
     for path in ("/disagreements", "/report", "/report.html"):
         async with p.session.get(p.url + path) as resp:
             answers.append(await resp.read())
+    db = str(tmp_path / "capture.db")
+    for form in ("jsonl", "parquet"):
+        out = tmp_path / f"export.{form}"
+        code, _, err = await _export("--db", db, "--out", str(out))
+        assert code == 0, err
+        answers.append(await asyncio.to_thread(out.read_bytes))
+    # Parquet compresses: its values, decoded, are searched too.
+    rows = duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path / 'export.parquet'}')").fetchall()
+    assert len(rows) == 1
+    answers.append(repr(rows).encode())
     await p.stop()  # the database closed: every byte is in its files
     files = await asyncio.to_thread(lambda: sorted(tmp_path.glob("capture.db*")))
     raw = b"".join([await asyncio.to_thread(f.read_bytes) for f in files])
