@@ -5,16 +5,26 @@ read-only drill-down endpoints GET /disagreements and GET /exchanges/{request_id
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import duckdb
 import orjson
 
 from proxy.capture.database import CaptureDatabase
 from proxy.capture.schema import COLUMNS
-from tests.conftest import Answer, FakeModelFactory, ProxyFactory, Received, RunningProxy
+from tests.conftest import (
+    Answer,
+    FakeModelFactory,
+    ProxyFactory,
+    Received,
+    RunningProxy,
+    free_port,
+)
+from tests.test_durability import front_listening
 
 ROUTE = "/v1/models/m:predict"
 
@@ -396,3 +406,49 @@ async def test_a_baseline_shadow_is_the_noise_floor_of_the_others(
     )
     assert shadows["again"]["noise_floor"] is None
     assert p.value("shadowproxy_shadow_info", route=ROUTE, shadow="again", role="baseline") == 1
+
+
+async def test_sigterm_writes_what_the_capture_holds_and_a_restart_serves_it(
+    fake_model: FakeModelFactory, tmp_path: Path
+) -> None:
+    """`shadow-proxy run`, 30 disagreeing requests, SIGTERM at once: the shadows' answers are
+    drained, what the capture queued is written, and the proxy started again on the same file
+    serves every one of them."""
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    port = free_port()
+    cfg = tmp_path / "proxy.yaml"
+    config = _config(prod.url, shadow.url, tmp_path, "  max_per_second: 100000")
+    await asyncio.to_thread(cfg.write_text, f"listen: 127.0.0.1:{port}\n" + config)
+    base = f"http://127.0.0.1:{port}"
+
+    async def start() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "run", "--config", str(cfg),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await front_listening(proc)
+        return proc
+
+    proc = await start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(30):
+                async with session.post(
+                    base + ROUTE, json={"instances": [1]}, headers={"X-Request-ID": f"r{i}"}
+                ) as resp:
+                    assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    await shadow.wait_for(30)
+    again = await start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(base + "/disagreements?limit=100") as resp,
+        ):
+            page = await resp.json()
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(again.wait(), 30) == 0
+    assert sorted(e["request_id"] for e in page["exchanges"]) == sorted(f"r{i}" for i in range(30))
