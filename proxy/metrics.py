@@ -29,6 +29,7 @@ from proxy.core.outcomes import (
     Role,
     SkipReason,
 )
+from proxy.core.segments import SegmentLabels
 from proxy.front.faults import Fault
 from proxy.metric_batching import (
     BatchedCounter,
@@ -183,6 +184,16 @@ class Metrics:
             n.DISAGREED_INSTANCES,
             "Prediction instances on which a shadow disagrees with production.",
         )
+        self.segment_compared = self._counter(
+            n.SEGMENT_COMPARED,
+            "Compared instances by the request's segment (routes[].segment): its value, among"
+            " the first 20 seen, else other; none when the request has no such field.",
+        )
+        self.segment_disagreed = self._counter(
+            n.SEGMENT_DISAGREED,
+            "Of those, the instances on which the shadow disagrees with production.",
+        )
+        self._segment_labels: dict[str, SegmentLabels] = {}
         self.probability_distance = _histogram(
             registry,
             n.PROBABILITY_DISTANCE,
@@ -710,11 +721,43 @@ class Metrics:
             self._upstream_errors[key] = child
         return child
 
+    def bind_segments(self, route: str, shadow: str) -> SegmentCounter:
+        """A shadow's disagreement by segment. The route's shadows share one bound on the
+        segment labels, so that their series line up."""
+        labels = self._segment_labels.setdefault(route, SegmentLabels())
+        return SegmentCounter(self, route, shadow, labels)
+
     def bind_client(self) -> ClientMetrics:
         return ClientMetrics(self)
 
     def bind_rejections(self) -> dict[RejectReason, Inc]:
         return {r: lazy(self.rejected, r, wrap=self.counting) for r in RejectReason}
+
+
+class SegmentCounter:
+    """Compared and disagreeing instances of one shadow by segment, children bound on first
+    use (batched)."""
+
+    __slots__ = ("_children", "_labels", "_metrics", "_pair")
+
+    def __init__(self, metrics: Metrics, route: str, shadow: str, labels: SegmentLabels) -> None:
+        self._metrics = metrics
+        self._pair = (route, shadow)
+        self._labels = labels
+        self._children: dict[str, tuple[Inc, Inc]] = {}
+
+    def count(self, segment: str, compared: int, disagreed: int) -> None:
+        name = self._labels.label(segment)
+        children = self._children.get(name)
+        if children is None:
+            m = self._metrics
+            children = (
+                m.counting(m.segment_compared.labels(*self._pair, name)),
+                m.counting(m.segment_disagreed.labels(*self._pair, name)),
+            )
+            self._children[name] = children
+        children[0].inc(compared)
+        children[1].inc(disagreed)  # 0 too: the series exists beside its compared one
 
 
 class ClientMetrics:

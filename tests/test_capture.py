@@ -452,3 +452,54 @@ async def test_sigterm_writes_what_the_capture_holds_and_a_restart_serves_it(
         again.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(again.wait(), 30) == 0
     assert sorted(e["request_id"] for e in page["exchanges"]) == sorted(f"r{i}" for i in range(30))
+
+
+async def test_disagreement_is_broken_down_by_the_requests_segment(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """routes[].segment names a field of the request: each shadow's disagreement by its value,
+    bounded to the first 20 values (then "other"), "none" for requests without it; in the
+    metrics, the report and the page. No capture needed."""
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    p = await proxy(
+        f"""
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    segment: parameters.country
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+    shadows:
+      - {{name: cand, url: "{shadow.url}{ROUTE}"}}
+"""
+    )
+
+    async def send(values: list[int], country: Any) -> None:
+        body: dict[str, Any] = {"instances": values}
+        if country is not None:
+            body["parameters"] = {"country": country}
+        assert (await p.post(ROUTE, body))[0] == 200
+
+    for _ in range(3):
+        await send([1, 2], "FR")  # one of two instances disagrees
+        await send([2, 4], "DE")  # none does
+    await send([3], None)
+    for i in range(25):  # 25 more countries: the first 18 keep their names, 7 are "other"
+        await send([1], f"C{i:02d}")
+    await p.settled()
+    segments = {"FR": (6, 3), "DE": (6, 0), "none": (1, 1), "other": (7, 7)}
+    for segment, (compared, disagreed) in segments.items():
+        labels = {"route": ROUTE, "shadow": "cand", "segment": segment}
+        assert p.value("shadowproxy_segment_compared_instances_total", **labels) == compared
+        assert p.value("shadowproxy_segment_disagreed_instances_total", **labels) == disagreed
+    status, report = await _get(p, "/report")
+    assert status == 200
+    rows = report["routes"][0]["shadows"][0]["segments"]
+    assert len(rows) == 22  # FR, DE, 18 named countries, other, none
+    assert [(r["segment"], r["compared"], r["disagreed"]) for r in rows[:3]] == [
+        ("other", 7, 7), ("DE", 6, 0), ("FR", 6, 3),
+    ]  # fmt: skip
+    assert rows[2]["value"] == 0.5
+    async with p.session.get(p.url + "/report.html") as resp:
+        page = await resp.text()
+    assert "Disagreement by segment" in page
+    assert "<code>FR</code>" in page

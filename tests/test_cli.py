@@ -212,7 +212,8 @@ def test_check_config_points_a_misplaced_key_to_its_section(tmp_path: Path) -> N
         " routes, store, labels, verdict, admin, metrics, capture",
         f"  {bad}:5: routes[0].timeout: unknown key 'timeout' (did you mean"
         " routes[0].production.timeout or routes[0].shadows[].timeout?); allowed: name, match,"
-        " methods, protocol, output, prediction_path, production, shadows, compare, record",
+        " methods, protocol, output, prediction_path, production, shadows, compare, record,"
+        " segment",
     ]
 
 

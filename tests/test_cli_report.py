@@ -145,6 +145,7 @@ def shadow_of(
         "regression": None,
         "history": [],
         "noise_floor": None,
+        "segments": [],
         "drilldown": {"capture": False, "exchanges": [], "flips": [], "largest_differences": []},
     }
     if regression:

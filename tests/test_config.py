@@ -558,7 +558,7 @@ def test_unknown_keys_at_every_level() -> None:
         "c.yaml:3: routes[0].protocol: required key missing",
         "c.yaml:4: routes[0].protocl: unknown key 'protocl' (did you mean 'protocol'?); "
         "allowed: name, match, methods, protocol, output, prediction_path, production, "
-        "shadows, compare, record",
+        "shadows, compare, record, segment",
         "c.yaml:5: routes[0].production.max_conections: unknown key 'max_conections' "
         "(did you mean 'max_connections'?); allowed: name, url, timeout, connect_timeout, "
         "max_connections",
@@ -574,7 +574,7 @@ def test_unknown_keys_at_every_level() -> None:
 
 ROUTE_ALLOWED = (
     "allowed: name, match, methods, protocol, output, prediction_path, production, shadows, "
-    "compare, record"
+    "compare, record, segment"
 )
 PRODUCTION_ALLOWED = "allowed: name, url, timeout, connect_timeout, max_connections"
 
@@ -1222,6 +1222,7 @@ def test_config_to_dict_fills_defaults_in_human_units() -> None:
                     "max_instances": 10000,
                 },
                 "record": "0%",
+                "segment": None,
             }
         ],
         "store": {

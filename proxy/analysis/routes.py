@@ -99,6 +99,9 @@ def build_routes(
                 route=route.name,
                 production=prod.name,
                 problems=problems,
+                segments=None
+                if route.segment is None
+                else (route.segment, metrics.bind_segments(route.name, shadow.name)),
                 capture=capture,
                 role=shadow.role,
                 match=route.match,

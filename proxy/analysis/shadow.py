@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from proxy.analysis.capture import Capture
 from proxy.analysis.problems import Problems
 from proxy.core.comparison import Classified, Comparator, classify
@@ -20,9 +22,10 @@ from proxy.core.exchange import Headers
 from proxy.core.extraction import ExtractionError, Extractor, decoded
 from proxy.core.outcomes import ComparisonResult, Outcome, SkipReason
 from proxy.core.sampling import Sampler
+from proxy.core.segments import SegmentPath
 from proxy.front.client import Upstream, UpstreamError, UpstreamResponse
 from proxy.logs import Throttled
-from proxy.metrics import ClassCounter, ShadowMetrics
+from proxy.metrics import ClassCounter, SegmentCounter, ShadowMetrics
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)  # a shadow failing: one line per route, shadow, cause and 10 s
@@ -57,6 +60,17 @@ class Tee:
     recorded: bool = False  # queued for the prediction store: shadows add their predictions
     _predictions: Any = field(default=_NOT_PARSED)
     _classes_counted: bool = False
+    _segment: str | None = None
+
+    def segment(self, path: SegmentPath) -> str:
+        """The request's segment (routes[].segment), read from its body once."""
+        if self._segment is None:
+            try:
+                doc = orjson.loads(self.body)
+            except orjson.JSONDecodeError:
+                doc = None
+            self._segment = path.value(doc)
+        return self._segment
 
     def production_predictions(
         self, extractor: Extractor, classes: ClassCounter | None = None
@@ -121,6 +135,7 @@ class ShadowDispatcher:
         route: str = "",
         production: str = "production",
         problems: Problems | None = None,
+        segments: tuple[SegmentPath, SegmentCounter] | None = None,
         capture: Capture | None = None,
         role: str = "candidate",
         match: str = "",
@@ -129,6 +144,7 @@ class ShadowDispatcher:
         self.route = route  # for logs and problems
         self.role = role
         self._capture = capture  # offered every compared exchange (it keeps some)
+        self._segments = segments  # the route's segment field, and this shadow's counts
         self._match = match  # the route's prefix: the captured path is match + suffix
         self._production = production
         self._problems = problems  # answers it cannot measure are reported there
@@ -403,6 +419,9 @@ class ShadowDispatcher:
                 self._problems.saw(self.route, side, found.result, found.detail)
             return
         self._m.count_comparison(comparison)
+        if self._segments is not None:
+            path, counter = self._segments
+            counter.count(tee.segment(path), comparison.instances, comparison.disagreements)
 
 
 class ShadowSet:

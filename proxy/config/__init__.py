@@ -100,6 +100,10 @@ routes[].compare.classes             none                         the classes na
 routes[].compare.max_instances       10000                        answers holding more instances
                                                                   are not compared (counted as
                                                                   too_many_instances)
+routes[].segment                     none                         a field of the request's JSON,
+                                                                  like parameters.country: each
+                                                                  shadow's disagreement by its
+                                                                  value (the first 20 values)
 routes[].record                      0%                           share of requests whose
                                                                   predictions are stored to be
                                                                   joined with labels; 0: no labels

@@ -88,6 +88,7 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                     "max_instances": route.comparator.max_instances,
                 },
                 "record": _format_fraction(route.record),
+                "segment": None if route.segment is None else route.segment.text,
             }
         )
     store = config.store

@@ -81,6 +81,7 @@ from proxy.config.yamlcheck import (
 )
 from proxy.core.comparison import MAX_INSTANCES, Comparator, CompareKind, Distance
 from proxy.core.extraction import Extractor, Protocol
+from proxy.core.segments import SegmentPath
 
 _TOP_KEYS: Final = (
     "listen",
@@ -112,6 +113,7 @@ _ROUTE_KEYS: Final = (
     "shadows",
     "compare",
     "record",
+    "segment",
 )
 _PRODUCTION_KEYS: Final = ("name", "url", "timeout", "connect_timeout", "max_connections")
 _SHADOW_KEYS: Final = (
@@ -332,6 +334,7 @@ class _RouteChecker:
         comparator = _comparator(c, items.get("compare"))
         classes = _classes(c, items.get("compare"), comparator.kind)
         record = c.optional(items, "record", parse_fraction, 0.0)
+        segment: SegmentPath | None = c.optional(items, "segment", _segment, None)
         if c.mark() > start or production is None:
             return None
         return Route(
@@ -344,6 +347,7 @@ class _RouteChecker:
             shadows=shadows,
             record=record,
             classes=classes,
+            segment=segment,
         )
 
     def methods(self, loc: _Loc | None) -> frozenset[str] | None:
@@ -490,6 +494,10 @@ def _admin(c: _Checker, loc: _Loc | None) -> AdminConfig:
     token, token_file = _secret(c, items)
     listen: tuple[str, int] | None = c.optional(items, "listen", _listen, None)
     return AdminConfig(token=token, token_file=token_file, listen=listen)
+
+
+def _segment(value: object) -> SegmentPath | None:
+    return SegmentPath.parse(_text(value))
 
 
 def _role(value: object) -> str:

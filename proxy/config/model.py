@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from proxy.core.comparison import Comparator
 from proxy.core.extraction import Extractor
+from proxy.core.segments import SegmentPath
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Route:
     shadows: tuple[Shadow, ...]
     record: float = 0.0  # share of requests whose predictions are stored for labels
     classes: tuple[str, ...] | None = None  # class labels of the class-mix metric
+    segment: SegmentPath | None = None  # a request field: disagreement broken down by its value
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ from proxy.report.model import (
     RouteDiagnostics,
     RouteReport,
     ScoreDifference,
+    SegmentFigures,
     ShadowDiagnostics,
     ShadowReport,
 )
@@ -732,6 +733,7 @@ def _shadow_report(
         "regression": regression,
         "history": [],
         "noise_floor": None,
+        "segments": _segments(samples, route, shadow, confidence),
         "drilldown": {"capture": False, "exchanges": [], "flips": [], "largest_differences": []},
     }
 
@@ -824,6 +826,34 @@ def build_report(
         "alpha": settings.alpha,
         "routes": routes,
     }
+
+
+def _segments(
+    samples: Samples, route: str, shadow: str, confidence: float
+) -> list[SegmentFigures]:
+    """The shadow's disagreement by segment, the most compared first."""
+    found: list[SegmentFigures] = []
+    pair = {"route": route, "shadow": shadow}
+    names_seen = sorted(
+        {
+            labels["segment"]
+            for labels in samples.label_sets(names.SEGMENT_COMPARED.total)
+            if labels.get("route") == route and labels.get("shadow") == shadow
+        }
+    )
+    for segment in names_seen:
+        compared = samples.total(names.SEGMENT_COMPARED.total, **pair, segment=segment)
+        disagreed = samples.total(names.SEGMENT_DISAGREED.total, **pair, segment=segment)
+        found.append(
+            {
+                "segment": segment,
+                "compared": int(compared),
+                "disagreed": int(disagreed),
+                **_proportion(disagreed, compared, confidence),
+            }
+        )
+    found.sort(key=lambda s: (-s["compared"], s["segment"]))
+    return found
 
 
 def _noise_floors(shadows: Sequence[ShadowReport], confidence: float) -> None:

@@ -48,6 +48,8 @@ _READ = (
     names.RECORDED,
     names.RECORDING_DROPPED,
     names.COMPARISONS,
+    names.SEGMENT_COMPARED,
+    names.SEGMENT_DISAGREED,
     names.BRIER,
     names.LOG_LOSS,
     names.UNSCORABLE_INSTANCES,

@@ -677,6 +677,7 @@ def _card(i: int, j: int, route: RouteReport, shadow: ShadowReport, level: str) 
         + "</figure>"
         + (_reliability_figure(route, shadow, name, ident) if kind == "probabilities" else "")
         + "</div></div>"
+        + _segments(shadow, ident)
         + _drilldown(kind, shadow, ident)
         + "</article>"
     )
@@ -1431,6 +1432,37 @@ def _target(value: Any, *, signed: bool = False) -> str:
     if signed:
         return "0" if x == 0 else f"{x:+.6g}"
     return f"{x:.6g}"
+
+
+def _segments(shadow: ShadowReport, ident: str) -> str:
+    """The shadow's disagreement by the request's segment (routes[].segment), the most
+    compared first, with Wilson intervals; nothing without a segment."""
+    entries = [_map(x) for x in _list(shadow.get("segments"))]
+    if not entries:
+        return ""
+    rows = []
+    for entry in entries:
+        compared = _num(entry.get("compared"))
+        rows.append(
+            "<tr>"
+            f'<th scope="row"><code>{_cut(_str(entry.get("segment")), 64)}</code></th>'
+            f'<td class="num">{fmt_percent(entry.get("value"))}</td>'
+            f'<td class="num">{fmt_interval(entry.get("low"), entry.get("high"), fmt_percent)}'
+            "</td>"
+            f'<td class="num">{fmt_count(entry.get("disagreed"))} of'
+            f" {DASH if compared is None else fmt_count(compared)}</td>"
+            "</tr>"
+        )
+    return (
+        f'<section class="segments" aria-labelledby="{ident}-segments">'
+        f'<h4 id="{ident}-segments">Disagreement by segment'
+        ' <span class="n">the request\'s <code>segment</code> field; "other": past the first'
+        ' 20 values, "none": requests without it</span></h4>'
+        '<table class="segments"><thead><tr><th scope="col">Segment</th>'
+        '<th scope="col">Disagreement</th><th scope="col">95% interval</th>'
+        '<th scope="col">Instances</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></section>"
+    )
 
 
 def _largest_differences(largest: Sequence[Any], ident: str) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "RouteDiagnostics",
     "RouteReport",
     "ScoreDifference",
+    "SegmentFigures",
     "ShadowDiagnostics",
     "ShadowReport",
 ]
@@ -309,6 +310,15 @@ class DrillDown(TypedDict):
     largest_differences: list[LargestDifference]
 
 
+class SegmentFigures(Proportion):
+    """The shadow's disagreement on the requests of one segment (routes[].segment): compared
+    instances, those that disagree, and the share with its Wilson interval."""
+
+    segment: str
+    compared: int
+    disagreed: int
+
+
 class ShadowReport(TypedDict):
     """One shadow of a route: its verdict, the reason in words, and every figure. `role` is
     "candidate", or "baseline" for an A/A comparison (the noise floor of the others)."""
@@ -334,6 +344,7 @@ class ShadowReport(TypedDict):
     history: list[HistoryPoint]
     noise_floor: NoiseFloor | None  # null without a baseline shadow on the route
     drilldown: DrillDown
+    segments: list[SegmentFigures]  # empty without routes[].segment
 
 
 class RouteReport(TypedDict):
