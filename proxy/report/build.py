@@ -828,9 +828,7 @@ def build_report(
     }
 
 
-def _segments(
-    samples: Samples, route: str, shadow: str, confidence: float
-) -> list[SegmentFigures]:
+def _segments(samples: Samples, route: str, shadow: str, confidence: float) -> list[SegmentFigures]:
     """The shadow's disagreement by segment, the most compared first."""
     found: list[SegmentFigures] = []
     pair = {"route": route, "shadow": shadow}
