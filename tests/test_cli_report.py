@@ -63,6 +63,7 @@ def shadow_of(
     shadow: dict[str, Any] = {
         "shadow": name,
         "role": "candidate",
+        "sample": 1.0,
         "verdict": verdict,
         "reason": (
             "0 labelled requests scored for both models; a verdict needs 100"

@@ -197,6 +197,11 @@ routes:
         ("idle", "insufficient_data", 0),
         ("later", "insufficient_data", 0),
     ]
+    assert [s["sample"] for s in shadows] == [0.0, 1.0]
+    async with p.session.get(p.url + "/report.html") as resp:
+        page = await resp.text()
+    assert "(it is sampled at 0%: it gets no copies until its sample is raised)" in page
+    assert "(it is new, or every copy was dropped before it was sent)" in page
     for name in ("idle", "later"):
         assert p.value("shadowproxy_verdict", route="/predict", shadow=name) == -0.5
         assert (

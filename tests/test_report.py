@@ -192,8 +192,9 @@ async def test_report_command_reads_a_proxy_and_prometheus(
             return web.json_response({"status": "success", "data": {"result": at}})
         assert request.query["time"] == "1700000000.5"
         found = re.fullmatch(
-            r"sum by \(([^)]*)\) \("
-            r"(?:increase\((\w+)\[30d\]\)|(shadowproxy_(?:route|shadow)_info))\)",
+            r"(?:sum|max) by \(([^)]*)\) \("
+            r"(?:increase\((\w+)\[30d\]\)|(shadowproxy_(?:route_info|shadow_info"
+            r"|shadow_sample_ratio)))\)",
             request.query["query"],
         )
         assert found is not None

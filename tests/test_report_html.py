@@ -1126,3 +1126,16 @@ def test_malformed_drilldown_never_raises() -> None:
         for drill in junk:
             shadow = _disagreeing("s", drilldown=drill, noise_floor={"within": "x"})
             _page(kind, shadow)
+
+
+def test_capture_on_with_nothing_captured_says_why_not_how_to_turn_it_on() -> None:
+    empty = _drill()
+    empty["capture"] = True
+    html = _page("classification", _disagreeing("rate-limited", drilldown=empty))
+    shown = card(html, "rate-limited")
+    assert "Enable <code>capture:</code>" not in shown
+    assert (
+        '<p class="muted capture-empty">Nothing of its disagreements is in the capture (yet, or'
+        " any more): they are kept up to <code>capture.max_per_second</code>, and removed after"
+        " <code>capture.max_age</code>.</p>"
+    ) in shown

@@ -90,6 +90,10 @@ class Samples:
         """The label sets of a series with a non-zero value (an info series set to 0 is gone)."""
         return [labels for labels, value in self._by_name.get(name, ()) if value]
 
+    def series(self, name: str) -> list[tuple[Mapping[str, str], float]]:
+        """Every sample of a series, as (labels, value), zeros included."""
+        return list(self._by_name.get(name, ()))
+
     def buckets(self, name: str, **labels: str) -> list[tuple[float, float]]:
         """Cumulative (upper bound, count) pairs of a histogram, summed over other labels."""
         totals: dict[float, float] = {}
@@ -711,6 +715,7 @@ def _shadow_report(
     return {
         "shadow": shadow,
         "role": "candidate",
+        "sample": _sample(samples, route, shadow),
         "verdict": verdict,
         "reason": reason,
         "requests": int(requests),
@@ -826,6 +831,16 @@ def build_report(
         "alpha": settings.alpha,
         "routes": routes,
     }
+
+
+def _sample(samples: Samples, route: str, shadow: str) -> float | None:
+    """The share of requests the shadow is sent now (the config's, or the admin API's)."""
+    found = [
+        value
+        for labels, value in samples.series(names.SHADOW_SAMPLE_RATIO.name)
+        if labels.get("route") == route and labels.get("shadow") == shadow
+    ]
+    return max(found) if found else None
 
 
 def _segments(samples: Samples, route: str, shadow: str, confidence: float) -> list[SegmentFigures]:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # build.py needs scipy: imported only to compute a report (--
     from proxy.report.build import Samples
 
 _INFO = (names.ROUTE_INFO, names.SHADOW_INFO)  # gauges, read as they are
+_LATEST = (names.SHADOW_SAMPLE_RATIO,)  # gauges whose value is now's: the largest replica's
 # What the report reads, and the labels it reads them by; summed over everything else
 # (instance, pod, worker), so that replicas add up.
 _READ = (
@@ -50,6 +51,7 @@ _READ = (
     names.COMPARISONS,
     names.SEGMENT_COMPARED,
     names.SEGMENT_DISAGREED,
+    names.SHADOW_SAMPLE_RATIO,
     names.BRIER,
     names.LOG_LOSS,
     names.UNSCORABLE_INSTANCES,
@@ -60,7 +62,7 @@ _READ = (
 )
 _QUERIES = {
     **{
-        (family.name if family in _INFO else family.total): ", ".join(family.labels)
+        (family.name if family in (*_INFO, *_LATEST) else family.total): ", ".join(family.labels)
         for family in _READ
     },
     names.UPSTREAM_DURATION.bucket: ", ".join((*names.UPSTREAM_DURATION.labels, "le")),
@@ -169,6 +171,8 @@ def query(name: str, by: str, since: str) -> str:
     """
     if name in (info.name for info in _INFO):
         return f"sum by ({by}) ({name})"
+    if name in (gauge.name for gauge in _LATEST):
+        return f"max by ({by}) ({name})"
     return f"sum by ({by}) (increase({name}[{since}]))"
 
 

@@ -647,11 +647,14 @@ def _card(i: int, j: int, route: RouteReport, shadow: ShadowReport, level: str) 
     )
     if idle:
         # Nothing measured: no figures to show and no chart to draw, only that it is there.
+        why = (
+            "it is sampled at 0%: it gets no copies until its sample is raised"
+            if _num(shadow.get("sample")) == 0
+            else "it is new, or every copy was dropped before it was sent"
+        )
         return (
-            header
-            + '<p class="idle">No request has reached this shadow yet (it is new, sampled at 0%,'
-            " or every copy was dropped before it was sent): it has no figures and no charts"
-            " until it gets traffic.</p></article>"
+            header + f'<p class="idle">No request has reached this shadow yet ({why}): it has'
+            " no figures and no charts until it gets traffic.</p></article>"
         )
     measure, meaning = _measure(kind)
     return (
@@ -1074,7 +1077,13 @@ def _drilldown(kind: str, shadow: ShadowReport, ident: str) -> str:
             parts.append(_flips_matrix(flips, kind, ident))
         parts.append("</div>")
         parts.append(_exchanges(exchanges, kind, ident))
-    elif disagreed is not None and disagreed > 0 and drill.get("capture") is not True:
+    elif disagreed is not None and disagreed > 0 and drill.get("capture") is True:
+        parts.append(
+            '<p class="muted capture-empty">Nothing of its disagreements is in the capture'
+            " (yet, or any more): they are kept up to <code>capture.max_per_second</code>, and"
+            " removed after <code>capture.max_age</code>.</p>"
+        )
+    elif disagreed is not None and disagreed > 0:
         off = (
             '<p class="muted capture-off">Enable <code>capture:</code> in the config to see'
             " the disagreeing requests.</p>"

@@ -325,6 +325,7 @@ class ShadowReport(TypedDict):
 
     shadow: str
     role: str
+    sample: float | None  # the share of requests it is sent now (null: unknown)
     verdict: Verdict
     reason: str
     requests: int
