@@ -146,6 +146,7 @@ class RouteCounts:
         metrics.shadow_info.labels(route.name, name, "candidate").set(1)
         self._front = metrics.bind_route(route.name, production)
         self._shadow = metrics.bind_shadow(route.name, name, kind)
+        self._shadow.sample.set(1.0)  # the candidate is sent every captured request
         self._production_classes = metrics.bind_classes(
             route.name, production, Role.PRODUCTION, kind, route.classes
         )
