@@ -195,10 +195,11 @@ routes:
         # Prometheus's increase() extrapolates each series to the moment of the query: a
         # replica scraped before that moment counts up to one scrape interval's worth more, a
         # share of (scrape interval / time since its counters started). Here that is seconds
-        # over seconds, up to a third more; over the hours an experiment runs, nothing to
-        # speak of (README, "The verdict").
-        assert 300 <= shadow["quality"]["requests"] <= 400
-        assert 30 <= shadow["paired"]["shadow_only"] <= 40
+        # over seconds: a third more, up to a half more on a loaded machine (414 of 300 was
+        # seen once); over the hours an experiment runs, nothing to speak of (README, "The
+        # verdict").
+        assert 300 <= shadow["quality"]["requests"] <= 450
+        assert 30 <= shadow["paired"]["shadow_only"] <= 45
         assert shadow["verdict"] == "better"
         labels = {"route": ROUTE, "shadow": "cand"}
         assert replica.value("shadowproxy_fleet_verdict", **labels) == 1
