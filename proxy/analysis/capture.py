@@ -33,7 +33,7 @@ from proxy.core.comparison import (
     Comparison,
     ShapeMismatch,
 )
-from proxy.core.extraction import ExtractionError, decoded
+from proxy.core.extraction import ExtractionError, decoded_answer
 from proxy.core.outcomes import ComparisonResult
 from proxy.core.sampling import Sampler, bucket
 from proxy.front.client import UpstreamResponse
@@ -441,12 +441,9 @@ async def capture_off(request: web.Request) -> web.Response:
 
 
 def _decoded(response: UpstreamResponse, cap: int) -> bytes:
-    encoding = None
-    for name, value in response.headers:
-        if name.lower() == b"content-encoding":
-            encoding = value.decode("latin-1")
+    """The answer's body decoded, or as it came when it cannot be (kept all the same)."""
     try:
-        return decoded(response.body, encoding, cap * 4)
+        return decoded_answer(response.headers, response.body, cap * 4)
     except ExtractionError:
         return response.body
 

@@ -19,7 +19,7 @@ from proxy.analysis.capture import Capture
 from proxy.analysis.problems import Problems
 from proxy.core.comparison import Classified, Comparator, classify
 from proxy.core.exchange import Headers
-from proxy.core.extraction import ExtractionError, Extractor, decoded
+from proxy.core.extraction import ExtractionError, Extractor, decoded_answer
 from proxy.core.outcomes import ComparisonResult, Outcome, SkipReason
 from proxy.core.sampling import Sampler
 from proxy.core.segments import SegmentPath
@@ -95,10 +95,7 @@ class Tee:
 def decoded_body(response: UpstreamResponse, limit: int | None = None) -> bytes:
     """The body with gzip or deflate content-encoding undone (production's is kept as sent);
     with `limit`, a body that decodes to more than `limit` bytes raises ExtractionError."""
-    for name, value in response.headers:
-        if name.lower() == b"content-encoding":
-            return decoded(response.body, value.decode("latin-1").strip(), limit)
-    return response.body
+    return decoded_answer(response.headers, response.body, limit)
 
 
 class ShadowDispatcher:

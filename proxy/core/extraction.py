@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,16 @@ def decoded(body: bytes, content_encoding: str | None, limit: int | None = None)
     if not inflater.eof:
         raise ExtractionError(f"cannot decode {encoding} body: incomplete or truncated stream")
     return data
+
+
+def decoded_answer(
+    headers: Sequence[tuple[bytes, bytes]], body: bytes, limit: int | None = None
+) -> bytes:
+    """An answer's body as `decoded` undoes its Content-Encoding header, if it has one."""
+    for name, value in headers:
+        if name.lower() == b"content-encoding":
+            return decoded(body, value.decode("latin-1").strip(), limit)
+    return body
 
 
 @dataclass(frozen=True, slots=True)
