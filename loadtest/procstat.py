@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -158,43 +159,77 @@ def keyed(roles: Sequence[tuple[int, str]]) -> dict[int, str]:
 class CpuMeter:
     """CPU seconds (user + system) spent by the process trees under `roots()` between start()
     and stop(), per process. A process born in the window counts from 0; one that dies in it
-    counts up to the last poll() that saw it, so poll often (bench.py does, every 0.1 s).
+    counts up to the last poll that saw it. With `every` set, a thread of its own polls at that
+    interval between start() and stop(), whatever the caller is busy with, so that a
+    short-lived child (a reload's validator, some 0.2 s) is not missed between two of the
+    load's ticks.
 
-    >>> meter = CpuMeter(lambda: [proxy_pid])  # doctest: +SKIP
-    >>> meter.start(); run_the_load(on_tick=lambda _: meter.poll())  # doctest: +SKIP
+    >>> meter = CpuMeter(lambda: [proxy_pid], every=0.01)  # doctest: +SKIP
+    >>> meter.start(); run_the_load()  # doctest: +SKIP
     >>> [(p.key, p.cpu_seconds) for p in meter.stop()]  # doctest: +SKIP
     [('run', 1.93)]
     """
 
-    def __init__(self, roots: Callable[[], Iterable[int]]) -> None:
+    def __init__(self, roots: Callable[[], Iterable[int]], *, every: float | None = None) -> None:
         self._roots = roots
+        self._every = every
         self._first: dict[int, int] = {}
         self._last: dict[int, int] = {}
         self._roles: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def _sample(self, every: float) -> None:
+        while not self._stopping.wait(every):
+            self.poll()
 
     def _read(self, *, at_start: bool) -> None:
+        with self._lock:
+            self._read_locked(at_start=at_start)
+
+    def _read_locked(self, *, at_start: bool) -> None:
         for pid in process_tree(self._roots()):
             ticks = _ticks(pid)
             if ticks is None:
                 continue
+            found = _role_of(pid)
             if pid not in self._roles:
-                found = _role_of(pid)
                 if found is None:
                     continue
                 self._roles[pid] = found
                 self._first[pid] = ticks if at_start else 0
+            elif found not in (None, "?"):
+                # Read again each time: a child seen between fork and exec still carries its
+                # parent's command line, and a zombie none ("?").
+                self._roles[pid] = found
             self._last[pid] = ticks
 
     def start(self) -> None:
-        self._first.clear()
-        self._last.clear()
-        self._roles.clear()
+        self._halt()
+        with self._lock:
+            self._first.clear()
+            self._last.clear()
+            self._roles.clear()
         self._read(at_start=True)
+        if self._every is not None:
+            self._stopping.clear()
+            self._sampler = threading.Thread(
+                target=self._sample, args=(self._every,), name="cpu-meter", daemon=True
+            )
+            self._sampler.start()
 
     def poll(self) -> None:
         self._read(at_start=False)
 
+    def _halt(self) -> None:
+        if self._sampler is not None:
+            self._stopping.set()
+            self._sampler.join()
+            self._sampler = None
+
     def stop(self) -> list[ProcessCpu]:
+        self._halt()
         self.poll()
         names = keyed(list(self._roles.items()))
         return [

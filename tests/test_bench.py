@@ -98,6 +98,34 @@ def test_role_is_read_from_the_command_line(argv: list[str], expected: str) -> N
     assert role(cmdline) == expected
 
 
+def test_cpu_meter_names_a_process_by_its_command_line_after_exec() -> None:
+    # Seen between fork and exec, a child still carries its parent's command line: the role
+    # it ends up with is the one after exec, read by the meter's own sampling thread.
+    script = (
+        "import os, sys\nsys.stdin.readline()\n"
+        "os.execv(sys.executable, [sys.executable, '-c', "
+        "'import sys; print(1, flush=True); sys.stdin.readline()', '--role', 'renamed'])\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    meter = CpuMeter(lambda: [child.pid], every=0.01)
+    try:
+        meter.start()
+        child.stdin.write("exec\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "1\n"
+        (seen,) = meter.stop()
+        assert (seen.key, seen.role, seen.pid) == ("renamed", "renamed", child.pid)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
+
+
 def test_keys_number_the_roles_that_several_processes_share() -> None:
     assert keyed([(30, "worker"), (10, "master"), (20, "worker")]) == {
         10: "master",
