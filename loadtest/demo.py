@@ -215,6 +215,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 f"  try it:     curl -s {PROXY}{V1_ROUTE} -d '{{\"instances\": [[1, 2, 3, 4]]}}'\n"
                 f"  verdicts:   {PROXY}/report.html  (or: .venv/bin/shadow-proxy report --url"
                 f" {PROXY})\n"
+                f"  drill-down: each shadow's card on {PROXY}/report.html ends with the requests"
+                f" it disagrees on;\n              curl -s '{PROXY}/disagreements?limit=3'\n"
                 f"Sending {args.rate:g} requests/s for {args.duration:g} s; Ctrl-C stops.",
                 flush=True,
             )

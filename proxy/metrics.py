@@ -580,7 +580,15 @@ class Metrics:
             shadow_worse=bound(self.paired_shadow_worse, regression),
             shadow_better=bound(self.paired_shadow_better, regression),
             difference_squares=bound(self.paired_difference_squares, regression),
-            request_sums=sums(self.paired_request_sums),
+            # Instances and advantage are other series already: the paired outcomes
+            # (classification, probabilities) or paired_error_instances and shadow_better -
+            # shadow_worse (regression). The report rebuilds them from those.
+            request_sums={
+                s: self.paired_request_sums.labels(route, shadow, s)
+                if s in PAIRED_SUMS
+                else NOTHING
+                for s in RequestSum
+            },
             log_loss_sums=sums(self.paired_log_loss_sums, probabilities),
             brier_sums=sums(self.paired_brier_sums, probabilities),
         )
@@ -850,6 +858,16 @@ COMPARED_SUMS = frozenset(
     }
 )
 """The disagreement sums exported as compared_request_sums (the others are other series)."""
+PAIRED_SUMS = frozenset(
+    {
+        RequestSum.REQUESTS,
+        RequestSum.INSTANCES_SQUARED,
+        RequestSum.ADVANTAGE_SQUARED,
+        RequestSum.CROSS_POSITIVE,
+        RequestSum.CROSS_NEGATIVE,
+    }
+)
+"""The accuracy sums exported as paired_request_sums (instances and advantage are other series)."""
 
 
 class Lazy:

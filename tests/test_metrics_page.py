@@ -62,6 +62,7 @@ async def test_the_demo_metrics_page_is_half_its_size_with_everything_panels_and
     config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     config["listen"] = f"127.0.0.1:{port}"
     config["store"]["path"] = str(tmp_path / "predictions.db")
+    config["capture"]["path"] = str(tmp_path / "capture.db")
     for route in config["routes"]:
         path = route["production"]["url"].split("/", 3)[3]
         route["production"]["url"] = f"{models[0].url}/{path}"
@@ -155,7 +156,7 @@ async def test_the_demo_metrics_page_is_half_its_size_with_everything_panels_and
         "shadowproxy_store_removed_total", "shadowproxy_rejected_requests_total",
         "shadowproxy_label_requests_rejected_total", "shadowproxy_client_faults_total",
         "shadowproxy_process_restarts_total", "shadowproxy_config_reloads_total",
-        "shadowproxy_admin_requests_total", "shadowproxy_capture_total",
+        "shadowproxy_admin_requests_total",
         # verdict.fleet_prometheus only
         "shadowproxy_fleet_verdict", "shadowproxy_fleet_verdict_sequential_p_value",
         "shadowproxy_fleet_verdict_difference_lower", "shadowproxy_fleet_verdict_difference_upper",

@@ -194,6 +194,27 @@ def _request_sums(samples: Samples, name: str, route: str, shadow: str) -> Reque
     )
 
 
+def _paired_sums(samples: Samples, route: str, shadow: str, kind: str) -> RequestSums:
+    """A pair's accuracy sums. Their instances and advantage are not exported twice: they are
+    the paired outcomes (classification, probabilities: shadow_only - production_only), or
+    paired_error_instances and shadow_better - shadow_worse (regression)."""
+    pair = {"route": route, "shadow": shadow}
+    sums = _request_sums(samples, names.PAIRED_REQUEST_SUMS.total, route, shadow)
+    if kind == "regression":
+        instances = samples.total(names.PAIRED_ERRORS.total, **pair)
+        advantage = samples.total(names.PAIRED_SHADOW_BETTER.total, **pair) - samples.total(
+            names.PAIRED_SHADOW_WORSE.total, **pair
+        )
+    else:
+
+        def outcome(which: PairedOutcome) -> float:
+            return samples.total(names.PAIRED_OUTCOMES.total, **pair, outcome=which)
+
+        instances = sum(outcome(o) for o in PairedOutcome)
+        advantage = outcome(PairedOutcome.SHADOW_ONLY) - outcome(PairedOutcome.PRODUCTION_ONLY)
+    return dataclasses.replace(sums, instances=instances, advantage=advantage)
+
+
 class Holds(Protocol):
     """Where decisions are held between reports (proxy.analysis.reporter keeps them)."""
 
@@ -426,7 +447,7 @@ def _shadow_diagnostics(
     quality_figures: QualityFigures,
     production_error: ErrorFigures,
 ) -> ShadowDiagnostics:
-    sums = _request_sums(samples, names.PAIRED_REQUEST_SUMS.total, route, shadow)
+    sums = _paired_sums(samples, route, shadow, kind)
     if kind != "regression":
         sums = classification_sums(sums)
         effect: float | None = 0.01
@@ -585,7 +606,7 @@ def _quality(
     production_error: ErrorFigures,
     hold: Holds,
 ) -> QualityFigures:
-    sums = _request_sums(samples, names.PAIRED_REQUEST_SUMS.total, route, shadow)
+    sums = _paired_sums(samples, route, shadow, kind)
     compare_kind = CompareKind.REGRESSION if kind == "regression" else CompareKind.CLASSIFICATION
     test = quality(
         compare_kind,
