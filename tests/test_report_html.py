@@ -583,6 +583,22 @@ def test_a_shadow_with_no_traffic_is_listed_without_figures_or_charts(kind: str)
     assert '<span class="n">no traffic yet</span>' in row
 
 
+def test_labelled_requests_without_a_pair_say_why_by_the_shadows_sample() -> None:
+    diagnostics = {"paired_requests": 100, "lost_pairs": 900, "unscorable_instances": 0}
+    sampled = _shadow("sampled", sample=0.1, diagnostics=diagnostics)
+    full = _shadow("full", sample=1.0, diagnostics={**diagnostics, "lost_pairs": 3})
+    html = render_html({"routes": [{**NULL_ROUTE, "shadows": [sampled, full]}]})
+    assert Page(html).errors == []
+    assert (
+        "900 labelled requests without one (sampled at 10.0%, the shadow gets only that share;"
+        " or the shadow failed, timed out or was dropped: never compared)"
+    ) in card(html, "sampled")
+    assert (
+        "3 labelled requests without one (the shadow failed, timed out or was dropped: never"
+        " compared)"
+    ) in card(html, "full")
+
+
 def test_problems_are_a_red_box_first_under_the_route_name() -> None:
     problems = ["production's answers held no <predictions>: 30 of 300", "", None, "latest: x"]
     routes = [{**NULL_ROUTE, "problems": problems}, {**NULL_ROUTE, "route": "/ok", "problems": []}]

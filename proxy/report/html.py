@@ -851,6 +851,15 @@ def _guardrail(guard: Any) -> str:
     )
 
 
+def _unpaired_why(shadow: ShadowReport) -> str:
+    """Why labelled requests have no pair: a sampled shadow is never sent most of them."""
+    why = "the shadow failed, timed out or was dropped: never compared"
+    sample = _num(shadow.get("sample"))
+    if sample is not None and sample < 1:
+        return f"sampled at {fmt_percent(sample)}, the shadow gets only that share; or {why}"
+    return why
+
+
 def _verdict_test(route: RouteReport, shadow: ShadowReport) -> str:
     """The figures the verdict is decided on: always-valid, the request as the unit."""
     kind = _kind(route)
@@ -882,7 +891,7 @@ def _verdict_test(route: RouteReport, shadow: ShadowReport) -> str:
                 _cell(
                     fmt_count(own.get("paired_requests")),
                     note=f"{fmt_count(own.get('lost_pairs'))} labelled requests without one"
-                    " (shadow failed, timed out or was dropped: never compared);"
+                    f" ({_unpaired_why(shadow)});"
                     f" {fmt_count(own.get('unscorable_instances'))} labelled instances"
                     " unscorable",
                 ),

@@ -182,8 +182,9 @@ class RouteDiagnostics(TypedDict):
 
 
 class ShadowDiagnostics(TypedDict):
-    """Per shadow: labelled requests it has a pair for, those it has none for (it failed,
-    timed out, was dropped or skipped, or answered the wrong shape: never compared), and about
+    """Per shadow: labelled requests it has a pair for, those it has none for (not sampled for
+    it; or it failed, timed out, was dropped or skipped, or answered the wrong shape: never
+    compared), and about
     how many labelled requests in all the verdict needs for an advantage of `effect`."""
 
     paired_requests: int
