@@ -4,10 +4,12 @@
 # The config is read from /etc/shadow-proxy/config.yaml (override with SHADOW_PROXY_CONFIG).
 # The example configs are in /etc/shadow-proxy/examples/.
 FROM python:3.11-slim AS build
+# Optional extras, e.g. --build-arg EXTRAS=export for `capture export --format parquet`.
+ARG EXTRAS=
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 # The model-server stand-in (loadtest/model_server.py) for configs/compose/, with the same
 # dependencies as the proxy: docker build --target models -t shadow-proxy-models .
