@@ -255,10 +255,13 @@ async def test_a_replay_counts_prints_and_reports_exact_figures(
     )
     assert out[7] == "  answers: 35 agree, 4 disagree, 1 status mismatch"
     assert out[8] == "  labels: 20 joined"
-    assert out[9].startswith(
+    assert out[9] == (
+        "  latency: the candidate's measured from here, production's as captured live; not judged"
+    )
+    assert out[10].startswith(
         "  verdict: inconclusive: not decided yet: accuracy advantage +10.0 points"
     )
-    assert out[10:] == [
+    assert out[11:] == [
         "",
         f"wrote the report page to {tmp_path / 'replay.html'}, its JSON to"
         f" {tmp_path / 'replay.json'}",
@@ -288,6 +291,9 @@ async def test_a_replay_counts_prints_and_reports_exact_figures(
     assert shadow["quality"]["advantage"] == pytest.approx(0.1)
     assert shadow["latency"]["count"] == 40 - 1 + 1  # every answer, the 500 too
     assert shadow["verdict"] == "inconclusive"
+    # Latency measured from two places is shown, never judged: no limit, never tripped.
+    slow = {g["name"]: g for g in shadow["guardrails"]}["slow_requests"]
+    assert (slow["limit"], slow["tripped"]) == (None, False)
 
     page = (tmp_path / "replay.html").read_text()
     assert page.startswith("<!DOCTYPE html>")

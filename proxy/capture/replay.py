@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import math
 import re
 import sys
@@ -684,6 +685,9 @@ def _route_summary(route: RouteReport, counts: RouteCounts) -> list[str]:
             f"{count} {result.value}" for result in LabelResult if (count := counts.labels[result])
         )
         lines.append(f"  labels: {labels}")
+    lines.append(
+        "  latency: the candidate's measured from here, production's as captured live; not judged"
+    )
     lines += [f"  PROBLEM: {problem}" for problem in route["problems"]]
     for shadow in route["shadows"]:
         lines.append(f"  verdict: {shadow['verdict']}: {shadow['reason']}")
@@ -934,9 +938,11 @@ def _run(args: argparse.Namespace, config: Config, options: Options) -> int:
     finally:
         progress.close()
     seconds = progress.elapsed  # from the first request sent
+    # The candidate's latency is measured from here, production's was measured live at the
+    # proxy: shown side by side, never judged against each other.
     report = build_report(
         samples_of(metrics.registry.collect()),
-        config.verdict,
+        dataclasses.replace(config.verdict, latency_margin=None),
         generated_at=time.time(),
         config_hash=config_hash(config),
         problems={name: c.details() for name, c in counts.items()},

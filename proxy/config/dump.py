@@ -127,7 +127,9 @@ def config_to_dict(config: Config, *, redact: bool = False) -> dict[str, Any]:
                 "margin": _format_fraction(config.verdict.margin),
                 "effect_size": config.verdict.effect_size,
                 "max_error_rate": _format_fraction(config.verdict.max_error_rate),
-                "latency_margin": _format_fraction(config.verdict.latency_margin),
+                "latency_margin": None
+                if config.verdict.latency_margin is None
+                else _format_fraction(config.verdict.latency_margin),
                 "max_disagreement": None
                 if config.verdict.max_disagreement is None
                 else _format_fraction(config.verdict.max_disagreement),

@@ -125,7 +125,9 @@ class VerdictConfig:
     margin: float = 0.01  # equivalence: accuracy points, or a share of production's MAE
     effect_size: float = 0.1  # the mixture's width, in sds of the per-request advantage
     max_error_rate: float = 0.01  # shadow error rate over production's (5xx, timeouts, ...)
-    latency_margin: float = 0.01  # extra share of shadow requests over production's p99
+    # The extra share of shadow requests over production's p99; None: reported, not judged
+    # (a replay, whose latency is measured from elsewhere).
+    latency_margin: float | None = 0.01
     max_disagreement: float | None = None  # judged on disagreement while labels are missing
     fleet_prometheus: str | None = None  # Prometheus's URL: also judge every replica's counts
     fleet_window: float = 30 * 86400.0  # what the fleet verdict counts: the last 30 days
