@@ -287,6 +287,48 @@ async def test_a_restart_keeps_the_capture(
     assert whole["exchanges"][0]["shadow_predictions"] == [4]
 
 
+async def test_a_capture_that_cannot_be_opened_counts_and_is_tried_again(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, caplog: Any
+) -> None:
+    """A capture.path under a regular file: production and the report go on, every exchange
+    offered is counted failed, the endpoints say why (503), and the next sweep opens it once
+    the path can be made."""
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory")
+    path = blocker / "capture.db"
+    config = _config(prod.url, shadow.url, tmp_path, "").replace(
+        f'path: "{tmp_path / "capture.db"}"', f'path: "{path}"'
+    )
+    p = await proxy(config)
+    [error] = [r for r in caplog.records if r.getMessage().startswith("capture unavailable")]
+    assert error.levelname == "ERROR"
+    assert error.getMessage() == "capture unavailable at start; retried every 10 s"
+    assert error.path == str(path)  # type: ignore[attr-defined]
+    for i in range(3):
+        await _send(p, [1], f"r{i}")
+    await p.settled()
+    assert p.state.capture is not None
+    await p.state.capture.flush()
+    assert p.value("shadowproxy_capture_total", result="failed") == 3
+    assert p.value("shadowproxy_capture_total", result="kept") == 0
+    status, body = await _get(p, "/disagreements")
+    assert status == 503
+    assert body["error"].startswith(f"the capture database is unavailable: {path}: ")
+    assert (await _get(p, "/exchanges/r0"))[0] == 503
+    async with p.session.get(p.url + "/report.html") as resp:
+        assert resp.status == 200
+
+    blocker.unlink()  # the path can be made now: the next sweep opens it
+    p.state.capture.sweep()
+    await _send(p, [1], "after")
+    await p.settled()
+    await p.state.capture.flush()
+    assert p.value("shadowproxy_capture_total", result="kept") == 1
+    status, page = await _get(p, "/disagreements")
+    assert (status, [e["request_id"] for e in page["exchanges"]]) == (200, ["after"])
+
+
 async def test_the_endpoints_take_the_capture_token_or_the_labels_one(
     fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
 ) -> None:

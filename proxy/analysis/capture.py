@@ -12,8 +12,9 @@ import collections
 import contextlib
 import logging
 import math
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,7 @@ class Capture:
         self._flips: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
         self._class_labels: dict[tuple[str, str], tuple[ClassLabels, ClassLabels]] = {}
         self._db: CaptureDatabase | None = None
+        self._unavailable: str | None = None  # why the database could not be opened
         self._tasks: list[asyncio.Task[None]] = []
         self._auth = BearerToken(None)
 
@@ -135,13 +137,33 @@ class Capture:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._db = CaptureDatabase(
-            self.config.path, max_disk=self.config.max_disk, max_age=self.config.max_age
-        )
+        self._open(at_start=True)
         self._tasks = [
             asyncio.create_task(self._writer(), name="capture:writer"),
             asyncio.create_task(self._sweeper(), name="capture:sweeper"),
         ]
+
+    def _open(self, *, at_start: bool = False) -> None:
+        """Open the database. One that cannot be opened (a path under a file, no permission, a
+        full disk) is logged, its exchanges counted as failed, and tried again every sweep:
+        production, and the rest of the analysis, go on without it, as without the store."""
+        path = self.config.path
+        try:
+            self._db = CaptureDatabase(
+                path, max_disk=self.config.max_disk, max_age=self.config.max_age
+            )
+        except (OSError, sqlite3.Error) as exc:
+            self._unavailable = f"{path}: {exc}"
+            if at_start:
+                log.error(
+                    "capture unavailable at start; retried every %g s",
+                    SWEEP_INTERVAL,
+                    extra={"path": str(path), "error": str(exc)},
+                )
+            return
+        if self._unavailable is not None:
+            log.info("capture available again", extra={"path": str(path)})
+        self._unavailable = None
 
     async def stop(self) -> None:
         """Write what is queued, then close the database."""
@@ -264,9 +286,17 @@ class Capture:
 
     def _write_queued(self) -> None:
         db = self._db
-        if db is None:
-            return
         counts = self._metrics.capture
+        if db is None:
+            if self._queue:
+                counts["failed"].inc(len(self._queue))
+                self._queue.clear()
+                throttled.warning(
+                    "write", "capture: not written, the database is unavailable: %s",
+                    self._unavailable, extra={"path": str(self.config.path)},
+                )  # fmt: skip
+            self._labels.clear()
+            return
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             rows = [self._row(item) for item in batch]
@@ -339,6 +369,9 @@ class Capture:
             self.sweep()
 
     def sweep(self, now: float | None = None) -> None:
+        """Apply the bounds; a database that could not be opened is tried again first."""
+        if self._db is None:
+            self._open()
         db = self._db
         if db is None:
             return
@@ -367,17 +400,19 @@ class Capture:
                 self._flips.get((route, shadow), {}).items(), key=lambda item: -item[1]
             )
         ]
-        if db is None:
-            return {"capture": True, "exchanges": [], "flips": flips, "largest_differences": []}
-        exchanges = [
-            _captured(row) for row in db.disagreements(route, shadow, limit=REPORT_EXCHANGES)
-        ]
+        exchanges: list[CapturedExchange] = []
         largest: list[LargestDifference] = []
-        if kind == "regression":
-            for row in db.largest_differences(route, shadow, REPORT_EXCHANGES):
-                largest.extend(_largest(row))
-            largest.sort(key=lambda d: -abs(d["difference"]))
-            largest = largest[:REPORT_EXCHANGES]
+        try:
+            if db is not None:
+                rows = db.disagreements(route, shadow, limit=REPORT_EXCHANGES)
+                exchanges = [_captured(row) for row in rows]
+                if kind == "regression":
+                    for row in db.largest_differences(route, shadow, REPORT_EXCHANGES):
+                        largest.extend(_largest(row))
+        except sqlite3.Error as exc:  # the report goes on without them
+            throttled.warning("read", "capture: cannot be read: %s", exc, extra={})
+        largest.sort(key=lambda d: -abs(d["difference"]))
+        largest = largest[:REPORT_EXCHANGES]
         return {
             "capture": True,
             "exchanges": exchanges,
@@ -400,10 +435,13 @@ class Capture:
         if not 1 <= limit <= 200:
             return json_response(400, {"error": f"limit must be from 1 to 200 (got {limit})"})
         self._write_queued()
-        assert self._db is not None
-        rows = self._db.disagreements(
-            query.get("route"), query.get("shadow"), limit=limit, before=after
+        rows = self._read(
+            lambda db: db.disagreements(
+                query.get("route"), query.get("shadow"), limit=limit, before=after
+            )
         )
+        if isinstance(rows, web.Response):
+            return rows
         body = {
             "exchanges": [_summary(row) for row in rows],
             "next": rows[-1]["seq"] if len(rows) == limit else None,
@@ -417,14 +455,28 @@ class Capture:
             return refused
         request_id = request.match_info["request_id"]
         self._write_queued()
-        assert self._db is not None
-        rows = self._db.exchange(request_id)
+        rows = self._read(lambda db: db.exchange(request_id))
+        if isinstance(rows, web.Response):
+            return rows
         if not rows:
             message = f"no exchange captured for request_id {request_id[:256]!r}"
             return json_response(404, {"error": message})
         return json_response(
             200, {"request_id": request_id, "exchanges": [_whole(row) for row in rows]}
         )
+
+    def _read(
+        self, read: Callable[[CaptureDatabase], list[dict[str, Any]]]
+    ) -> list[dict[str, Any]] | web.Response:
+        """The rows `read` finds, or a 503 saying why the database cannot be read."""
+        db = self._db
+        if db is None:
+            message = f"the capture database is unavailable: {self._unavailable}"
+            return json_response(503, {"error": message})
+        try:
+            return read(db)
+        except sqlite3.Error as exc:
+            return json_response(503, {"error": f"the capture database cannot be read: {exc}"})
 
     def _refused(self, request: web.Request) -> web.Response | None:
         refusal = self._auth.refusal(request)
