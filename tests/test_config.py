@@ -1518,3 +1518,17 @@ routes:
         )
     [message] = raised.value.errors
     assert message.endswith(f".{key}: must be at most {limit} (got {value})")
+
+
+def test_the_capture_needs_a_file_of_its_own() -> None:
+    # Its max_disk counts the whole file's pages: sharing the store's, it would remove them.
+    assert errors_of(
+        MINIMAL + "store: {path: data/p.db}\ncapture:\n  path: ./data/../data/p.db\n"
+    ) == [
+        "c.yaml:7: capture.path: must not be store.path's file: give the capture a file of its"
+        " own (got './data/../data/p.db')"
+    ]
+    # Another file, a Redis store, or the capture off: no clash.
+    parse_config(MINIMAL + "store: {path: p.db}\ncapture: {path: c.db}\n", env={})
+    parse_config(MINIMAL + "store: {backend: redis, path: p.db}\ncapture: {path: p.db}\n", env={})
+    parse_config(MINIMAL + "store: {path: p.db}\ncapture: {path: p.db, enabled: false}\n", env={})

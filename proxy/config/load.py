@@ -654,6 +654,7 @@ def _config(c: _Checker, root: _Loc) -> Config | None:
         capture=_capture(c, items.get("capture")),
     )
     _check_listeners(c, items, config)
+    _check_capture_file(c, items, config)
     return None if c.errors else config
 
 
@@ -678,6 +679,20 @@ def _check_listeners(c: _Checker, items: Mapping[str, _Loc], config: Config) -> 
                 f"same address as {clash} (got {_show(_listen_text(*listen))})",
             )
         taken[listen] = f"{key}.listen"
+
+
+def _check_capture_file(c: _Checker, items: Mapping[str, _Loc], config: Config) -> None:
+    """The capture needs a file of its own: its max_disk counts the whole file's pages, and
+    would remove the prediction store's share."""
+    capture, store = config.capture, config.store
+    section = items.get("capture")
+    if section is None or not capture.enabled or store.backend != "sqlite":
+        return
+    if os.path.abspath(capture.path) != os.path.abspath(store.path):
+        return
+    loc = _value_loc(section, "path") or section
+    message = "must not be store.path's file: give the capture a file of its own"
+    c.add(loc.line, "capture.path", f"{message} (got {_show(capture.path)})")
 
 
 def parse_config(
