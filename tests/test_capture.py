@@ -14,6 +14,7 @@ import aiohttp
 import duckdb
 import orjson
 
+from proxy.analysis.reload import reload_config
 from proxy.capture.database import CaptureDatabase
 from proxy.capture.schema import COLUMNS
 from tests.conftest import (
@@ -327,6 +328,56 @@ async def test_a_capture_that_cannot_be_opened_counts_and_is_tried_again(
     assert p.value("shadowproxy_capture_total", result="kept") == 1
     status, page = await _get(p, "/disagreements")
     assert (status, [e["request_id"] for e in page["exchanges"]]) == (200, ["after"])
+
+
+async def test_a_reload_applies_new_redaction_and_refuses_moving_the_file(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    path = tmp_path / "proxy.yaml"
+    plain = _config(prod.url, shadow.url, tmp_path, "")
+    p = await proxy(plain, path)
+    assert p.state.capture is not None
+
+    async def send(request_id: str) -> None:
+        body = {"instances": [1], "ssn": "123-45-6789"}
+        status, _, _ = await p.post(ROUTE, body, headers={"X-Request-ID": request_id})
+        assert status == 200
+
+    await send("before")
+    await p.settled()
+    await p.state.capture.flush()
+    redacting = _config(prod.url, shadow.url, tmp_path, "  redact: {fields: [ssn]}")
+    await asyncio.to_thread(path.write_text, redacting)
+    assert await reload_config(p.state)
+    await send("after")
+    await p.settled()
+    await p.state.capture.flush()
+    bodies = {}
+    for request_id in ("before", "after"):
+        status, whole = await _get(p, f"/exchanges/{request_id}")
+        assert status == 200
+        bodies[request_id] = orjson.loads(whole["exchanges"][0]["request_body"])
+    assert bodies == {
+        "before": {"instances": [1], "ssn": "123-45-6789"},
+        "after": {"instances": [1], "ssn": "<redacted>"},
+    }
+
+    # The file itself needs a restart: refused as a whole, naming the key and value.
+    moved = redacting.replace(str(tmp_path / "capture.db"), str(tmp_path / "elsewhere.db"))
+    await asyncio.to_thread(path.write_text, moved)
+    refused = await reload_config(p.state)
+    assert refused.errors == (
+        f"{path}: capture.path: moving the capture's file needs a restart"
+        f" (got '{tmp_path / 'elsewhere.db'}')",
+    )
+    off = redacting.replace("capture:\n", "capture:\n  enabled: false\n")
+    await asyncio.to_thread(path.write_text, off)
+    refused = await reload_config(p.state)
+    assert refused.errors == (
+        f"{path}: capture: turning the capture off needs a restart (got 'off')",
+    )
+    assert p.value("shadowproxy_config_reloads_total", result="failure") == 2
 
 
 async def test_the_endpoints_take_the_capture_token_or_the_labels_one(

@@ -131,8 +131,19 @@ class Capture:
         self._auth = BearerToken(None)
 
     def update(self, config: Config) -> None:
-        """A reload: the token may change (rotation); the rest needs a restart."""
-        self._auth = BearerToken(config.capture.token or config.labels.token)
+        """A reload: everything applies at once (redaction to every exchange written from now
+        on, those already queued included), but the file itself (enabled and path are refused
+        before: they need a restart)."""
+        new = config.capture
+        self._auth = BearerToken(new.token or config.labels.token)
+        if new == self.config:
+            return
+        self.config = new
+        self._redactor = Redactor(new.redact_headers, new.redact_fields, new.redact_patterns)
+        self._agreements = Sampler(new.agreements)
+        self._buckets.clear()  # refilled at the new rate
+        if self._db is not None:
+            self._db.max_disk, self._db.max_age = new.max_disk, new.max_age
 
     # -- lifecycle ---------------------------------------------------------------------------
 

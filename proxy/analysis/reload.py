@@ -56,6 +56,11 @@ def _needs_restart(running: Config, new: Config) -> list[str]:
         refuse("routes[].record", "on", "turning recording on needs a restart")
     if new.records and new.store != running.store:
         refuse("store", new.store.backend, "changing the store needs a restart")
+    if new.capture.enabled != running.capture.enabled:
+        turning = "on" if new.capture.enabled else "off"
+        refuse("capture", turning, f"turning the capture {turning} needs a restart")
+    elif new.capture.enabled and new.capture.path != running.capture.path:
+        refuse("capture.path", new.capture.path, "moving the capture's file needs a restart")
     for key, old_listen, new_listen in (
         ("admin.listen", running.admin.listen, new.admin.listen),
         ("metrics.listen", running.metrics.listen, new.metrics.listen),

@@ -186,8 +186,11 @@ metrics.listen                       the main listener            host:port of a
                                                                   restart
 capture.enabled                      true (with capture:)         keep exchanges for the drill-down,
                                                                   export and replay; off without a
-                                                                  capture section
-capture.path                         shadow-proxy-capture.db      the capture's SQLite file
+                                                                  capture section; a change needs a
+                                                                  restart
+capture.path                         shadow-proxy-capture.db      the capture's SQLite file, not
+                                                                  store.path's; a change needs a
+                                                                  restart
 capture.max_per_second               10.0                         disagreements and status
                                                                   mismatches kept per shadow and
                                                                   second (the rest counted)
