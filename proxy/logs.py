@@ -45,9 +45,14 @@ def configure_logging(level: str = "info") -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_level(level)
     # Warnings too are JSON lines: nothing else may write to stderr.
     logging.captureWarnings(True)
+
+
+def set_level(level: str) -> None:
+    """A reload's log_level, applied to every logger of this process."""
+    logging.getLogger().setLevel(level.upper())
 
 
 class Throttled:

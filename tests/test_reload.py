@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import stat
@@ -256,20 +257,47 @@ async def test_sighup_reloads_a_running_proxy(fake_model: FakeModelFactory, tmp_
         await logged("listening")
         await asyncio.to_thread(
             path.write_text,
-            config(prod.url, [{"name": "s2", "url": s2.url + ROUTE}], **listen),
+            config(prod.url, [{"name": "s2", "url": s2.url + ROUTE}], **listen, access_log=True),
         )
         proc.send_signal(signal.SIGHUP)
         reloaded = await logged("config reloaded")
         assert reloaded["config"] == str(path)
+        await logged("front reloaded")
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{port}{ROUTE}"
             async with session.post(url, data=b'{"instances": [1]}') as resp:
                 assert resp.status == 200
         await s2.wait_for(1)
         assert s1.received == []
+        # access_log turned on by the reload: the front logs the request.
+        access = await logged(f"POST {ROUTE} 200")
+        assert (access["logger"], access["status"]) == ("proxy.access", 200)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_a_reload_applies_the_log_level(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod = await fake_model(echo)
+    path = tmp_path / "proxy.json"
+    p = await proxy(config(prod.url, []), path)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        await asyncio.to_thread(path.write_text, config(prod.url, [], log_level="error"))
+        assert await reload_config(p.state)
+        assert root.level == logging.ERROR
+        # Unchanged by a reload that keeps it.
+        root.setLevel(logging.DEBUG)
+        await asyncio.to_thread(
+            path.write_text, config(prod.url, [], log_level="error", access_log=True)
+        )
+        assert await reload_config(p.state)
+        assert root.level == logging.DEBUG
+    finally:
+        root.setLevel(level)
 
 
 INVALID = {

@@ -20,6 +20,7 @@ from proxy.analysis.overrides import Key
 from proxy.analysis.state import ProxyState
 from proxy.config import Config, ConfigError, config_hash, listen_text
 from proxy.core.outcomes import ReloadOutcome
+from proxy.logs import set_level
 from proxy.supervisor import RUNTIME_DIR_ENV
 from proxy.validation import validate_in_child_async
 
@@ -152,6 +153,8 @@ async def reload_config(state: ProxyState, path: str | None = None) -> ReloadRes
         state.exchanges.routes = {r.name: r for r in routes}
         old_config = state.config
         state.routes, state.config = routes, new
+        if new.log_level != old_config.log_level:
+            set_level(new.log_level)
         _keep_pickle(state, candidate)
         state.labels.update(new.labels, scorers)
         state.reporter.update(new)

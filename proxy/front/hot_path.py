@@ -179,7 +179,7 @@ class HotPath:
         self._max_frame = max_frame
         self._ids = RequestIds()
         self.ready = False  # /readyz: set once serving, cleared when shutting down
-        self._access_log = access_log
+        self.access_log = access_log  # a reload may turn it on or off
         self._answers = answers
         self._loop = asyncio.get_running_loop()  # once: Python 3.11 asks the kernel for its
         # pid on every get_running_loop()
@@ -336,7 +336,7 @@ class HotPath:
         self._answer(request, respond, response)
 
     def _answer(self, request: Request, respond: Respond, response: Response) -> None:
-        if self._access_log:
+        if self.access_log:
             access_log.info(
                 "%s %s %d",
                 request.method,

@@ -24,6 +24,7 @@ from proxy.front.faults import Fault
 from proxy.front.handoff import HandoffChannel
 from proxy.front.hot_path import FrontRoute, FrontTarget, Generation, HotPath
 from proxy.front.server import Limits, Server
+from proxy.logs import set_level
 from proxy.metric_batching import Batcher
 from proxy.metrics import Metrics
 from proxy.processes.runtime import PROCESS_SIGNALS, RESTARTED_ENV, RuntimePaths
@@ -110,6 +111,9 @@ class Front:
         generation = build_generation(config, self.metrics)
         await _start(generation)
         old, self.hot_path.generation = self.hot_path.generation, generation
+        self.hot_path.access_log = config.access_log
+        if config.log_level != self.config.log_level:
+            set_level(config.log_level)
         self.config = config
         task = asyncio.create_task(_retire(old), name="front:retire")
         if self._retiring is None:
