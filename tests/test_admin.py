@@ -310,9 +310,14 @@ async def test_metrics_and_admin_on_listeners_of_their_own(
     assert len(prod.received) == 1
     status, doc, _ = await admin(p, "POST", "/admin/shadows/r/s/pause")
     assert (status, doc["paused"]) == (200, True)
-    # The admin listener serves nothing but the admin API.
+    # The admin listener serves nothing but the admin API; the metrics one /metrics and
+    # /healthz: anything else is a JSON 404 or 405 saying so.
     async with p.session.post(p.admin_url + ROUTE, data=b"{}") as r:
         assert r.status == 404
+        assert await r.json() == {"error": f"no such endpoint: POST {ROUTE}"}
+    async with p.session.post(p.metrics_url + "/metrics", data=b"") as r:
+        assert (r.status, r.headers["Allow"]) == (405, "GET, HEAD")
+        assert await r.json() == {"error": "POST /metrics: method not allowed; use GET, HEAD"}
     assert len(prod.received) == 1
 
 

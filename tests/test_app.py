@@ -47,3 +47,24 @@ async def test_metrics_speak_prometheus_text_and_openmetrics(
     ) as r:
         assert r.headers["Content-Type"].startswith("application/openmetrics-text")
         assert (await r.text()).endswith("# EOF\n")
+
+
+async def test_the_control_planes_own_errors_are_json(
+    fake_model: FakeModelFactory, proxy: ProxyFactory
+) -> None:
+    """aiohttp's plain-text 404 and 405 pages, turned into the JSON every endpoint answers."""
+    prod = await fake_model(lambda r: v1([1]))
+    p = await proxy(one_route(prod.url))
+    cases = [
+        ("POST", "/report", 405, "POST /report: method not allowed; use GET, HEAD", "GET, HEAD"),
+        ("GET", "/labels", 405, "GET /labels: method not allowed; use POST", "POST"),
+        ("DELETE", "/metrics", 405, "DELETE /metrics: method not allowed; use GET, HEAD",
+         "GET, HEAD"),
+        ("GET", "/exchanges/", 404, "no such endpoint: GET /exchanges/", None),
+    ]  # fmt: skip
+    for method, path, status, message, allow in cases:
+        async with p.session.request(method, p.url + path) as r:
+            assert (r.status, r.content_type) == (status, "application/json"), path
+            assert await r.json() == {"error": message}
+            assert r.headers.get("Allow") == allow
+    assert prod.received == []

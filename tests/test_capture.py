@@ -126,6 +126,15 @@ async def test_disagreements_are_kept_agreements_sampled_and_labels_joined(
     assert (status, bad) == (400, {"error": "limit must be from 1 to 200 (got 0)"})
     status, bad = await _get(p, "/disagreements?after=x")
     assert (status, bad) == (400, {"error": "limit and after must be whole numbers"})
+    # Past SQLite's integers: was a 500.
+    status, bad = await _get(p, "/disagreements?after=" + "9" * 30)
+    assert (status, bad) == (
+        400, {"error": f"after must be a `next` this endpoint gave (got {'9' * 30})"},
+    )  # fmt: skip
+    status, bad = await _get(p, "/disagreements?limit=" + "9" * 100)
+    assert (status, bad) == (400, {"error": f"limit must be from 1 to 200 (got {'9' * 40})"})
+    status, bad = await _get(p, "/exchanges/")
+    assert (status, bad) == (404, {"error": "no such endpoint: GET /exchanges/"})
 
 
 SECRETS = ("s3cret-bearer", "cookie-s3cret", "api-k3y", "123-45-6789", "hunter2", "tok-99")

@@ -30,7 +30,7 @@ from proxy.analysis.problems import Problems
 from proxy.analysis.recording import MeasuredStore, Recorder
 from proxy.analysis.reload import reload_config
 from proxy.analysis.reporter import Reporter
-from proxy.analysis.responses import json_response, moved
+from proxy.analysis.responses import json_errors, json_response, moved
 from proxy.analysis.state import STATE, ProxyState
 from proxy.config import Config, StoreConfig
 from proxy.metric_batching import Batcher
@@ -103,7 +103,11 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     state.overrides.apply(state.shadow_dispatchers())
 
     # /labels streams its body under labels.max_body; the admin API's are small.
-    app = web.Application(client_max_size=64 * 1024, handler_args={"max_field_size": 16384})
+    app = web.Application(
+        client_max_size=64 * 1024,
+        handler_args={"max_field_size": 16384},
+        middlewares=[json_errors],
+    )
     app[STATE] = state
     app.cleanup_ctx.append(_lifecycle)
     if config.metrics.listen is None:
@@ -168,13 +172,13 @@ def listeners(app: web.Application) -> list[Listener]:
     config = state.config
     found = []
     if config.metrics.listen is not None:
-        side = web.Application()
+        side = web.Application(middlewares=[json_errors])
         side[STATE] = state
         side.router.add_get("/metrics", _metrics)
         side.router.add_get("/healthz", _healthz)
         found.append(Listener("metrics", side, *config.metrics.listen))
     if config.admin.listen is not None:
-        side = web.Application(client_max_size=64 * 1024)
+        side = web.Application(client_max_size=64 * 1024, middlewares=[json_errors])
         side[STATE] = state
         app[ADMIN].add_routes(side.router)
         found.append(Listener("admin", side, *config.admin.listen))

@@ -444,7 +444,11 @@ class Capture:
         except ValueError:
             return json_response(400, {"error": "limit and after must be whole numbers"})
         if not 1 <= limit <= 200:
-            return json_response(400, {"error": f"limit must be from 1 to 200 (got {limit})"})
+            message = f"limit must be from 1 to 200 (got {query['limit'][:40]})"
+            return json_response(400, {"error": message})
+        if after is not None and not 0 <= after < 2**63:  # a page's `next`: a row's seq
+            message = f"after must be a `next` this endpoint gave (got {query['after'][:40]})"
+            return json_response(400, {"error": message})
         self._write_queued()
         rows = self._read(
             lambda db: db.disagreements(

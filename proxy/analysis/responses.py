@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(
@@ -24,3 +29,29 @@ def moved(where: str, key: str) -> Callable[[web.Request], Awaitable[web.Respons
         return json_response(404, {"error": f"{where} is served on its own listener ({key})"})
 
     return handler
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (no such endpoint, a method not allowed, a body too large) in the
+    shape every endpoint answers, saying what was wrong; an unexpected failure as a JSON 500,
+    logged with its traceback, never aiohttp's plain-text page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        what = f"{request.method} {request.path[:200]}"
+        headers = None
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{what}: method not allowed; use {allowed}"
+            headers = {"Allow": allowed}
+        elif isinstance(exc, web.HTTPNotFound):
+            message = f"no such endpoint: {what}"
+        else:
+            message = f"{what}: {exc.text or exc.reason}"
+        return json_response(exc.status, {"error": message}, headers)
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path[:200])
+        return json_response(500, {"error": "internal error: the proxy logged it"})
