@@ -21,7 +21,11 @@ async def test_health_and_readiness(fake_model: FakeModelFactory, proxy: ProxyFa
         assert (r.status, await r.json()) == (200, {"status": "ok"})
     async with p.session.get(p.url + "/readyz") as r:
         assert (r.status, await r.json()) == (200, {"status": "ready"})
-    # Even a catch-all route never shadows the proxy's own endpoints.
+    # Even a catch-all route never shadows the proxy's own endpoints, whatever the method.
+    for path in ("/healthz", "/readyz"):
+        async with p.session.post(p.url + path, data=b"{}") as r:
+            assert (r.status, r.headers["Allow"]) == (405, "GET, HEAD")
+            assert await r.json() == {"error": f"{path} takes GET or HEAD, not POST"}
     assert prod.received == []
 
 

@@ -195,7 +195,13 @@ class HotPath:
         if raw_path in CONTROL_PATHS or raw_path.startswith(("/admin/", "/exchanges/")):
             self._to_control(request, respond)
             return
-        if raw_path in ("/healthz", "/readyz") and method in ("GET", "HEAD"):
+        if raw_path in ("/healthz", "/readyz"):
+            if method not in ("GET", "HEAD"):  # never proxied: these paths are the proxy's
+                refusal = {"error": f"{raw_path} takes GET or HEAD, not {method[:20]}"}
+                allow = (b"Allow", b"GET, HEAD")
+                answer = Response(405, [_JSON, allow], json.dumps(refusal).encode())
+                self._answer(request, respond, answer)
+                return
             if query_at >= 0 and b"verbose" in target[query_at:] and self.ready:
                 # The details (what keeps routes from being measured) are the analysis
                 # process's: production's readiness itself is answered here.
