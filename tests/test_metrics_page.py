@@ -156,7 +156,7 @@ async def test_the_demo_metrics_page_is_half_its_size_with_everything_panels_and
         "shadowproxy_store_removed_total", "shadowproxy_rejected_requests_total",
         "shadowproxy_label_requests_rejected_total", "shadowproxy_client_faults_total",
         "shadowproxy_process_restarts_total", "shadowproxy_config_reloads_total",
-        "shadowproxy_admin_requests_total",
+        "shadowproxy_admin_requests_total", "shadowproxy_capture_removed_total",
         # verdict.fleet_prometheus only
         "shadowproxy_fleet_verdict", "shadowproxy_fleet_verdict_sequential_p_value",
         "shadowproxy_fleet_verdict_difference_lower", "shadowproxy_fleet_verdict_difference_upper",
