@@ -272,14 +272,22 @@ async def test_the_rate_cap_counts_what_it_does_not_keep(
 ) -> None:
     prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
     p = await proxy(_config(prod.url, shadow.url, tmp_path, "  max_per_second: 3"))
+    capture = p.state.capture
+    assert capture is not None
+    now = [1000.0]
+    capture.clock = lambda: now[0]
     await asyncio.gather(*(_send(p, [1], f"r{i}") for i in range(50)))
     await p.settled()
-    assert p.state.capture is not None
-    await p.state.capture.flush()
-    kept = p.value("shadowproxy_capture_total", result="kept")
-    limited = p.value("shadowproxy_capture_total", result="rate_limited")
-    assert kept + limited == 50
-    assert 3 <= kept < 50  # a burst of 3, then 3 a second for as long as the burst took
+    await capture.flush()
+    # Within one instant: a burst of 3, the rest counted.
+    assert p.value("shadowproxy_capture_total", result="kept") == 3
+    assert p.value("shadowproxy_capture_total", result="rate_limited") == 47
+    now[0] += 1.0  # a second later: 3 more
+    await asyncio.gather(*(_send(p, [1], f"s{i}") for i in range(5)))
+    await p.settled()
+    await capture.flush()
+    assert p.value("shadowproxy_capture_total", result="kept") == 6
+    assert p.value("shadowproxy_capture_total", result="rate_limited") == 49
 
 
 async def test_a_restart_keeps_the_capture(

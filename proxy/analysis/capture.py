@@ -129,6 +129,7 @@ class Capture:
         self._unavailable: str | None = None  # why the database could not be opened
         self._tasks: list[asyncio.Task[None]] = []
         self._auth = BearerToken(None)
+        self.clock = time.monotonic  # the rate cap's clock (a test may set its own)
 
     def update(self, config: Config) -> None:
         """A reload: everything applies at once (redaction to every exchange written from now
@@ -228,7 +229,7 @@ class Capture:
             key = (route, shadow)
             rate = self.config.max_per_second
             limiter = self._buckets.get(key)
-            clock = time.monotonic()
+            clock = self.clock()
             if limiter is None:
                 limiter = self._buckets[key] = _Bucket(rate, max(rate, 1.0), clock)
             if not limiter.take(clock):
