@@ -305,6 +305,29 @@ async def test_a_restart_keeps_the_capture(
     assert whole["exchanges"][0]["shadow_predictions"] == [4]
 
 
+async def test_one_request_id_sent_many_times_answers_its_newest_rows(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    p = await proxy(_config(prod.url, shadow.url, tmp_path, "  max_per_second: 1000"))
+    for i in range(103):
+        await _send(p, [2 * i + 1], "same")
+    await p.settled()
+    assert p.state.capture is not None
+    await p.state.capture.flush()
+    assert p.value("shadowproxy_capture_total", result="kept") == 103
+    status, whole = await _get(p, "/exchanges/same")
+    assert (status, whole["truncated"], len(whole["exchanges"])) == (200, True, 100)
+    # The newest 100, oldest first: the requests of instances 7, 9, ... 205.
+    assert [e["request_body"] for e in whole["exchanges"]] == [
+        f'{{"instances":[{2 * i + 1}]}}' for i in range(3, 103)
+    ]
+    await _send(p, [1], "once")
+    await p.settled()
+    status, one = await _get(p, "/exchanges/once")
+    assert (status, one["truncated"], len(one["exchanges"])) == (200, False, 1)
+
+
 async def test_a_capture_that_cannot_be_opened_counts_and_is_tried_again(
     fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, caplog: Any
 ) -> None:

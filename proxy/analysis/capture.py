@@ -54,6 +54,7 @@ throttled = Throttled(log, 60.0)
 BATCH = 200  # exchanges written per transaction at most
 FLUSH_INTERVAL = 0.05  # seconds a batch gathers
 SWEEP_INTERVAL = 10.0
+EXCHANGE_ROWS = 100  # GET /exchanges/{request_id} answers at most this many rows, the newest
 MAX_FLIPS = 1000  # (production class, shadow class) pairs kept per shadow; the rest: "other"
 SHOWN_INSTANCES = 50  # instances of an exchange shown in the report
 REPORT_EXCHANGES = 10  # latest disagreeing exchanges per shadow in the report
@@ -471,15 +472,20 @@ class Capture:
             return refused
         request_id = request.match_info["request_id"]
         self._write_queued()
-        rows = self._read(lambda db: db.exchange(request_id))
+        rows = self._read(lambda db: db.exchange(request_id, limit=EXCHANGE_ROWS + 1))
         if isinstance(rows, web.Response):
             return rows
         if not rows:
             message = f"no exchange captured for request_id {request_id[:256]!r}"
             return json_response(404, {"error": message})
-        return json_response(
-            200, {"request_id": request_id, "exchanges": [_whole(row) for row in rows]}
-        )
+        # A client may send one id many times: the newest rows only, and a flag saying so.
+        truncated = len(rows) > EXCHANGE_ROWS
+        body = {
+            "request_id": request_id,
+            "exchanges": [_whole(row) for row in rows[-EXCHANGE_ROWS:]],
+            "truncated": truncated,
+        }
+        return json_response(200, body)
 
     def _read(
         self, read: Callable[[CaptureDatabase], list[dict[str, Any]]]

@@ -157,9 +157,14 @@ class CaptureDatabase:
         sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY e.seq DESC LIMIT ?"
         return self._rows(sql, (*params, limit))
 
-    def exchange(self, request_id: str) -> list[dict[str, Any]]:
-        """Every captured row of one request (one per shadow), oldest first."""
-        return self._rows(f"{_SELECT} WHERE e.request_id = ? ORDER BY e.seq", (request_id,))
+    def exchange(self, request_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The captured rows of one request (one per shadow), the newest `limit` of them
+        oldest first: clients may send one id many times."""
+        sql = (
+            f"SELECT * FROM ({_SELECT} WHERE e.request_id = ? ORDER BY e.seq DESC LIMIT ?)"
+            " ORDER BY seq"
+        )
+        return self._rows(sql, (request_id, limit))
 
     def largest_differences(self, route: str, shadow: str, limit: int) -> list[dict[str, Any]]:
         """A regression pair's captured exchanges with the largest max_difference."""
