@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import re
 import socket
+from pathlib import Path
 
 import orjson
 
@@ -215,6 +216,48 @@ async def test_a_request_id_that_is_not_utf8_is_passed_on_byte_for_byte(
     await p.settled()
     assert p.value("shadowproxy_comparisons_total", route="/v1/models/m:predict", shadow="s",
                    result="agree") == 1  # fmt: skip
+
+
+async def test_a_request_id_that_is_not_utf8_is_recorded_captured_and_labelled_as_escaped_text(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Its bytes reach production and the client as they came; the stores know it as text with
+    those bytes written \\xNN, and a label names it so. It used to fail the store's whole
+    batch and the capture's, good records with it."""
+    prod = await fake_model(lambda r: v1([1]))
+    shadow = await fake_model(lambda r: v1([2]))
+    p = await proxy(
+        f"""
+store: {{path: "{tmp_path / "p.db"}", flush_interval: 1ms}}
+capture: {{path: "{tmp_path / "c.db"}"}}
+routes:
+  - match: /v1/models/m:predict
+    protocol: kserve-v1
+    record: 100%
+    production: {{name: prod, url: "{prod.url}/p"}}
+    shadows: [{{name: s, url: "{shadow.url}/p", sample: 50%}}]
+"""
+    )
+    host, port = p.url.removeprefix("http://").split(":")
+    body = b'{"instances": [1]}'
+    for raw_id in (b"r\xff\xfe1", b"plain"):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nX-Request-ID: %s\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (raw_id, len(body), body)
+        )
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        assert b"\r\nX-Request-ID: " + raw_id + b"\r\n" in answer
+    await p.settled()
+    assert p.state.recorder is not None
+    await p.state.recorder.flush()
+    assert p.value("shadowproxy_recorded_total", route="/v1/models/m:predict", kind="record") == 2
+    labels = [{"request_id": "r\\xff\\xfe1", "label": 1}, {"request_id": "plain", "label": 1}]
+    status, _, answer = await p.post("/labels", labels)
+    assert status == 200
+    assert orjson.loads(answer)["counts"]["joined"] == 2
 
 
 async def _raw(url: str, head: bytes) -> tuple[int, bytes]:

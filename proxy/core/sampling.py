@@ -18,7 +18,9 @@ def bucket(key: str) -> int:
 
     >>> bucket("3f1c...") < Sampler(0.3).threshold   # admitted at 30%
     """
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+    # surrogateescape: a request id that was not UTF-8 keeps its bytes (proxy.front.hot_path).
+    raw = key.encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
 @dataclass(frozen=True, slots=True)

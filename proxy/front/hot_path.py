@@ -239,7 +239,10 @@ class HotPath:
             route_name = found[1].name if found is not None else ""
             self._reply(request, respond, Response(400, [_JSON], body), route_name, started)
             return
-        request_id = request_id_bytes.decode("utf-8", "surrogateescape")
+        # Bytes that are not UTF-8 go on to production and back to the client as they came; the
+        # analysis process, the stores and /labels know the id by its text with those bytes
+        # written \xNN (a label can name it so: JSON cannot carry the raw bytes).
+        request_id = request_id_bytes.decode("utf-8", "backslashreplace")
         if found is None:
             self._no_route.inc()
             message = f"no route matches {method} {raw_path}"
