@@ -328,6 +328,35 @@ async def test_one_request_id_sent_many_times_answers_its_newest_rows(
     assert (status, one["truncated"], len(one["exchanges"])) == (200, False, 1)
 
 
+async def test_a_body_too_deep_to_redact_is_not_written_and_the_writer_goes_on(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    # 700 levels overflowed the redaction's recursion and killed the writer task, silently.
+    prod, shadow = await fake_model(_echo), await fake_model(_odd_flipped)
+    fields = "  redact: {fields: ['**.password']}"
+    p = await proxy(_config(prod.url, shadow.url, tmp_path, fields))
+    assert p.state.capture is not None
+    for depth, request_id in ((700, "deep"), (300, "deeper-than-orjson-writes"), (0, "flat")):
+        nested = "[" * depth + "]" * depth
+        body = f'{{"instances": [1], "x": {nested or 0}, "password": "hunter2"}}'.encode()
+        status, _, _ = await p.post(ROUTE, body, headers={"X-Request-ID": request_id})
+        assert status == 200
+    await p.settled()
+    await p.state.capture.flush()
+    assert p.value("shadowproxy_capture_total", result="kept") == 3
+    bodies = {}
+    for request_id in ("deep", "deeper-than-orjson-writes", "flat"):
+        status, whole = await _get(p, f"/exchanges/{request_id}")
+        assert status == 200
+        bodies[request_id] = whole["exchanges"][0]["request_body"]
+    too_deep = "<redacted: nested too deeply for redact_fields to be applied>"
+    assert bodies == {
+        "deep": too_deep,
+        "deeper-than-orjson-writes": too_deep,
+        "flat": '{"instances":[1],"x":0,"password":"<redacted>"}',
+    }
+
+
 async def test_a_capture_that_cannot_be_opened_counts_and_is_tried_again(
     fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, caplog: Any
 ) -> None:

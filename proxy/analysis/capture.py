@@ -295,7 +295,10 @@ class Capture:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), FLUSH_INTERVAL)
-            self._write_queued()
+            try:
+                self._write_queued()
+            except Exception:  # a bug of ours: logged, and the writer goes on
+                log.exception("capture: writing the queue failed")
 
     def _write_queued(self) -> None:
         db = self._db
@@ -312,7 +315,15 @@ class Capture:
             return
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-            rows = [self._row(item) for item in batch]
+            rows = []
+            for item in batch:
+                try:
+                    rows.append(self._row(item))
+                except Exception as exc:  # one odd exchange must not stop the writer
+                    counts["failed"].inc()
+                    log.exception("capture: an exchange could not be written: %s", exc)
+            if not rows:
+                continue
             try:
                 db.write(rows)
             except Exception as exc:

@@ -23,6 +23,7 @@ REDACTED: Final = "<redacted>"
 ALWAYS: Final = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
 """Header names never written, whatever the config says."""
 NOT_JSON: Final = "<redacted: not JSON, so redact_fields could not be applied>"
+TOO_DEEP: Final = "<redacted: nested too deeply for redact_fields to be applied>"
 MAX_PATHS: Final = 100
 MAX_PATTERNS: Final = 50
 
@@ -143,9 +144,14 @@ class Redactor:
             except orjson.JSONDecodeError:
                 # The fields cannot be found, so nothing of it is written.
                 return NOT_JSON, False
-            for path in self._paths:
-                doc = _redact(doc, path)
-            text = orjson.dumps(doc).decode()
+            try:
+                for path in self._paths:
+                    doc = _redact(doc, path)
+                text = orjson.dumps(doc).decode()
+            except (RecursionError, orjson.JSONEncodeError):
+                # Deeper than Python's stack or orjson's 255 levels: no field can be vouched
+                # for, so nothing of it is written either.
+                return TOO_DEEP, False
         else:
             text = data.decode("utf-8", "backslashreplace")
         text = self._text(text)
