@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+from typing import Any
+
+import orjson
+
 from tests.conftest import FakeModelFactory, ProxyFactory, v1
 
 
@@ -72,3 +78,34 @@ async def test_the_control_planes_own_errors_are_json(
             assert await r.json() == {"error": message}
             assert r.headers.get("Allow") == allow
     assert prod.received == []
+
+
+async def test_a_control_plane_body_in_an_encoding_it_cannot_read_is_a_json_4xx(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, caplog: Any
+) -> None:
+    prod = await fake_model(lambda r: v1([1]))
+    p = await proxy(
+        f"store: {{path: '{tmp_path / 'p.db'}'}}\n"
+        "routes: [{match: /, protocol: kserve-v1, record: 100%,"
+        f" production: {{name: prod, url: '{prod.url}'}}}}]"
+    )
+    label = orjson.dumps({"request_id": "r1", "label": 1})
+    cases = [
+        # gzip that is not: aiohttp's decoder fails (it was a 500 with a traceback)
+        ("gzip", b"not gzip", 400, "body cannot be decoded (gzip): "),
+        # one aiohttp cannot decode at all: refused by the front (it was plain text)
+        ("br", label, 415, "Content-Encoding 'br' is not accepted: use gzip, deflate"),
+        # gzip that is: read as any other body
+        ("gzip", gzip.compress(label), 404, None),  # read; unknown_id is a 404
+    ]
+    for encoding, body, status, message in cases:
+        headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+        async with p.session.post(p.url + "/labels", data=body, headers=headers) as r:
+            assert (r.status, r.content_type) == (status, "application/json"), encoding
+            doc = await r.json()
+            if message is not None:
+                assert doc["error"].startswith(message), doc
+    assert p.value("shadowproxy_labels_total", result="invalid") == 1  # the unreadable body
+    assert p.value("shadowproxy_labels_total", result="unknown_id") == 1
+    # aiohttp, draining the undecodable body after the answer, logs no traceback for it.
+    assert [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"] == []

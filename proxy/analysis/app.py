@@ -30,7 +30,7 @@ from proxy.analysis.problems import Problems
 from proxy.analysis.recording import MeasuredStore, Recorder
 from proxy.analysis.reload import reload_config
 from proxy.analysis.reporter import Reporter
-from proxy.analysis.responses import json_errors, json_response, moved
+from proxy.analysis.responses import client_payload_errors, json_errors, json_response, moved
 from proxy.analysis.state import STATE, ProxyState
 from proxy.config import Config, StoreConfig
 from proxy.metric_batching import Batcher
@@ -103,6 +103,7 @@ def build_app(config: Config, registry: CollectorRegistry | None = None) -> web.
     state.overrides.apply(state.shadow_dispatchers())
 
     # /labels streams its body under labels.max_body; the admin API's are small.
+    logging.getLogger("aiohttp.server").addFilter(client_payload_errors)  # once: same object
     app = web.Application(
         client_max_size=64 * 1024,
         handler_args={"max_field_size": 16384},

@@ -125,7 +125,11 @@ class LabelEndpoint:
         refusal = self._auth.refusal(request)
         if refusal is not None:
             return self._refuse(refusal.status, LabelRejection(refusal.reason), refusal.message)
-        body = await self._read(request)
+        try:
+            body = await self._read(request)
+        except web.RequestPayloadError as exc:  # a Content-Encoding its bytes are not in
+            encoding = request.headers.get("Content-Encoding", "")[:40]
+            return self._malformed(f"body cannot be decoded ({encoding}): {exc.__cause__ or exc}")
         if body is None:
             limit = self._config.max_body
             return self._refuse(

@@ -52,6 +52,18 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         else:
             message = f"{what}: {exc.text or exc.reason}"
         return json_response(exc.status, {"error": message}, headers)
+    except web.RequestPayloadError as exc:  # a body its Content-Encoding cannot decode
+        cause = exc.__cause__ or exc
+        message = f"{request.method} {request.path[:200]}: the body cannot be decoded: {cause}"
+        return json_response(400, {"error": message})
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path[:200])
         return json_response(500, {"error": "internal error: the proxy logged it"})
+
+
+def client_payload_errors(record: logging.LogRecord) -> bool:
+    """A filter for aiohttp's server logger: after a handler has answered an undecodable body
+    (a 400, above), aiohttp drains the rest of it, meets the same error and logs it as an
+    "Unhandled exception" with a traceback. It is the client's; the answer said so."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, web.RequestPayloadError)

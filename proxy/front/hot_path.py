@@ -77,6 +77,8 @@ CONTROL_PATHS = frozenset(
 """Paths of the main port served by the analysis process's control plane (and /admin/... and
 /exchanges/...)."""
 _JSON = (b"Content-Type", b"application/json")
+_DECODED = frozenset({b"", b"identity", b"gzip", b"deflate"})
+"""The request Content-Encodings the control plane reads (/labels, the admin API)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +405,14 @@ class HotPath:
             doc = b'{"error":"the control plane is not served in this process"}'
             self._answer(request, respond, Response(503, [_JSON], doc))
             return
+        for name, value in request.headers:
+            # What the control plane (aiohttp) decodes; it answers others in plain text.
+            if name.lower() == b"content-encoding" and value.strip().lower() not in _DECODED:
+                what = value.decode("latin-1")[:40]
+                refusal = {"error": f"Content-Encoding {what!r} is not accepted: use gzip, deflate"}
+                answer = Response(415, [_JSON], json.dumps(refusal).encode())
+                self._answer(request, respond, answer)
+                return
         headers = _forwarded_headers(request, b"")
 
         def answered(answer: UpstreamResponse | UpstreamError) -> None:
