@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.analysis.reload import reload_config
 from tests.conftest import (
     Answer,
     FakeModelFactory,
@@ -394,3 +395,27 @@ async def test_each_recording_route_joins_its_own_shadows(
         assert p.value("shadowproxy_correct_instances_total", **labels) == shadow_correct
         written = {"route": f"/{name}", "kind": "shadow"}
         assert p.value("shadowproxy_recorded_total", **written) == 1
+
+
+async def test_a_reload_raising_labels_max_body_reaches_the_front(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The front's own body limit follows labels.max_body: a reload used to leave it as it was
+    at start, and the front refused what /labels now accepts."""
+    prod = await fake_model(echo)
+    path = tmp_path / "proxy.yaml"
+
+    def text(cap: str) -> str:
+        return config(
+            prod.url, None, sqlite(tmp_path), f"max_body: 1KiB\nlabels: {{max_body: {cap}}}"
+        )
+
+    p = await proxy(text("100KiB"), path)
+    big = [{"request_id": f"r{i:06d}" + "x" * 150, "label": 1} for i in range(1000)]  # 184 KB
+    assert 100 * 1024 < len(orjson.dumps(big)) < 300 * 1024
+    status, _ = await post_labels(p, big)
+    assert status == 413
+    await asyncio.to_thread(path.write_text, text("300KiB"))
+    assert await reload_config(p.state)
+    status, doc = await post_labels(p, big)
+    assert (status, doc["counts"]["unknown_id"]) == (200, 1000)

@@ -300,6 +300,35 @@ async def test_a_reload_applies_the_log_level(
         root.setLevel(level)
 
 
+async def test_a_reload_switches_the_access_log_of_the_listeners_of_their_own(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path, caplog: Any
+) -> None:
+    prod = await fake_model(echo)
+    path = tmp_path / "proxy.json"
+    listener = {"metrics": {"listen": "127.0.0.1:0"}}
+    p = await proxy(config(prod.url, [], **listener), path)
+    caplog.set_level(logging.INFO, logger="proxy.access")
+
+    async def scraped() -> int:
+        async with p.session.get(p.metrics_url + "/metrics") as r:
+            assert r.status == 200
+        return len([r for r in caplog.records if r.name == "proxy.access.listeners"])
+
+    assert await scraped() == 0
+    await asyncio.to_thread(path.write_text, config(prod.url, [], access_log=True, **listener))
+    assert await reload_config(p.state)
+    assert await scraped() == 1
+    # The control plane's requests come through the front, which logs them: once.
+    async with p.session.get(p.url + "/report") as r:
+        assert r.status == 200
+    assert [r.getMessage() for r in caplog.records if r.name == "proxy.access"] == [
+        "GET /report 200"
+    ]
+    await asyncio.to_thread(path.write_text, config(prod.url, [], **listener))
+    assert await reload_config(p.state)
+    assert await scraped() == 1  # off again: no new line
+
+
 INVALID = {
     "empty": b"",
     "binary": bytes(range(256)),

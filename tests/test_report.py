@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from proxy.analysis.reload import reload_config
 from proxy.config import VerdictConfig
 from proxy.report.cli import format_table, report_from_prometheus
 from proxy.report.model import Report
@@ -449,3 +450,42 @@ async def test_a_built_report_has_the_shape_of_the_model(
     assert len(shadow["history"]) == 1
     assert (shadow["regression"] is not None) == ("regression" in compare)
     assert_shape(report, Report)
+
+
+async def test_a_reload_resizes_the_history_keeping_its_newest_points(
+    fake_model: FakeModelFactory, proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    prod, cand = await fake_model(production), await fake_model(candidate)
+    path = tmp_path / "proxy.yaml"
+
+    def text(points: int) -> str:
+        return f"""
+verdict: {{history_points: {points}, history_interval: 1h}}
+routes:
+  - match: {ROUTE}
+    protocol: kserve-v1
+    production: {{name: prod, url: "{prod.url}{ROUTE}"}}
+    shadows: [{{name: cand, url: "{cand.url}{ROUTE}"}}]
+"""
+
+    p = await proxy(text(3), path)
+    reporter = p.state.reporter
+
+    def times() -> list[float]:
+        [shadow] = reporter.report()["routes"][0]["shadows"]
+        return [point["t"] for point in shadow["history"]]
+
+    for _ in range(5):
+        reporter.sample()
+    kept = times()
+    assert len(kept) == 3
+    await asyncio.to_thread(path.write_text, text(10))
+    assert await reload_config(p.state)
+    assert times() == kept  # the same three, room for ten now
+    for _ in range(9):
+        reporter.sample()
+    ten = times()
+    assert len(ten) == 10
+    await asyncio.to_thread(path.write_text, text(2))
+    assert await reload_config(p.state)
+    assert times() == ten[-2:]  # the newest two

@@ -235,7 +235,11 @@ async def start_analysis(
     addresses of its config, and take the fronts' exchanges on the Unix socket `intake`."""
     state = app[STATE]
     config = state.config
-    access_log = logging.getLogger("proxy.access") if config.access_log else None
+    # The listeners of their own (metrics.listen, admin.listen) log their requests while the
+    # running config says access_log (a reload switches it); the control socket's requests came
+    # through a front, which logs them.
+    access_log = logging.getLogger("proxy.access.listeners")
+    access_log.filters[:] = [lambda record: state.config.access_log]
     runners: list[tuple[str, web.AppRunner]] = []
     sites: list[tuple[Listener, str | None]] = [(listener, None) for listener in listeners(app)]
     if control is not None:
@@ -246,7 +250,7 @@ async def start_analysis(
             runner = web.AppRunner(
                 listener.app,
                 handle_signals=False,
-                access_log=access_log,
+                access_log=None if path is not None else access_log,
                 shutdown_timeout=config.shutdown_timeout,
             )
             await runner.setup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -88,6 +89,7 @@ class Reporter:
         self._fleet_holds: dict[tuple[str, str, str], Hold] = {}
         self._fleet_failing = False
         self._history: dict[tuple[str, str], collections.deque[HistoryPoint]] = {}
+        self._interval_changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fleet_task: asyncio.Task[None] | None = None
 
@@ -95,6 +97,14 @@ class Reporter:
         """A reload: decisions of comparisons it changed are no longer held; the problems seen
         belong to the config it replaced."""
         self.problems.clear()
+        points = config.verdict.history_points
+        if points != self._settings.history_points:  # the newest points kept, in the new length
+            self._history = {
+                key: collections.deque(history, maxlen=points)
+                for key, history in self._history.items()
+            }
+        if config.verdict.history_interval != self._settings.history_interval:
+            self._interval_changed.set()  # the sleep under way ends: the new interval from now
         self._settings = config.verdict
         self._config_hash = config_hash(config)
         self._fingerprints = fingerprints(config)
@@ -226,7 +236,12 @@ class Reporter:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.history_interval)
+            self._interval_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._interval_changed.wait(), self._settings.history_interval
+                )
+                continue  # the interval changed: wait the new one
             try:
                 self.sample()
             except Exception:

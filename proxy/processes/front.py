@@ -112,6 +112,7 @@ class Front:
         await _start(generation)
         old, self.hot_path.generation = self.hot_path.generation, generation
         self.hot_path.access_log = config.access_log
+        self.server.limits = limits(config)  # labels.max_body: for connections from now on
         if config.log_level != self.config.log_level:
             set_level(config.log_level)
         self.config = config
