@@ -35,6 +35,7 @@ log = logging.getLogger("proxy")
 
 DEFAULT_CONFIG = "/etc/shadow-proxy/config.yaml"
 CONFIG_ENV = "SHADOW_PROXY_CONFIG"
+WORKERS_ENV = "SHADOW_PROXY_WORKERS"
 
 
 def _load(path: str) -> Config | None:
@@ -121,11 +122,12 @@ def _main(argv: Sequence[str] | None) -> int:
         default=os.environ.get(CONFIG_ENV, DEFAULT_CONFIG),
         help=f"YAML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
     )
+    # No default here: $SHADOW_PROXY_WORKERS is read by `run` alone (_workers), so that a bad
+    # value is `run`'s usage error, not every subcommand's traceback while the parser is built.
     run.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("SHADOW_PROXY_WORKERS", "1")),
-        help="worker processes sharing the port (SO_REUSEPORT); default 1 or $SHADOW_PROXY_WORKERS",
+        help=f"worker processes sharing the port (SO_REUSEPORT); default ${WORKERS_ENV}, else 1",
     )
     run.add_argument(
         "--reuse-port",
@@ -155,9 +157,26 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.runtime_dir is None:
             parser.error("--role needs --runtime-dir")
         return _run_role(args.role, args.runtime_dir)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1 (got {args.workers})")
-    return _run(args.config, args.workers)
+    return _run(args.config, _workers(args.workers, run))
+
+
+def _workers(given: int | None, run: argparse.ArgumentParser) -> int:
+    """--workers, else $SHADOW_PROXY_WORKERS, else 1; a usage error (exit 2) naming the option
+    or the variable when it is not a whole number of at least 1."""
+    if given is not None:
+        if given < 1:
+            run.error(f"--workers must be at least 1 (got {given})")
+        return given
+    text = os.environ.get(WORKERS_ENV)
+    if text is None:
+        return 1
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        run.error(f"${WORKERS_ENV} must be a whole number of at least 1 (got {text!r})")
+    return workers
 
 
 if __name__ == "__main__":

@@ -78,6 +78,29 @@ class CaptureDatabase:
         self._conn.execute("PRAGMA busy_timeout=1000")
         self._conn.executescript(_SCHEMA)
 
+    @classmethod
+    def read_only(cls, path: str | Path) -> CaptureDatabase:
+        """The capture at `path` opened read-only, for the export beside the running proxy:
+        nothing is created or changed (a missing file is not made, the journal mode and the
+        schema are left as they are). sqlite3.Error naming what is wrong when the file is not an
+        SQLite database, or not a capture (no exchanges or labels table)."""
+        db = cls.__new__(cls)  # not __init__: that creates the file, its schema and the WAL
+        db.path = Path(path)
+        db.max_disk, db.max_age = 1 << 62, float("inf")  # never swept: nothing is written
+        uri = f"{db.path.resolve().as_uri()}?mode=ro"
+        db._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            db._conn.execute("PRAGMA busy_timeout=1000")
+            found = db._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {name for (name,) in found}
+            for table in ("exchanges", "labels"):
+                if table not in tables:
+                    raise sqlite3.DatabaseError(f"not a capture database (no {table} table)")
+        except sqlite3.Error:
+            db._conn.close()
+            raise
+        return db
+
     def close(self) -> None:
         self._conn.close()
 

@@ -5,6 +5,7 @@ Reads the database while the proxy runs (SQLite's WAL lets a reader in beside th
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -40,8 +41,12 @@ def open_database(config: str | None, database: str | None) -> CaptureDatabase:
     path = Path(database)
     if not path.is_file():
         raise ExportError(f"no capture database at {path}")
-    capture = CaptureDatabase(path, max_disk=1 << 62, max_age=float("inf"))
-    return capture
+    # Read-only: a file that is not a capture (the prediction store's, a typo) is named and
+    # left as it was, never given the capture's tables or switched to WAL.
+    try:
+        return CaptureDatabase.read_only(path)
+    except sqlite3.Error as exc:
+        raise ExportError(f"cannot export {path}: {exc}") from None
 
 
 def write_jsonl(rows: Iterable[ExportRow], out: IO[bytes]) -> int:
@@ -144,6 +149,8 @@ def run_capture(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             else:
                 with open(args.out, "wb") as out:
                     count = write_jsonl(rows, out)
+        except sqlite3.Error as exc:  # a capture of other columns, a file damaged while read
+            raise ExportError(f"cannot export {db.path}: {exc}") from None
         finally:
             db.close()
     except BrokenPipeError:  # `| head`: the reader has what it wanted

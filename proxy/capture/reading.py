@@ -6,7 +6,8 @@ error names the file and the line or row. No sending, no counting."""
 from __future__ import annotations
 
 import json
-import urllib.parse
+import math
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,17 @@ _READ: Final = (
 """The export's columns that replay reads (proxy.capture.schema says their types)."""
 _PLANNED: Final = ("request_id", "route", "shadow", "request_truncated", "label")
 """What the first pass reads: which requests to replay, and their labels."""
+_INT64: Final = range(-(2**63), 2**63)
+_MAX_DEPTH: Final = 100
+"""How deep the JSON text of a column may nest: predictions, labels and headers are a few levels
+deep; far deeper ones would exhaust Python's recursion where replay compares and scores them."""
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP method or header name (RFC 9110 5.6.2): what can be sent again as it was."""
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What a header value cannot hold (RFC 9110 5.5): sent, it would end the header early."""
+_NOT_IN_TARGET: Final = re.compile(r"[\x00-\x20\x7f]")
+"""What a request target cannot hold: its request line ends at a space, and the front takes
+no control character in it, so a captured path has neither."""
 
 
 class ReplayError(Exception):
@@ -61,19 +73,63 @@ def _check(path: str, where: str, row: dict[str, Any], name: str) -> Any:
     ok = {
         "string": isinstance(value, str),
         "bool": isinstance(value, bool),
-        "int64": isinstance(value, int) and not isinstance(value, bool),
+        "int64": isinstance(value, int) and not isinstance(value, bool) and value in _INT64,
         "float64": isinstance(value, int | float) and not isinstance(value, bool),
     }[kind]
     if not ok:
         raise ExportError(f"{path}: {where}: column {name!r} is not a {kind}: {value!r:.60}")
-    return float(value) if kind == "float64" else value
+    if kind != "float64":
+        return value
+    # JSON reads 1e400 as inf, and an integer of 400 digits fits no float: neither is a time or
+    # a duration the export could have written.
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ExportError(
+            f"{path}: {where}: column {name!r} is not a finite float64: {value!r:.60}"
+        )
+    return number
 
 
 def _json_text(path: str, where: str, name: str, text: str) -> Any:
+    too_deep = f"{path}: {where}: column {name!r} is JSON nested deeper than {_MAX_DEPTH} levels"
     try:
-        return json.loads(text)
+        value = json.loads(text)
+    except RecursionError:
+        raise ExportError(too_deep) from None
     except ValueError as exc:
         raise ExportError(f"{path}: {where}: column {name!r} is not JSON ({exc})") from None
+    if _deeper_than(value, _MAX_DEPTH):
+        raise ExportError(too_deep)
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest in `value` more than `limit` levels (iteratively: the
+    check must not itself run out of recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item if isinstance(child, list | dict))
+    return False
+
+
+def _utf8(path: str, where: str, name: str, text: str) -> bytes:
+    """A text column as the bytes it stands for: surrogateescape gives back bytes that were not
+    UTF-8, as the capture escaped them; any other lone surrogate is no text at all."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise ExportError(
+            f"{path}: {where}: column {name!r} is not text: {exc.reason} at character {exc.start}"
+        ) from None
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +152,7 @@ class Captured:
     labelled: bool = False
     label: Any = None  # as posted
     labelled_at: float | None = None
+    where: str = ""  # the export's file and line (or row), for an error about the request
     _parsed: list[Any] | ExtractionError | None = field(default=None, repr=False)
 
     def predictions(self, extractor: Extractor) -> list[Any]:
@@ -174,6 +231,10 @@ class Export:
                         raise ExportError(
                             f"{self.path}: {where}: not JSON ({exc.msg}, at column {exc.colno});"
                             " an export is JSON lines or Parquet"
+                        ) from None
+                    except RecursionError:
+                        raise ExportError(
+                            f"{self.path}: {where}: JSON nested too deeply to read"
                         ) from None
                     except ValueError as exc:  # not UTF-8
                         raise ExportError(f"{self.path}: {where}: not JSON ({exc})") from None
@@ -262,9 +323,35 @@ def _captured(path: str, where: str, row: dict[str, Any], label: str | None) -> 
     def get(name: str) -> Any:
         return _check(path, where, row, name)
 
+    method = get("method")
+    if _TOKEN.fullmatch(method) is None:
+        raise ExportError(f"{path}: {where}: column 'method' is not an HTTP method: {method!r:.60}")
     headers = _json_text(path, where, "request_headers", get("request_headers"))
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise ExportError(f"{path}: {where}: request_headers is not a JSON object of strings")
+    for name, value in headers.items():
+        # Sent as they are: a CR or LF would end the header early (aiohttp refuses it).
+        if _TOKEN.fullmatch(name) is None:
+            raise ExportError(
+                f"{path}: {where}: request_headers: {name!r:.60} is not an HTTP header name"
+            )
+        if _CONTROL.search(value) is not None:
+            raise ExportError(
+                f"{path}: {where}: request_headers: the value of {name!r:.60} holds a control"
+                " character (CR, LF, ...)"
+            )
+    target = get("path")
+    if _NOT_IN_TARGET.search(target) is not None:
+        raise ExportError(
+            f"{path}: {where}: column 'path' is not a request path (it holds a space or a"
+            f" control character): {target!r:.60}"
+        )
+    # The query is what follows the first '?' of the path as sent (not urlsplit's: it reads a
+    # path starting '//' as a host, and refuses '//[x').
+    query = target.partition("#")[0].partition("?")[2]
+    production_body = get("production_body")
+    if production_body is not None:
+        _utf8(path, where, "production_body", production_body)  # read when it is compared
     predictions = get("production_predictions")
     if predictions is not None:
         predictions = _json_text(path, where, "production_predictions", predictions)
@@ -273,17 +360,18 @@ def _captured(path: str, where: str, row: dict[str, Any], label: str | None) -> 
     captured = Captured(
         request_id=get("request_id"),
         route=get("route"),
-        method=get("method"),
-        query=urllib.parse.urlsplit(get("path")).query,
+        method=method,
+        query=query,
         headers=tuple((name.lower(), value) for name, value in headers.items()),
         # surrogateescape: a body whose bytes were not UTF-8 goes back as they were, when the
         # capture kept them so (else as it escaped them)
-        body=get("request_body").encode("utf-8", "surrogateescape"),
+        body=_utf8(path, where, "request_body", get("request_body")),
         production_status=get("production_status"),
-        production_body=get("production_body"),
+        production_body=production_body,
         production_ms=get("production_ms"),
         production_predictions=predictions,
         captured_at=get("captured_at"),
+        where=f"{path}: {where}",
     )
     if label is not None:
         value = _json_text(path, where, "label", label)

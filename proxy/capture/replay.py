@@ -386,13 +386,21 @@ class _Sender:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            async with self.session.request(
-                captured.method,
-                URL(self.url(captured), encoded=True),  # the query as the client sent it
-                headers=self.headers(captured),
-                data=captured.body or None,
-                allow_redirects=False,
-            ) as response:
+            try:
+                response = await self.session.request(
+                    captured.method,
+                    URL(self.url(captured), encoded=True),  # the query as the client sent it
+                    headers=self.headers(captured),
+                    data=captured.body or None,
+                    allow_redirects=False,
+                )
+            except aiohttp.ClientError:  # InvalidURL is a ValueError too: the target's
+                raise
+            except ValueError as exc:
+                # What aiohttp refuses to send (a method or header it finds unsafe): the row's
+                # fault, not the candidate's. reading.py's checks leave none it is known to.
+                raise ExportError(f"{captured.where}: cannot be sent: {exc}") from None
+            async with response:
                 status = response.status
                 declared = response.content_length
                 if declared is not None and declared > self.max_response:
@@ -961,14 +969,18 @@ def _write(args: argparse.Namespace, report: Report) -> list[str]:
     from proxy.report.html import render_html
 
     written = []
+    # Named here: an error on writing or closing (/dev/full: no space) has no filename of its own.
+    file = None
     try:
         if args.report is not None:
-            Path(args.report).write_text(render_html(report), encoding="utf-8")
-            written.append(f"the report page to {args.report}")
+            file = args.report
+            Path(file).write_text(render_html(report), encoding="utf-8")
+            written.append(f"the report page to {file}")
         if args.json is not None:
+            file = args.json
             body = orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2)
-            Path(args.json).write_bytes(body + b"\n")
-            written.append(f"its JSON to {args.json}")
+            Path(file).write_bytes(body + b"\n")
+            written.append(f"its JSON to {file}")
     except OSError as exc:
-        raise ReplayError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
+        raise ReplayError(f"cannot write {file}: {exc.strerror or exc}") from None
     return written

@@ -342,6 +342,25 @@ def _line_above(lines: Sequence[str], index: int) -> int | None:
     return None
 
 
+def _open_bracket(lines: Sequence[str], before: _Where) -> tuple[_Where, str] | None:
+    """The innermost '[' or '{' still open at `before`, and where it is: read from PyYAML's
+    scanner (so brackets in quotes, comments and plain values are not counted); None when
+    none is."""
+    opened: list[tuple[_Where, str]] = []
+    try:
+        for token in yaml.scan("\n".join(lines), Loader=yaml.SafeLoader):
+            at = (int(token.start_mark.line), int(token.start_mark.column))
+            if at >= before:
+                break
+            if isinstance(token, yaml.FlowSequenceStartToken | yaml.FlowMappingStartToken):
+                opened.append((at, "[" if isinstance(token, yaml.FlowSequenceStartToken) else "{"))
+            elif isinstance(token, yaml.FlowSequenceEndToken | yaml.FlowMappingEndToken) and opened:
+                opened.pop()
+    except yaml.YAMLError:  # the scanner stops where the text stops being YAML
+        pass
+    return opened[-1] if opened else None
+
+
 def _syntax_hint(
     context: str,
     problem: str,
@@ -403,7 +422,16 @@ def _syntax_hint(
             " line up)"
         )
     if context.startswith("while parsing a flow") and context_at is not None:
-        bracket, close = ("[", "]") if "sequence" in context else ("{", "}")
+        if "sequence" in context or "mapping" in context:
+            bracket = "[" if "sequence" in context else "{"
+        else:
+            # "a flow node": PyYAML's words name no bracket, and its mark is where the node was
+            # due (the end, for `routes: [`): the bracket still open there is the one to name.
+            still_open = _open_bracket(lines, problem_at or context_at)
+            if still_open is None:
+                return problem_at or context_at, None
+            context_at, bracket = still_open
+        close = "]" if bracket == "[" else "}"
         if "<stream end>" in problem:
             return context_at, f"the '{bracket}' opened here is never closed with '{close}'"
         opened = f"line {context_at[0] + 1}, column {context_at[1] + 1}"

@@ -79,6 +79,10 @@ _PROMETHEUS_ONLY: Final = {
 }
 
 
+class _NotAReport(Exception):
+    """An answer of another shape than a shadow-proxy report: where, in a few words."""
+
+
 def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run `shadow-proxy report` as parsed by `add_report_parser`; its exit status."""
     if args.url:
@@ -92,6 +96,7 @@ def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         report_from_prometheus,
     )
 
+    source = f"{args.url}/report" if args.url else args.prometheus
     try:
         if args.url:
             doc = fetch_report(args.url)
@@ -106,20 +111,81 @@ def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except (ReportSourceError, ValueError, KeyError, TypeError, IndexError) as exc:
         print(f"shadow-proxy report: {exc}", file=sys.stderr)
         return 1
+    except RecursionError:  # JSON nested deeper than Python reads
+        print(
+            f"shadow-proxy report: cannot read the report from {source}: its JSON is nested too"
+            " deeply to read",
+            file=sys.stderr,
+        )
+        return 1
     fail_on = {verdict for verdicts in args.fail_on or () for verdict in verdicts}
-    failing = [
-        f"shadow-proxy report: {shadow['shadow']} on {route['route']} is {shadow['verdict']}"
-        f" (--fail-on {','.join(sorted(fail_on))})"
-        for route in doc["routes"]
-        for shadow in route["shadows"]
-        if shadow["verdict"] in fail_on
-    ]
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    text = json.dumps(doc, indent=2) if args.json else format_table(doc, color=color)
+    # fetch_report checks no more than 'routes': the rest of an answer of another shape (another
+    # server on that port, another version) fails here, as it is read, before anything is printed.
+    try:
+        failing = [
+            f"shadow-proxy report: {shadow['shadow']} on {route['route']} is {shadow['verdict']}"
+            f" (--fail-on {','.join(sorted(fail_on))})"
+            for route in _routes(doc)
+            for shadow in route["shadows"]
+            if shadow["verdict"] in fail_on
+        ]
+        text = json.dumps(doc, indent=2) if args.json else format_table(doc, color=color)
+    except (
+        _NotAReport,
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
+        print(
+            f"shadow-proxy report: cannot read the report from {source}: not a shadow-proxy"
+            f" report ({_shape_problem(exc)})",
+            file=sys.stderr,
+        )
+        return 1
     code = emit(f"{text}\n", FAILED_VERDICT if failing else 0)
     for line in failing:
         print(line, file=sys.stderr)
     return code
+
+
+def _routes(doc: Any) -> list[Any]:
+    """The report's routes, their shadows checked as --fail-on reads them: _NotAReport naming
+    the first route or shadow that is not an object with those keys."""
+    routes: list[Any] = doc["routes"]
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict):
+            raise _NotAReport(f"routes[{i}] is not an object")
+        _has(route, "route", str, f"routes[{i}]")
+        _has(route, "shadows", list, f"routes[{i}]")
+        for j, shadow in enumerate(route["shadows"]):
+            if not isinstance(shadow, dict):
+                raise _NotAReport(f"routes[{i}].shadows[{j}] is not an object")
+            _has(shadow, "shadow", str, f"routes[{i}].shadows[{j}]")
+            _has(shadow, "verdict", str, f"routes[{i}].shadows[{j}]")
+    return routes
+
+
+def _has(item: dict[str, Any], key: str, kind: type, where: str) -> None:
+    if key not in item:
+        raise _NotAReport(f"{where} has no {key!r}")
+    if not isinstance(item[key], kind):
+        what = "a string" if kind is str else "a list"
+        raise _NotAReport(f"{where}.{key} is not {what}")
+
+
+def _shape_problem(exc: Exception) -> str:
+    """What an answer of another shape lacks, from what reading it raised."""
+    if isinstance(exc, _NotAReport):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"a value of another type: {exc}"
 
 
 _REPORT_EPILOG = f"""\
