@@ -303,6 +303,23 @@ async def test_a_restart_keeps_the_capture(
     status, whole = await _get(again, "/exchanges/before")
     assert status == 200
     assert whole["exchanges"][0]["shadow_predictions"] == [4]
+    # Which classes flip to which is kept too, and counted on from there.
+    assert again.state.capture is not None
+    flips = again.state.capture.drilldown(ROUTE, "cand", "classification")["flips"]
+    assert flips == [{"production": "3", "shadow": "4", "instances": 1}]
+    await _send(again, [3, 5], "after")
+    await again.settled()
+    flips = again.state.capture.drilldown(ROUTE, "cand", "classification")["flips"]
+    assert sorted((f["production"], f["shadow"], f["instances"]) for f in flips) == [
+        ("3", "4", 2), ("5", "6", 1),
+    ]  # fmt: skip
+    await again.stop()
+    third = await proxy(config)
+    assert third.state.capture is not None
+    flips = third.state.capture.drilldown(ROUTE, "cand", "classification")["flips"]
+    assert sorted((f["production"], f["shadow"], f["instances"]) for f in flips) == [
+        ("3", "4", 2), ("5", "6", 1),
+    ]  # fmt: skip
 
 
 async def test_one_request_id_sent_many_times_answers_its_newest_rows(

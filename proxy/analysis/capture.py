@@ -125,6 +125,7 @@ class Capture:
         self._labels: list[tuple[str, str, float]] = []
         self._wake = asyncio.Event()
         self._flips: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+        self._flips_unwritten: dict[tuple[str, str, str, str], int] = {}
         self._class_labels: dict[tuple[str, str], tuple[ClassLabels, ClassLabels]] = {}
         self._db: CaptureDatabase | None = None
         self._unavailable: str | None = None  # why the database could not be opened
@@ -177,6 +178,22 @@ class Capture:
         if self._unavailable is not None:
             log.info("capture available again", extra={"path": str(path)})
         self._unavailable = None
+        self._load_flips()
+
+    def _load_flips(self) -> None:
+        """Add the flips the file kept (a restart) to those counted in memory."""
+        assert self._db is not None
+        try:
+            kept = self._db.flips()
+        except sqlite3.Error as exc:
+            throttled.warning("flips", "capture: class flips not read: %s", exc, extra={})
+            return
+        for route, shadow, production, shadow_class, instances in kept:
+            flips = self._flips.setdefault((route, shadow), {})
+            pair = (production, shadow_class)
+            if pair not in flips and len(flips) >= MAX_FLIPS:
+                pair = ("other", "other")
+            flips[pair] = flips.get(pair, 0) + instances
 
     async def stop(self) -> None:
         """Write what is queued, then close the database."""
@@ -287,6 +304,8 @@ class Capture:
             if pair not in flips and len(flips) >= MAX_FLIPS:
                 pair = ("other", "other")
             flips[pair] = flips.get(pair, 0) + 1
+            unwritten = (route, shadow, *pair)
+            self._flips_unwritten[unwritten] = self._flips_unwritten.get(unwritten, 0) + 1
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -341,6 +360,15 @@ class Capture:
                 throttled.warning(
                     "label", "capture: labels not kept: %s", exc, extra={"path": str(db.path)}
                 )
+        if self._flips_unwritten:
+            try:
+                db.add_flips(self._flips_unwritten)
+            except Exception as exc:  # kept for the next write: bounded by MAX_FLIPS a pair
+                throttled.warning(
+                    "flips", "capture: class flips not kept: %s", exc, extra={"path": str(db.path)}
+                )
+            else:
+                self._flips_unwritten = {}
 
     def _row(self, item: _Pending) -> dict[str, Any]:
         """The exchange as the database keeps it: redacted, bodies decoded and capped."""

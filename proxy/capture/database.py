@@ -38,6 +38,14 @@ CREATE TABLE IF NOT EXISTS labels (
     label TEXT NOT NULL,
     labelled_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS flips (
+    route TEXT NOT NULL,
+    shadow TEXT NOT NULL,
+    production TEXT NOT NULL,
+    shadow_class TEXT NOT NULL,
+    instances INTEGER NOT NULL,
+    PRIMARY KEY (route, shadow, production, shadow_class)
+) WITHOUT ROWID;
 """
 _SELECT: Final = (
     f"SELECT e.seq, {', '.join('e.' + c for c in _STORED)}, l.label, l.labelled_at"
@@ -112,6 +120,26 @@ class CaptureDatabase:
         values = [_COLUMNS_OF(row) for row in rows]
         with self._transaction():
             self._conn.executemany(_INSERT, values)
+
+    def add_flips(self, counts: dict[tuple[str, str, str, str], int]) -> None:
+        """Add instances to the class flips of (route, shadow, production's class, the
+        shadow's), in one transaction: the report's matrix survives a restart."""
+        if not counts:
+            return
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT INTO flips (route, shadow, production, shadow_class, instances)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
+                " SET instances = instances + excluded.instances",
+                [(*key, n) for key, n in counts.items()],
+            )
+
+    def flips(self) -> list[tuple[str, str, str, str, int]]:
+        """Every (route, shadow, production's class, the shadow's, instances) counted so far."""
+        rows = self._conn.execute(
+            "SELECT route, shadow, production, shadow_class, instances FROM flips"
+        )
+        return [(r, s, p, c, int(n)) for r, s, p, c, n in rows]
 
     def label(self, labels: Sequence[tuple[str, str, float]]) -> int:
         """Keep (request_id, label as JSON text, when) for the requests that were captured;

@@ -1373,7 +1373,7 @@ def _flips_matrix(flips: Sequence[Any], kind: str, ident: str) -> str:
     argmax = " (the argmax of each model's probabilities)" if kind == "probabilities" else ""
     title = (
         f'<h5 id="{ident}-flips">Which classes flip to which'
-        f' <span class="n">disagreeing instances since start{argmax}</span></h5>'
+        f' <span class="n">disagreeing instances since the capture began{argmax}</span></h5>'
     )
     if not counts:
         return f'<div>{title}<p class="muted">No class has flipped yet.</p></div>'
