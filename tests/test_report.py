@@ -475,17 +475,18 @@ routes:
         [shadow] = reporter.report()["routes"][0]["shadows"]
         return [point["t"] for point in shadow["history"]]
 
-    for _ in range(5):
-        reporter.sample()
-    kept = times()
+    async def sampled(times_: int, then_points: int) -> list[float]:
+        """Sample `times_` times, then reload with history_points `then_points`."""
+        for _ in range(times_):
+            reporter.sample()
+        before = times()
+        await asyncio.to_thread(path.write_text, text(then_points))
+        assert await reload_config(p.state)
+        return before
+
+    kept = await sampled(5, 10)
     assert len(kept) == 3
-    await asyncio.to_thread(path.write_text, text(10))
-    assert await reload_config(p.state)
     assert times() == kept  # the same three, room for ten now
-    for _ in range(9):
-        reporter.sample()
-    ten = times()
+    ten = await sampled(9, 2)
     assert len(ten) == 10
-    await asyncio.to_thread(path.write_text, text(2))
-    assert await reload_config(p.state)
     assert times() == ten[-2:]  # the newest two
