@@ -245,13 +245,18 @@ async def test_sighup_reloads_a_running_proxy(fake_model: FakeModelFactory, tmp_
     )  # fmt: skip
     assert proc.stderr is not None
 
-    async def logged(msg: str) -> dict[str, Any]:
-        while True:
+    async def logged_all(messages: set[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        while set(found) != messages:
             line = await asyncio.wait_for(proc.stderr.readline(), 20)  # type: ignore[union-attr]
-            assert line, f"the proxy ended before logging {msg!r}"
+            assert line, f"the proxy ended before logging {messages - set(found)}"
             doc: dict[str, Any] = orjson.loads(line)
-            if doc["msg"] == msg:
-                return doc
+            if doc["msg"] in messages:
+                found[doc["msg"]] = doc
+        return found
+
+    async def logged(msg: str) -> dict[str, Any]:
+        return (await logged_all({msg}))[msg]
 
     try:
         await logged("listening")
@@ -260,9 +265,9 @@ async def test_sighup_reloads_a_running_proxy(fake_model: FakeModelFactory, tmp_
             config(prod.url, [{"name": "s2", "url": s2.url + ROUTE}], **listen, access_log=True),
         )
         proc.send_signal(signal.SIGHUP)
-        reloaded = await logged("config reloaded")
-        assert reloaded["config"] == str(path)
-        await logged("front reloaded")
+        # The analysis process and the front each log their reload, in either order.
+        seen = await logged_all({"config reloaded", "front reloaded"})
+        assert seen["config reloaded"]["config"] == str(path)
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{port}{ROUTE}"
             async with session.post(url, data=b'{"instances": [1]}') as resp:
