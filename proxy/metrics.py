@@ -386,10 +386,11 @@ class Metrics:
         self.paired_request_sums = self._counter(
             n.PAIRED_REQUEST_SUMS,
             "The verdict's per-request sums over labelled requests scored for both models (the"
-            " request is the unit of analysis): requests, instances (m), instances_squared,"
-            " advantage (d: how much better the shadow did, summed over the request's"
-            " instances) as advantage_positive and advantage_negative, advantage_squared, and"
-            " m*d as cross_positive and cross_negative. Summed over replicas, they pool exactly.",
+            " request is the unit of analysis; m its instances, d how much better the shadow"
+            " did, summed over them): requests, instances_squared (m^2), advantage_squared"
+            " (d^2), and m*d as cross_positive and cross_negative. The sums of m and d are"
+            " paired_outcomes (shadow_only - production_only), or for regression"
+            " paired_error_instances and shadow_better - shadow_worse. They pool exactly.",
         )
         self.paired_log_loss_sums = self._counter(
             n.PAIRED_LOG_LOSS_SUMS,

@@ -14,6 +14,7 @@ import yaml
 
 import proxy.config
 from proxy.config import (
+    CaptureConfig,
     Config,
     ConfigError,
     LabelsConfig,
@@ -1532,3 +1533,11 @@ def test_the_capture_needs_a_file_of_its_own() -> None:
     parse_config(MINIMAL + "store: {path: p.db}\ncapture: {path: c.db}\n", env={})
     parse_config(MINIMAL + "store: {backend: redis, path: p.db}\ncapture: {path: p.db}\n", env={})
     parse_config(MINIMAL + "store: {path: p.db}\ncapture: {path: p.db, enabled: false}\n", env={})
+
+
+def test_a_bare_capture_section_turns_the_capture_on_with_its_defaults() -> None:
+    # `capture:` with nothing under it is YAML's null: as much a section as `capture: {}`.
+    for text in ("capture:\n", "capture: {}\n"):
+        config = parse_config(MINIMAL + text, env={})
+        assert config.capture == CaptureConfig(enabled=True)
+    assert parse_config(MINIMAL, env={}).capture == CaptureConfig(enabled=False)

@@ -526,6 +526,8 @@ def _pattern(value: object) -> str:
 
 def _capture(c: _Checker, loc: _Loc | None) -> CaptureConfig:
     default = CaptureConfig()
+    if loc is not None and loc.value is None:
+        return CaptureConfig(enabled=True)  # a bare `capture:`: on, with every default
     items = _section(c, loc, _CAPTURE_KEYS)
     if items is None:
         return default
